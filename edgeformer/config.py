@@ -1,0 +1,345 @@
+"""Model cards: the ModelConfig dataclass, TOML loading and validation.
+
+A model card is one TOML file. Top-level keys describe the card (name, description, checkpoint,
+metrics); the ``[model]`` table is the architecture and maps one-to-one onto ``ModelConfig``::
+
+    name = "bert-mini"
+    description = "Edge-sized BERT-like encoder used by the tests."
+
+    [model]
+    family = "encoder"
+    vocab_size = 256
+    d_model = 128
+    n_heads = 8
+    n_layers = 2
+
+Every mistake is reported as a ``CardError`` whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeformer.errors import CardError
+
+FAMILIES = ("encoder", "decoder", "encoder-decoder")
+POSITIONS = ("sinusoidal", "learned")
+ATTENTION = ("global", "local", "sparse")
+ACTIVATIONS = ("relu", "gelu")
+NORMS = ("pre", "post")
+HEADS = ("none", "lm", "classification", "embedding")
+POOLING = ("mean", "cls")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one Transformer. Defaults follow "Attention Is All You Need" (base)."""
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    n_decoder_layers: int = 0  # encoder-decoder only; 0 means "same as n_layers"
+    d_ff: int = 0  # 0 means 4 * d_model
+    max_positions: int = 512
+    positions: str = "sinusoidal"
+    attention: str = "global"
+    window: int = 0  # local: a query sees keys at distance < window
+    sparse_stride: int = 0  # sparse: local band of `stride` plus every stride-th earlier key
+    global_tokens: int = 0  # sparse/local: the first N positions see and are seen by all
+    activation: str = "relu"
+    norm: str = "post"
+    layer_norm_eps: float = 1e-5
+    embedding_norm: bool = False  # LayerNorm after embeddings (BERT); pre-LN stacks end in a final norm
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    tie_embeddings: bool = True
+    head: str = "none"
+    num_labels: int = 0
+    pooling: str = "mean"
+    pad_token_id: int = 0
+    bos_token_id: int = -1
+    eos_token_id: int = -1
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
+
+    @property
+    def is_causal(self) -> bool:
+        return self.family == "decoder"
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise CardError(f"[model].{key}: {message}")
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Refuse an impossible architecture with a message naming the key."""
+    for key, choices in (
+        ("family", FAMILIES),
+        ("positions", POSITIONS),
+        ("attention", ATTENTION),
+        ("activation", ACTIVATIONS),
+        ("norm", NORMS),
+        ("head", HEADS),
+        ("pooling", POOLING),
+    ):
+        value = getattr(cfg, key)
+        _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+    for key in ("vocab_size", "d_model", "n_heads", "n_layers", "max_positions"):
+        value = getattr(cfg, key)
+        _check(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
+    for key in ("n_decoder_layers", "d_ff", "window", "sparse_stride", "global_tokens", "num_labels"):
+        value = getattr(cfg, key)
+        _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, got {value!r}")
+    _check(
+        cfg.d_model % cfg.n_heads == 0,
+        "n_heads",
+        f"{cfg.n_heads} heads do not divide d_model = {cfg.d_model}",
+    )
+    for key in ("dropout", "attention_dropout"):
+        value = getattr(cfg, key)
+        _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, key, f"must be in [0, 1), got {value!r}")
+    _check(cfg.layer_norm_eps > 0, "layer_norm_eps", f"must be > 0, got {cfg.layer_norm_eps!r}")
+    if cfg.attention == "local":
+        _check(cfg.window >= 1, "window", f"local attention needs window >= 1, got {cfg.window}")
+    if cfg.attention == "sparse":
+        _check(
+            cfg.sparse_stride >= 1,
+            "sparse_stride",
+            f"sparse attention needs sparse_stride >= 1, got {cfg.sparse_stride}",
+        )
+    _check(
+        cfg.global_tokens < cfg.max_positions,
+        "global_tokens",
+        f"{cfg.global_tokens} global tokens do not fit in max_positions = {cfg.max_positions}",
+    )
+    if cfg.head == "classification":
+        _check(cfg.num_labels >= 2, "num_labels", f"a classification head needs num_labels >= 2, got {cfg.num_labels}")
+    if cfg.family == "decoder":
+        _check(cfg.head in ("none", "lm"), "head", f"a decoder takes head 'lm' or 'none', got {cfg.head!r}")
+    if cfg.family == "encoder-decoder":
+        _check(cfg.head in ("none", "lm"), "head", f"an encoder-decoder takes head 'lm' or 'none', got {cfg.head!r}")
+    else:
+        _check(cfg.n_decoder_layers == 0, "n_decoder_layers", "only an encoder-decoder has separate decoder layers")
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(cfg, key)
+        _check(-1 <= value < cfg.vocab_size, key, f"{value} is outside the vocabulary (size {cfg.vocab_size})")
+
+
+CARD_KEYS = {"name", "description", "checkpoint", "checkpoint_sha256", "tokenizer", "metrics", "training", "model"}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[str(f.type)]
+    for f in dataclasses.fields(ModelConfig)
+}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A named model: its architecture plus where its weights live and what it scored."""
+
+    name: str
+    config: ModelConfig
+    description: str = ""
+    checkpoint: Path | None = None
+    checkpoint_sha256: str = ""
+    tokenizer: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def parse_card(data: dict[str, Any], *, source: str = "<card>", base_dir: Path | None = None) -> ModelCard:
+    unknown = sorted(set(data) - CARD_KEYS)
+    if unknown:
+        raise CardError(f"{source}: unknown key {unknown[0]!r}; a card takes {', '.join(sorted(CARD_KEYS))}")
+    if "name" not in data or not isinstance(data["name"], str) or not data["name"]:
+        raise CardError(f"{source}: key 'name' is missing or not a string")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise CardError(f"{source}: the [model] table is missing")
+    unknown = sorted(set(model) - MODEL_KEYS)
+    if unknown:
+        raise CardError(f"{source}: unknown key [model].{unknown[0]}; known keys: {', '.join(sorted(MODEL_KEYS))}")
+    for key in ("family", "vocab_size", "d_model", "n_heads", "n_layers"):
+        if key not in model:
+            raise CardError(f"{source}: required key [model].{key} is missing")
+    for key, value in model.items():
+        expected = _TYPES[key]
+        if isinstance(value, bool) and expected is not bool:
+            raise CardError(f"{source}: [model].{key} must be {_type_name(expected)}, got {value!r}")
+        if not isinstance(value, expected):
+            raise CardError(f"{source}: [model].{key} must be {_type_name(expected)}, got {value!r}")
+    try:
+        config = ModelConfig(**model)
+    except CardError as exc:
+        raise CardError(f"{source}: {exc}") from None
+    for key in ("metrics", "training"):
+        if key in data and not isinstance(data[key], dict):
+            raise CardError(f"{source}: [{key}] must be a table")
+    checkpoint = data.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise CardError(f"{source}: key 'checkpoint' must be a path string")
+    return ModelCard(
+        name=data["name"],
+        config=config,
+        description=str(data.get("description", "")),
+        checkpoint=(base_dir / checkpoint if base_dir else Path(checkpoint)) if checkpoint else None,
+        checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
+        tokenizer=str(data.get("tokenizer", "")),
+        metrics=dict(data.get("metrics", {})),
+        training=dict(data.get("training", {})),
+    )
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return "a number"
+    return {int: "an integer", str: "a string", bool: "true or false"}.get(expected, expected.__name__)
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Load and validate one card file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CardError(f"{path}: no such card file") from None
+    except UnicodeDecodeError:
+        raise CardError(f"{path}: a card must be UTF-8 text") from None
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read the card ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CardError(f"{path}: not valid TOML ({exc})") from None
+    card = parse_card(data, source=str(path), base_dir=path.parent)
+    return dataclasses.replace(card, path=path)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_card(card: ModelCard) -> str:
+    """The card as TOML, [model] holding only the keys that differ from the defaults."""
+    lines = [f"name = {_toml_value(card.name)}"]
+    if card.description:
+        lines.append(f"description = {_toml_value(card.description)}")
+    if card.checkpoint is not None:
+        lines.append(f"checkpoint = {_toml_value(card.checkpoint.name)}")
+    if card.checkpoint_sha256:
+        lines.append(f"checkpoint_sha256 = {_toml_value(card.checkpoint_sha256)}")
+    if card.tokenizer:
+        lines.append(f"tokenizer = {_toml_value(card.tokenizer)}")
+    model = card.config.to_dict()
+    required = ("family", "vocab_size", "d_model", "n_heads", "n_layers")
+    tables = {
+        "model": {k: v for k, v in model.items() if k in required or v != _DEFAULTS[k]},
+        "training": card.training,
+        "metrics": card.metrics,
+    }
+    for table, values in tables.items():
+        if values:
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ----- deployment targets (export/*.toml) ---------------------------------------------------------
+
+PRECISIONS = ("fp32",)  # later stages add fp16, int8, int4
+TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions"}
+FUSION_FORMS = ("none", "contrib", "portable")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a bundle is meant to run: precision, ONNX opset, execution providers, fusion form."""
+
+    name: str
+    description: str = ""
+    precision: str = "fp32"
+    opset: int = 18
+    providers: tuple[str, ...] = ("cpu",)
+    fusions: str = "none"
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["providers"] = list(self.providers)
+        d.pop("path")
+        return d
+
+
+def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
+    unknown = sorted(set(data) - TARGET_KEYS)
+    if unknown:
+        raise CardError(f"{source}: unknown key {unknown[0]!r}; a target takes {', '.join(sorted(TARGET_KEYS))}")
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise CardError(f"{source}: key 'name' is missing or not a string")
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise CardError(f"{source}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    opset = data.get("opset", 18)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= 23:
+        raise CardError(f"{source}: opset must be an integer from 17 to 23, got {opset!r}")
+    providers = data.get("providers", ["cpu"])
+    if not isinstance(providers, list) or not providers or not all(isinstance(p, str) for p in providers):
+        raise CardError(f"{source}: providers must be a non-empty list of names, got {providers!r}")
+    fusions = data.get("fusions", "none")
+    if fusions not in FUSION_FORMS:
+        raise CardError(f"{source}: fusions {fusions!r} is not one of {', '.join(FUSION_FORMS)}")
+    return Target(
+        name=data["name"],
+        description=str(data.get("description", "")),
+        precision=precision,
+        opset=opset,
+        providers=tuple(providers),
+        fusions=fusions,
+    )
+
+
+def load_target(path: str | Path) -> Target:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CardError(f"{path}: no such target file") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CardError(f"{path}: not a valid TOML target ({exc})") from None
+    return dataclasses.replace(parse_target(data, source=str(path)), path=path)

@@ -1,0 +1,25 @@
+"""Typed errors. The CLI turns every one of these into a message without a traceback."""
+
+
+class EdgeformerError(Exception):
+    """Base class of every error edgeformer raises on purpose."""
+
+
+class CardError(EdgeformerError, ValueError):
+    """A model card (or the config built from it) is wrong; the message names the key."""
+
+
+class CheckpointError(EdgeformerError):
+    """A checkpoint is missing, unsafe, or does not fit the model it is loaded into."""
+
+
+class ExportError(EdgeformerError):
+    """Tracing or checking a graph failed; the message names the module and the cause."""
+
+
+class BundleError(EdgeformerError):
+    """A bundle directory is missing, incomplete, or its files do not match the manifest."""
+
+
+class ParityError(EdgeformerError):
+    """The ONNX graph does not compute what the torch source computes (within tolerance)."""

@@ -1,0 +1,121 @@
+"""Feed-forward network, position encodings and one Transformer layer (pre- or post-LN)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeformer.config import ModelConfig
+from edgeformer.nn.attention import KV, MultiHeadAttention
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2, with act = ReLU (the paper) or GELU."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)  # (B, T, F)
+        h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+        return self.fc2(self.dropout(h))  # (B, T, C)
+
+
+class SinusoidalPositions(nn.Module):
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as in the paper."""
+
+    def __init__(self, max_positions: int, d_model: int) -> None:
+        super().__init__()
+        pos = torch.arange(max_positions, dtype=torch.float32)[:, None]  # (P, 1)
+        inv = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_positions, d_model)
+        table[:, 0::2] = torch.sin(pos * inv)
+        table[:, 1::2] = torch.cos(pos * inv[: d_model // 2])
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        return self.table[position_ids]  # (B, T, C)
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self, max_positions: int, d_model: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(max_positions, d_model)
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        return self.embedding(position_ids)  # (B, T, C)
+
+
+class Embeddings(nn.Module):
+    """Token embedding plus position encoding, then (BERT-style) an optional norm and dropout."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        positions = SinusoidalPositions if cfg.positions == "sinusoidal" else LearnedPositions
+        self.positions = positions(cfg.max_positions, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embedding_norm else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        x = self.tokens(input_ids) + self.positions(position_ids)  # (B, T, C)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class Block(nn.Module):
+    """One layer: self-attention, optional cross-attention, feed-forward; each sublayer wrapped in a
+    residual connection with layer norm before it (pre-LN) or after the sum (post-LN)."""
+
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        eps = cfg.layer_norm_eps
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.self_norm = nn.LayerNorm(cfg.d_model, eps=eps)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout) if cross else None
+        self.cross_norm = nn.LayerNorm(cfg.d_model, eps=eps) if cross else None
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation, cfg.dropout)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer) -> Tensor:  # type: ignore[no-untyped-def]
+        if self.pre_norm:
+            return x + self.dropout(sublayer(norm(x)))
+        return norm(x + self.dropout(sublayer(x)))
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        past: KV | None = None,
+        cross_kv: KV | None = None,
+        cross_mask: Tensor | None = None,
+    ) -> tuple[Tensor, KV]:
+        """x: (B, T, C). Returns the new x and this layer's self-attention keys/values (past included)."""
+        present: list[KV] = []
+
+        def self_attention(h: Tensor) -> Tensor:
+            k, v = self.self_attn.project_kv(h)  # (B, H, T, D)
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)  # (B, H, Tpast + T, D)
+                v = torch.cat([past[1], v], dim=2)
+            present.append((k, v))
+            return self.self_attn(h, (k, v), mask)
+
+        x = self._residual(x, self.self_norm, self_attention)
+        if self.cross_attn is not None:
+            if cross_kv is None:
+                raise ValueError("a cross-attention layer needs the encoder's keys and values (cross_kv)")
+            cross_attn = self.cross_attn
+            x = self._residual(x, self.cross_norm, lambda h: cross_attn(h, cross_kv, cross_mask))  # type: ignore[arg-type]
+        x = self._residual(x, self.ffn_norm, self.ffn)
+        return x, present[0]

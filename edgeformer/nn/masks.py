@@ -1,0 +1,55 @@
+"""Attention masks as boolean tensors: True where a query may attend to a key.
+
+Patterns are functions of absolute positions, so the same code serves a full forward pass and
+incremental decoding with a KV cache (queries are the last ``Tq`` of ``Tk`` key positions).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from edgeformer.config import ModelConfig
+
+
+def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, *, causal: bool) -> Tensor:
+    """(Tq, Tk) bool mask of the configured pattern for query and key positions.
+
+    global: every key. local: keys at distance < window (only earlier ones when causal).
+    sparse (strided, after the Sparse Transformer): a local band of ``sparse_stride`` keys plus
+    every ``sparse_stride``-th key. ``global_tokens``: the first N positions see and are seen by all.
+    """
+    dist = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk), > 0 when the key is in the past
+    if cfg.attention == "local":
+        allowed = dist.abs() < cfg.window
+    elif cfg.attention == "sparse":
+        allowed = (dist.abs() < cfg.sparse_stride) | (torch.remainder(dist, cfg.sparse_stride) == 0)
+    else:
+        allowed = torch.ones_like(dist, dtype=torch.bool)
+    if cfg.global_tokens and cfg.attention != "global":
+        allowed = allowed | (q_pos[:, None] < cfg.global_tokens) | (k_pos[None, :] < cfg.global_tokens)
+    if causal:
+        allowed = allowed & (dist >= 0)
+    return allowed
+
+
+def self_attention_mask(
+    cfg: ModelConfig, q_len: int, k_len: int, padding: Tensor | None, *, causal: bool, device: torch.device
+) -> Tensor:
+    """(B|1, 1, Tq, Tk) mask for self-attention; queries are the last q_len of k_len positions.
+
+    ``padding`` is the (B, Tk) attention mask of 1 for real tokens and 0 for padding.
+    """
+    k_pos = torch.arange(k_len, device=device)
+    q_pos = k_pos[k_len - q_len :]
+    mask = pattern_mask(q_pos, k_pos, cfg, causal=causal)[None, None]  # (1, 1, Tq, Tk)
+    if padding is not None:
+        mask = mask & padding.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
+    return mask
+
+
+def cross_attention_mask(padding: Tensor | None) -> Tensor | None:
+    """(B, 1, 1, S) mask over encoder positions, or None when nothing is padded."""
+    if padding is None:
+        return None
+    return padding.bool()[:, None, None, :]

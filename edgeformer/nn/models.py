@@ -1,0 +1,210 @@
+"""Encoder (BERT-like), Decoder (GPT-like) and EncoderDecoder (the paper's), with their heads.
+
+Outputs are dicts with Hugging Face names (``last_hidden_state``, ``logits``, ``embeddings``,
+``present_key_values``) so that export can name graph outputs without a translation table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from edgeformer.config import ModelConfig
+from edgeformer.nn.attention import KV
+from edgeformer.nn.layers import Block, Embeddings
+from edgeformer.nn.masks import cross_attention_mask, self_attention_mask
+
+
+class Stack(nn.Module):
+    """N identical layers; pre-LN stacks end in a final layer norm (GPT-2's ln_f)."""
+
+    def __init__(self, cfg: ModelConfig, n_layers: int, *, cross: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        past: list[KV] | None = None,
+        cross_kv: list[KV] | None = None,
+        cross_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[KV]]:
+        presents: list[KV] = []
+        for i, layer in enumerate(self.layers):
+            layer_past = past[i] if past is not None else None
+            layer_cross = cross_kv[i] if cross_kv is not None else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, kv = checkpoint(layer, x, mask, layer_past, layer_cross, cross_mask, use_reentrant=False)
+            else:
+                x, kv = layer(x, mask, layer_past, layer_cross, cross_mask)
+            presents.append(kv)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, presents
+
+
+def _positions(input_ids: Tensor, past_len: int, attention_mask: Tensor | None) -> Tensor:
+    """Position ids: counted over real tokens when a padding mask is given (left padding works)."""
+    if attention_mask is None:
+        t = input_ids.shape[1]
+        return torch.arange(past_len, past_len + t, device=input_ids.device)[None].expand_as(input_ids)
+    pos = attention_mask.long().cumsum(-1) - 1  # (B, Tpast + T)
+    return pos.clamp(min=0)[:, past_len:]
+
+
+def pool(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
+    """(B, T, C) -> (B, C): mean over real tokens, or the first token."""
+    if how == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    m = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class _Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+
+    def _lm_head(self) -> nn.Linear:
+        head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False)
+        if self.config.tie_embeddings:
+            head.weight = self.embeddings.tokens.weight
+        return head
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class EncoderModel(_Model):
+    """Bidirectional encoder. Heads: none, lm (masked LM), classification, embedding (pooled)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = Stack(cfg, cfg.n_layers)
+        self.lm_head = self._lm_head() if cfg.head == "lm" else None
+        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels) if cfg.head == "classification" else None
+        self.head_dropout = nn.Dropout(cfg.dropout)
+        self._init_weights()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+        b, t = input_ids.shape
+        x = self.embeddings(input_ids, _positions(input_ids, 0, None))  # (B, T, C)
+        mask = self_attention_mask(self.config, t, t, attention_mask, causal=False, device=x.device)
+        hidden, _ = self.encoder(x, mask)
+        out = {"last_hidden_state": hidden}
+        if self.lm_head is not None:
+            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+        elif self.classifier is not None:
+            pooled = pool(hidden, attention_mask, self.config.pooling)
+            out["logits"] = self.classifier(self.head_dropout(pooled))  # (B, L)
+        elif self.config.head == "embedding":
+            out["embeddings"] = pool(hidden, attention_mask, self.config.pooling)  # (B, C)
+        return out
+
+
+class DecoderModel(_Model):
+    """Causal decoder with a language-model head and a KV cache for incremental decoding."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.decoder = Stack(cfg, cfg.n_layers)
+        self.lm_head = self._lm_head() if cfg.head != "none" else None
+        self._init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: list[KV] | None = None,
+    ) -> dict:
+        """input_ids: (B, T); attention_mask: (B, Tpast + T); past_key_values: per layer (B, H, Tpast, D)."""
+        t = input_ids.shape[1]
+        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        if position_ids is None:
+            position_ids = _positions(input_ids, past_len, attention_mask)
+        x = self.embeddings(input_ids, position_ids)  # (B, T, C)
+        mask = self_attention_mask(self.config, t, past_len + t, attention_mask, causal=True, device=x.device)
+        hidden, presents = self.decoder(x, mask, past_key_values)
+        out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
+        if self.lm_head is not None:
+            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+        return out
+
+
+class EncoderDecoderModel(_Model):
+    """The paper's Transformer: encoder, causal decoder with cross-attention, shared embeddings."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = Stack(cfg, cfg.n_layers)
+        self.decoder = Stack(cfg, cfg.decoder_layers, cross=True)
+        self.lm_head = self._lm_head() if cfg.head != "none" else None
+        self._init_weights()
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        t = input_ids.shape[1]
+        x = self.embeddings(input_ids, _positions(input_ids, 0, None))  # (B, S, C)
+        mask = self_attention_mask(self.config, t, t, attention_mask, causal=False, device=x.device)
+        return self.encoder(x, mask)[0]
+
+    def cross_key_values(self, memory: Tensor) -> list[KV]:
+        """Keys and values of the encoder output for every decoder layer, computed once."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]  # type: ignore[union-attr]
+
+    def decode(
+        self,
+        decoder_input_ids: Tensor,
+        cross_kv: list[KV],
+        encoder_attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        past_key_values: list[KV] | None = None,
+    ) -> dict:
+        t = decoder_input_ids.shape[1]
+        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        positions = _positions(decoder_input_ids, past_len, decoder_attention_mask)
+        x = self.embeddings(decoder_input_ids, positions)  # (B, T, C)
+        mask = self_attention_mask(self.config, t, past_len + t, decoder_attention_mask, causal=True, device=x.device)
+        hidden, presents = self.decoder(
+            x, mask, past_key_values, cross_kv, cross_attention_mask(encoder_attention_mask)
+        )
+        out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
+        if self.lm_head is not None:
+            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+        return out
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        decoder_input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> dict:
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, self.cross_key_values(memory), attention_mask, decoder_attention_mask)
+
+
+def build_model(cfg: ModelConfig) -> EncoderModel | DecoderModel | EncoderDecoderModel:
+    """The torch model a config describes, with fresh weights (call ``torch.manual_seed`` first)."""
+    if cfg.family == "encoder":
+        return EncoderModel(cfg)
+    if cfg.family == "decoder":
+        return DecoderModel(cfg)
+    return EncoderDecoderModel(cfg)
+
+
+def lm_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of (B, T, V) logits against (B, T) targets."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
