@@ -1,0 +1,249 @@
+"""The ``edgeformer`` command. Each command is a thin call into the library; every EdgeformerError
+becomes a one-paragraph message and exit code 1 (click's usage errors exit with 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeformer import __version__
+from edgeformer.errors import EdgeformerError
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's typed errors into click messages (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeformerError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeformer")
+def main() -> None:
+    """edgeformer: Transformer models from PyTorch to devices.
+
+    Model cards (TOML) describe the architectures; `edgeformer models` lists the shipped ones.
+    """
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def parameter_count(cfg: Any) -> int:
+    """Parameters of the model a config describes, counted on the meta device (no memory used)."""
+    import torch
+
+    from edgeformer.nn.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
+@friendly
+def models(as_json: bool) -> None:
+    """List the shipped model cards: name, family, shape, parameters and fp32 size."""
+    from edgeformer.zoo import list_cards
+
+    rows = []
+    for card in list_cards():
+        cfg = card.config
+        params = parameter_count(cfg)
+        layers = f"{cfg.n_layers}+{cfg.decoder_layers}" if cfg.family == "encoder-decoder" else str(cfg.n_layers)
+        rows.append(
+            {
+                "name": card.name,
+                "family": cfg.family,
+                "layers": layers,
+                "d_model": cfg.d_model,
+                "heads": cfg.n_heads,
+                "attention": cfg.attention,
+                "parameters": params,
+                "size_fp32_bytes": params * 4,
+                "trained": card.checkpoint is not None,
+                "metrics": card.metrics,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("name", "family", "layers", "width", "heads", "attention", "params", "size fp32", "weights")
+    table = [
+        (
+            r["name"],
+            r["family"],
+            r["layers"],
+            str(r["d_model"]),
+            str(r["heads"]),
+            r["attention"],
+            f"{r['parameters'] / 1e6:.1f} M",
+            _human_bytes(r["size_fp32_bytes"]),
+            "trained" if r["trained"] else "random",
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command(name="train")
+@click.argument("card_name", metavar="CARD")
+@click.option("--steps", type=click.IntRange(min=1), help="Override the recipe's number of steps.")
+@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the checkpoint and the updated card (default: next to the card).",
+)
+@friendly
+def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path | None) -> None:
+    """Re-run the training recipe of a demo card (demo-decoder, demo-encoder).
+
+    Reads the recipe from the card's [training] table, trains on the docstrings of this Python's
+    standard library, writes the safetensors checkpoint and records the held-out metrics and the
+    checkpoint's sha256 in the card.
+    """
+    from edgeformer.config import render_card
+    from edgeformer.demo import train_demo
+    from edgeformer.io import write_text_atomic
+    from edgeformer.zoo import resolve_card
+
+    card = resolve_card(card_name)
+    if card.path is None or card.checkpoint is None:
+        raise click.ClickException(f"card {card.name!r} names no checkpoint to train")
+    target_dir = out_dir or card.path.parent
+    ckpt = target_dir / card.checkpoint.name
+
+    def log(step: int, loss: float, lr: float) -> None:
+        click.echo(f"step {step + 1:>5}  loss {loss:.4f}  lr {lr:.2e}", err=True)
+
+    metrics, result, sha = train_demo(card, ckpt, steps=steps, seed=seed, log=log)
+    training = dict(card.training)
+    if steps is not None:
+        training["steps"] = steps
+    if seed is not None:
+        training["seed"] = seed
+    updated = dataclasses.replace(card, checkpoint=ckpt, checkpoint_sha256=sha, metrics=metrics, training=training)
+    write_text_atomic(target_dir / card.path.name, render_card(updated))
+    click.echo(
+        json.dumps(
+            {"card": str(target_dir / card.path.name), "checkpoint": str(ckpt), "sha256": sha, "metrics": metrics},
+            indent=2,
+        )
+    )
+
+
+def _progress(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@main.command(name="export")
+@click.argument("model", required=False, default="demo-decoder", metavar="[MODEL]")
+@click.option(
+    "-t", "--target", default="cpu-fp32", show_default=True, help="Target name (see export/) or a target .toml file."
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Bundle directory to write (default: ./<model>-<target>)."
+)
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of random weights for cards without a checkpoint."
+)
+@click.option(
+    "--io",
+    "io_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML declaring a factory's inputs (names, dtypes, shapes with named dimensions).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
+@friendly
+def export_cmd(
+    model: str,
+    target: str,
+    output: Path | None,
+    force: bool,
+    check: bool,
+    seed: int,
+    io_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Export MODEL to an ONNX bundle and check it against the torch source.
+
+    MODEL is a card name from `edgeformer models`, a path to a card .toml, or
+    `package.module:factory`; with no MODEL the shipped demo decoder is exported. The bundle is
+    written atomically: an interrupted or failed export leaves any earlier bundle untouched.
+    """
+    from edgeformer.export.bundle import export_bundle, source_from_card, source_from_factory
+    from edgeformer.export.user import load_io
+    from edgeformer.zoo import resolve_card, resolve_target
+
+    tgt = resolve_target(target)
+    if ":" in model and not Path(model).exists():
+        source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
+    else:
+        source = source_from_card(resolve_card(model), seed=seed)
+    out = output or Path(f"{source.name}-{tgt.name}")
+    manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        files = ", ".join(manifest["files"])
+        click.echo(f"wrote {out}/ ({files}); parity {'ok' if manifest.get('parity', {}).get('ok') else 'not checked'}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Greedy tokens to compare (decoders)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@friendly
+def check(bundle: Path, steps: int, as_json: bool) -> None:
+    """Check a bundle against the torch source it was exported from.
+
+    Reports, per output and shape, the max absolute and relative error and the cosine similarity
+    against the precision's tolerance, and for decoders whether greedy generation gives the same
+    tokens. Exits with 1 when the check fails.
+    """
+    from edgeformer.errors import ParityError
+    from edgeformer.parity import check_bundle
+
+    try:
+        report = check_bundle(bundle, generation_steps=steps, log=_progress)
+    except ParityError as exc:
+        if as_json:
+            click.echo(json.dumps(exc.report.to_dict(), indent=2))  # type: ignore[attr-defined]
+        raise
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        worst = report.worst()
+        error = worst.max_rel if worst else 0.0
+        click.echo(f"parity ok: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Bundles: the directory an app embeds. Written atomically, described by manifest.json.
+
+manifest.json: format version; the card and config; per graph its file, inputs and outputs (name,
+dtype, symbolic shape); precision, target, opset, providers; producer versions; sha256 of every
+file; how to rebuild the torch source; the parity summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from edgeformer import __version__
+from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render_card
+from edgeformer.errors import BundleError, EdgeformerError, ExportError
+from edgeformer.export.graphs import GraphPlan, plan_graphs
+from edgeformer.export.trace import trace
+from edgeformer.io import atomic_dir
+from edgeformer.nn.checkpoint import load_model, sha256_file
+
+FORMAT_VERSION = 1
+EXTERNAL_DATA_BYTES = 1 << 30  # weights beyond 1 GiB go to <graph>.onnx.data (protobuf stops at 2 GiB)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Source:
+    """The torch source of a bundle, and the recipe that rebuilds it from the manifest alone."""
+
+    name: str
+    model: nn.Module
+    config: ModelConfig | None  # None for a user's own module
+    plans: list[GraphPlan]
+    recipe: dict[str, Any]
+    tokenizer: str = ""
+    example_dims: dict[str, int] | None = None  # sizes to trace with (all >= 2); None: the defaults
+
+
+def source_from_card(card: ModelCard, *, seed: int = 0) -> Source:
+    model = load_model(card, seed=seed)
+    recipe: dict[str, Any] = {"kind": "card", "card": render_card(card), "seed": seed}
+    if card.checkpoint is not None:
+        recipe["checkpoint"] = str(card.checkpoint.resolve())
+        recipe["checkpoint_sha256"] = card.checkpoint_sha256 or sha256_file(card.checkpoint)
+    return Source(card.name, model, card.config, plan_graphs(model, card.config), recipe, card.tokenizer)
+
+
+def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: int = 0) -> Source:
+    """A user's module from ``package.module:factory``; inputs declared by ``io`` or the factory's
+    ``edgeformer_io`` attribute. Random weights the factory makes come from ``seed``."""
+    from edgeformer.export.user import load_factory, user_plan
+
+    factory = load_factory(spec)
+    io = io if io is not None else getattr(factory, "edgeformer_io", None)
+    if io is None:
+        raise ExportError(
+            f"{spec}: declare its inputs with --io FILE.toml or a `edgeformer_io` attribute on the factory"
+        )
+    torch.manual_seed(seed)
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise ExportError(f"factory {spec} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    plan, sizes = user_plan(model, io)
+    recipe = {"kind": "factory", "factory": spec, "io": io, "seed": seed}
+    return Source(spec.rpartition(":")[2], model, None, [plan], recipe, example_dims=sizes)
+
+
+def rebuild_source(manifest: dict[str, Any]) -> Source:
+    """The torch source a manifest records: its card (with checkpoint, verified by sha256) or seed,
+    or the user's factory."""
+    import tomllib
+
+    recipe = manifest.get("source", {})
+    if recipe.get("kind") == "factory":
+        return source_from_factory(recipe["factory"], recipe["io"], seed=int(recipe.get("seed", 0)))
+    if recipe.get("kind") != "card":
+        raise BundleError(f"this bundle's source kind {recipe.get('kind')!r} cannot be rebuilt")
+    card = parse_card(tomllib.loads(recipe["card"]), source="manifest card")
+    if "checkpoint" in recipe:
+        path = Path(recipe["checkpoint"])
+        if not path.is_file():
+            from edgeformer.zoo import resolve_card
+
+            with contextlib.suppress(EdgeformerError):  # the same card in this installation's zoo
+                path = resolve_card(card.name).checkpoint or path
+        if not path.is_file() or sha256_file(path) != recipe["checkpoint_sha256"]:
+            raise BundleError(
+                f"the torch source's checkpoint {recipe['checkpoint']} (sha256 {recipe['checkpoint_sha256'][:12]}...) "
+                "is not on this machine; parity needs the weights the bundle was exported from"
+            )
+        card = ModelCard(card.name, card.config, card.description, path, recipe["checkpoint_sha256"], card.tokenizer)
+    else:
+        card = ModelCard(card.name, card.config, card.description, None, "", card.tokenizer)
+    return source_from_card(card, seed=int(recipe.get("seed", 0)))
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    return {
+        "edgeformer": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnx_ir": ir.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_graph(model: ir.Model, path: Path) -> list[str]:
+    """Write one graph; weights over EXTERNAL_DATA_BYTES go to <file>.data. Returns the files written."""
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if weights > EXTERNAL_DATA_BYTES:
+        ir.save(model, path, external_data=f"{path.name}.data")
+        return [path.name, f"{path.name}.data"]
+    ir.save(model, path)
+    return [path.name]
+
+
+def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:
+    return {name: sha256_file(directory / name) for name in names}
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def build_manifest(source: Source, target: Target, files: list[str], directory: Path) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": source.name,
+        "family": source.config.family if source.config else "custom",
+        "config": source.config.to_dict() if source.config else None,
+        "tokenizer": source.tokenizer,
+        "precision": target.precision,
+        "target": target.to_dict(),
+        "opset": target.opset,
+        "providers_tried": list(target.providers),
+        "graphs": {
+            plan.name: {
+                "file": plan.file,
+                "inputs": [s.to_dict() for s in plan.inputs],
+                "outputs": [s.to_dict() for s in plan.outputs],
+            }
+            for plan in source.plans
+        },
+        "files": file_hashes(directory, files),
+        "producer": versions(),
+        "source": source.recipe,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The manifest of a bundle; with ``verify``, every file's sha256 is checked."""
+    bundle = Path(bundle)
+    path = bundle / "manifest.json"
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle} is not a bundle directory")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{bundle} has no manifest.json; is it a bundle written by `edgeformer export`?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    if verify:
+        for name, digest in manifest.get("files", {}).items():
+            file = bundle / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{path}: file {name!r} points outside the bundle")
+            if not file.is_file():
+                raise BundleError(f"{bundle}: {name} is missing")
+            if sha256_file(file) != digest:
+                raise BundleError(f"{bundle}: {name} does not match its sha256 in the manifest (changed or corrupted)")
+    return manifest
+
+
+def export_bundle(
+    source: Source,
+    target: Target,
+    out: str | Path,
+    *,
+    force: bool = False,
+    check: bool = True,
+    log: Log = lambda _msg: None,
+) -> dict[str, Any]:
+    """Trace every graph, check parity, and write the bundle to ``out`` atomically.
+
+    A failed check raises ParityError (its ``report`` attribute holds the details) and writes nothing.
+    """
+    from edgeformer.parity import check_source
+
+    out = Path(out)
+    try:
+        context = atomic_dir(out, force=force)
+        tmp = context.__enter__()
+    except FileExistsError:
+        raise ExportError(f"{out} already exists; pass --force to replace it") from None
+    try:
+        files: list[str] = []
+        for plan in source.plans:
+            start = time.perf_counter()
+            log(f"tracing {plan.file} (opset {target.opset}) ...")
+            model = trace(plan, target.opset, source.example_dims)
+            files += save_graph(model, tmp / plan.file)
+            log(f"  {len(model.graph)} nodes, {time.perf_counter() - start:.1f} s")
+        manifest = build_manifest(source, target, files, tmp)
+        if check:
+            log("checking parity against the torch source ...")
+            graphs = {p.name: tmp / p.file for p in source.plans}
+            report = check_source(source, graphs, target.precision, providers=target.providers, log=log)
+            manifest["parity"] = report.to_dict()
+        write_manifest(tmp, manifest)
+    except BaseException as exc:
+        context.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    context.__exit__(None, None, None)
+    return manifest

@@ -1,0 +1,234 @@
+"""Parity: does the ONNX graph compute what the torch source computes?
+
+Numbers first (max absolute error, max relative error, cosine per output at several shapes against
+the precision's tolerance), then behaviour (identical greedy tokens through the KV cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edgeformer.config import ModelConfig
+from edgeformer.export.graphs import GraphPlan, derived_dims, make_inputs, run_torch
+
+TOLERANCE = {"fp32": 1e-4}
+
+
+@dataclass
+class OutputReport:
+    name: str
+    max_abs: float
+    max_rel: float  # max |error| / max |reference|
+    cosine: float
+    ok: bool
+
+
+@dataclass
+class CaseReport:
+    graph: str
+    dims: dict[str, int]
+    outputs: list[OutputReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    tolerance: float
+    cases: list[CaseReport] = field(default_factory=list)
+    generation: dict[str, Any] | None = None
+    divergence: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        gen_ok = self.generation is None or self.generation["identical"]
+        return all(c.ok for c in self.cases) and gen_ok
+
+    def worst(self) -> OutputReport | None:
+        outs = [o for c in self.cases for o in c.outputs]
+        return max(outs, key=lambda o: o.max_rel) if outs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.worst()
+        return {
+            "ok": self.ok,
+            "precision": self.precision,
+            "tolerance": self.tolerance,
+            "worst_max_rel": worst.max_rel if worst else None,
+            "cases": [
+                {"graph": c.graph, "dims": c.dims, "ok": c.ok, "outputs": [asdict(o) for o in c.outputs]}
+                for c in self.cases
+            ],
+            "generation": self.generation,
+            "divergence": self.divergence,
+        }
+
+
+def compare(name: str, reference: np.ndarray, got: np.ndarray, tolerance: float) -> OutputReport:
+    """Error relative to the output's scale: max |got - ref| / max(1, max |ref|) <= tolerance."""
+    if reference.shape != got.shape:
+        return OutputReport(name, float("inf"), float("inf"), 0.0, False)
+    ref, out = reference.astype(np.float64), got.astype(np.float64)
+    err = float(np.abs(ref - out).max()) if ref.size else 0.0
+    ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+    norm = float(np.linalg.norm(ref) * np.linalg.norm(out))
+    cosine = float((ref * out).sum() / norm) if norm > 0 else float(np.array_equal(ref, out))
+    finite = bool(np.isfinite(out).all())
+    return OutputReport(
+        name, err, err / ref_max if ref_max else err, cosine, finite and err / max(1.0, ref_max) <= tolerance
+    )
+
+
+def run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def check_graph(plan: GraphPlan, session: ort.InferenceSession, tolerance: float, seed: int = 0) -> list[CaseReport]:
+    reports = []
+    for i, dims in enumerate(plan.cases):
+        inputs = make_inputs(plan, dims, seed=seed + i)
+        want = run_torch(plan, inputs)
+        got = run_onnx(session, inputs)
+        outputs = [compare(spec.name, want[spec.name], got[spec.name], tolerance) for spec in plan.outputs]
+        reports.append(CaseReport(plan.name, derived_dims(dims), outputs))
+    return reports
+
+
+@torch.no_grad()
+def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, steps: int) -> np.ndarray:
+    """Greedy tokens from the torch source, through its own KV cache."""
+    ids = torch.from_numpy(prompt)
+    tokens = []
+    if cfg.family == "encoder-decoder":
+        cross = model.cross_key_values(model.encode(ids))
+        nxt = torch.full((ids.shape[0], 1), cfg.bos_token_id, dtype=torch.long)
+        past = None
+        for _ in range(steps):
+            out = model.decode(nxt, cross, past_key_values=past)
+            nxt, past = out["logits"][:, -1:].argmax(-1), out["present_key_values"]
+            tokens.append(nxt)
+    else:
+        out = model(ids)
+        for _ in range(steps):
+            nxt = out["logits"][:, -1:].argmax(-1)
+            tokens.append(nxt)
+            out = model(nxt, past_key_values=out["present_key_values"])
+    return torch.cat(tokens, dim=1).numpy()
+
+
+def generation_parity(source: Any, sessions: dict[str, ort.InferenceSession], steps: int = 32) -> dict[str, Any]:
+    """Greedy tokens of the torch source and of the bundle (KV cache on both sides) for N steps."""
+    from edgeformer import tokenizer
+    from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
+
+    cfg = source.config
+    if source.tokenizer == "bytes":
+        prompt = np.array(
+            [tokenizer.encode("Return the", bos=True), tokenizer.encode("class Foo:", bos=True)], dtype=np.int64
+        )
+    else:
+        prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5), dtype=np.int64)
+    if cfg.family == "decoder":
+        steps = min(steps, cfg.max_positions - prompt.shape[1])
+        got = greedy_decoder(sessions["model"], prompt, steps)
+    else:
+        steps = min(steps, cfg.max_positions)
+        got = greedy_seq2seq(sessions["encoder"], sessions["decoder"], prompt, max(cfg.bos_token_id, 0), steps)
+    want = torch_greedy(source.model, cfg, prompt, steps)
+    agree = int((got == want).all(axis=0).sum()) if got.shape == want.shape else 0
+    first = next((i for i in range(min(got.shape[1], want.shape[1])) if not (got[:, i] == want[:, i]).all()), None)
+    return {
+        "steps": steps,
+        "batch": int(prompt.shape[0]),
+        "identical": bool(got.shape == want.shape and (got == want).all()),
+        "steps_agreeing": agree,
+        "first_difference": first,
+    }
+
+
+def check_source(
+    source: Any,
+    graphs: dict[str, Any],
+    precision: str = "fp32",
+    *,
+    providers: tuple[str, ...] = ("cpu",),
+    generation_steps: int = 32,
+    log: Any = lambda _msg: None,
+    raise_on_failure: bool = True,
+) -> ParityReport:
+    """Compare every graph (name -> .onnx path) with the torch source at several shapes, then
+    greedy generation. On a numeric failure, bisect to the first diverging module and node."""
+    from edgeformer.bisect import bisect
+    from edgeformer.errors import ParityError
+    from edgeformer.runtime.session import make_session
+
+    report = ParityReport(precision, TOLERANCE[precision])
+    sessions = {name: make_session(path, providers) for name, path in graphs.items()}
+    for plan in source.plans:
+        cases = check_graph(plan, sessions[plan.name], report.tolerance)
+        report.cases += cases
+        failed = next((i for i, c in enumerate(cases) if not c.ok), None)
+        if failed is not None and report.divergence is None:
+            inputs = make_inputs(plan, plan.cases[failed], seed=failed)
+            report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance)
+            if report.divergence:
+                report.divergence["graph"] = plan.file
+        worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
+        log(
+            f"  {plan.file}: {len(cases)} shapes, worst error {worst:.2e} of output scale "
+            f"({'ok' if all(c.ok for c in cases) else 'FAILED'}, tolerance {report.tolerance:g})"
+        )
+    if source.config is not None and source.config.family != "encoder":
+        report.generation = generation_parity(source, sessions, generation_steps)
+        g = report.generation
+        log(
+            f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, "
+            f"{'identical' if g['identical'] else 'DIFFERENT from step ' + str(g['first_difference'])}"
+        )
+    if not report.ok and raise_on_failure:
+        error = ParityError(format_failure(report))
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report
+
+
+def format_failure(report: ParityReport) -> str:
+    lines = [f"parity check failed ({report.precision}, tolerance {report.tolerance:g} of output scale):"]
+    for case in report.cases:
+        for o in case.outputs:
+            if not o.ok:
+                lines.append(
+                    f"  {case.graph} {case.dims}: {o.name} max abs error {o.max_abs:.3g} "
+                    f"(rel {o.max_rel:.3g}, cosine {o.cosine:.6f})"
+                )
+    if report.generation and not report.generation["identical"]:
+        lines.append(f"  greedy tokens differ from step {report.generation['first_difference']}")
+    if report.divergence:
+        d = report.divergence
+        lines.append(
+            f"  first divergence: torch module '{d['module']}' vs ONNX node '{d['node']}' ({d['op_type']}), "
+            f"max abs error {d['max_abs']:.3g}"
+        )
+    return "\n".join(lines[:20])
+
+
+def check_bundle(bundle: Any, *, generation_steps: int = 32, log: Any = lambda _msg: None) -> ParityReport:
+    """Rebuild the torch source a bundle records and check the bundle's graphs against it."""
+    from pathlib import Path
+
+    from edgeformer.export.bundle import read_manifest, rebuild_source
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    source = rebuild_source(manifest)
+    graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
+    return check_source(source, graphs, manifest["precision"], generation_steps=generation_steps, log=log)
