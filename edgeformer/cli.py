@@ -219,9 +219,16 @@ def export_cmd(
 @click.option(
     "--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Greedy tokens to compare (decoders)."
 )
+@click.option(
+    "--inputs",
+    "npz",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Real inputs: an .npz with input_ids (and optionally attention_mask, ...).",
+)
+@click.option("--text", help="Real input text, for byte-level models (the demo models).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
-def check(bundle: Path, steps: int, as_json: bool) -> None:
+def check(bundle: Path, steps: int, npz: Path | None, text: str | None, as_json: bool) -> None:
     """Check a bundle against the torch source it was exported from.
 
     Reports, per output and shape, the max absolute and relative error and the cosine similarity
@@ -229,10 +236,11 @@ def check(bundle: Path, steps: int, as_json: bool) -> None:
     tokens. Exits with 1 when the check fails.
     """
     from edgeformer.errors import ParityError
-    from edgeformer.parity import check_bundle
+    from edgeformer.parity import check_bundle, read_real_inputs
 
+    real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
-        report = check_bundle(bundle, generation_steps=steps, log=_progress)
+        report = check_bundle(bundle, generation_steps=steps, real_inputs=real, log=_progress)
     except ParityError as exc:
         if as_json:
             click.echo(json.dumps(exc.report.to_dict(), indent=2))  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ class CaseReport:
     graph: str
     dims: dict[str, int]
     outputs: list[OutputReport]
+    inputs: str = "random"  # or "real": inputs the user gave
 
     @property
     def ok(self) -> bool:
@@ -64,7 +65,13 @@ class ParityReport:
             "tolerance": self.tolerance,
             "worst_max_rel": worst.max_rel if worst else None,
             "cases": [
-                {"graph": c.graph, "dims": c.dims, "ok": c.ok, "outputs": [asdict(o) for o in c.outputs]}
+                {
+                    "graph": c.graph,
+                    "dims": c.dims,
+                    "inputs": c.inputs,
+                    "ok": c.ok,
+                    "outputs": [asdict(o) for o in c.outputs],
+                }
                 for c in self.cases
             ],
             "generation": self.generation,
@@ -92,15 +99,66 @@ def run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> di
     return dict(zip(names, session.run(names, inputs), strict=True))
 
 
-def check_graph(plan: GraphPlan, session: ort.InferenceSession, tolerance: float, seed: int = 0) -> list[CaseReport]:
+def _case(
+    plan: GraphPlan, session: ort.InferenceSession, inputs: dict[str, np.ndarray], tolerance: float
+) -> list[OutputReport]:
+    want = run_torch(plan, inputs)
+    got = run_onnx(session, inputs)
+    return [compare(spec.name, want[spec.name], got[spec.name], tolerance) for spec in plan.outputs]
+
+
+def _dims_of(plan: GraphPlan, inputs: dict[str, np.ndarray]) -> dict[str, int]:
+    return {d: inputs[s.name].shape[i] for s in plan.inputs for i, d in enumerate(s.shape) if isinstance(d, str)}
+
+
+def check_graph(
+    plan: GraphPlan,
+    session: ort.InferenceSession,
+    tolerance: float,
+    seed: int = 0,
+    real: list[dict[str, np.ndarray]] | None = None,
+) -> list[CaseReport]:
+    """Random inputs at every shape of plan.cases, then the real inputs given, if any."""
     reports = []
     for i, dims in enumerate(plan.cases):
         inputs = make_inputs(plan, dims, seed=seed + i)
-        want = run_torch(plan, inputs)
-        got = run_onnx(session, inputs)
-        outputs = [compare(spec.name, want[spec.name], got[spec.name], tolerance) for spec in plan.outputs]
-        reports.append(CaseReport(plan.name, derived_dims(dims), outputs))
+        reports.append(CaseReport(plan.name, derived_dims(dims), _case(plan, session, inputs, tolerance)))
+    for inputs in real or []:
+        reports.append(CaseReport(plan.name, _dims_of(plan, inputs), _case(plan, session, inputs, tolerance), "real"))
     return reports
+
+
+def complete_inputs(plan: GraphPlan, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Real inputs for a graph: what the user gave, with masks, positions and an empty cache derived."""
+    from edgeformer.errors import ParityError
+
+    if "input_ids" not in given:
+        raise ParityError(f"real inputs need 'input_ids'; got {', '.join(given) or 'nothing'}")
+    ids = np.asarray(given["input_ids"])
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ParityError(f"input_ids must be a non-empty (batch, sequence) integer array, got {ids.dtype} {ids.shape}")
+    out: dict[str, np.ndarray] = {"input_ids": ids.astype(np.int64)}
+    for spec in plan.inputs:
+        if spec.name in out:
+            continue
+        if spec.name in given:
+            out[spec.name] = np.asarray(given[spec.name]).astype(spec.dtype)
+        elif spec.name in ("attention_mask", "encoder_attention_mask"):
+            out[spec.name] = np.ones(ids.shape, dtype=np.int64)
+        elif spec.name == "position_ids":
+            pos = np.clip(np.cumsum(out["attention_mask"], axis=1) - 1, 0, None)
+            out[spec.name] = pos[:, -ids.shape[1] :].astype(np.int64)
+        elif spec.name.startswith("past_key_values.") and ".encoder." not in spec.name:
+            out[spec.name] = np.zeros((ids.shape[0], spec.shape[1], 0, spec.shape[3]), dtype=np.float32)
+        else:
+            raise ParityError(f"real inputs lack {spec.name!r}, which cannot be derived")
+        if spec.high and (out[spec.name].min() < 0 or out[spec.name].max() >= spec.high):
+            raise ParityError(f"{spec.name} has values outside [0, {spec.high})")
+    if ids.max() >= (plan.inputs[0].high or np.iinfo(np.int64).max) or ids.min() < 0:
+        raise ParityError(f"input_ids has values outside [0, {plan.inputs[0].high})")
+    return out
 
 
 @torch.no_grad()
@@ -125,13 +183,17 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
     return torch.cat(tokens, dim=1).numpy()
 
 
-def generation_parity(source: Any, sessions: dict[str, ort.InferenceSession], steps: int = 32) -> dict[str, Any]:
+def generation_parity(
+    source: Any, sessions: dict[str, ort.InferenceSession], steps: int = 32, prompt: np.ndarray | None = None
+) -> dict[str, Any]:
     """Greedy tokens of the torch source and of the bundle (KV cache on both sides) for N steps."""
     from edgeformer import tokenizer
     from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
 
     cfg = source.config
-    if source.tokenizer == "bytes":
+    if prompt is not None:
+        prompt = prompt[:, : max(1, cfg.max_positions - steps)]
+    elif source.tokenizer == "bytes":
         prompt = np.array(
             [tokenizer.encode("Return the", bos=True), tokenizer.encode("class Foo:", bos=True)], dtype=np.int64
         )
@@ -162,23 +224,28 @@ def check_source(
     *,
     providers: tuple[str, ...] = ("cpu",),
     generation_steps: int = 32,
+    real_inputs: dict[str, np.ndarray] | None = None,
     log: Any = lambda _msg: None,
     raise_on_failure: bool = True,
 ) -> ParityReport:
-    """Compare every graph (name -> .onnx path) with the torch source at several shapes, then
-    greedy generation. On a numeric failure, bisect to the first diverging module and node."""
+    """Compare every graph (name -> .onnx path) with the torch source at several shapes (and on
+    ``real_inputs``, given to the first graph), then greedy generation. On a numeric failure,
+    bisect to the first diverging module and node."""
     from edgeformer.bisect import bisect
     from edgeformer.errors import ParityError
     from edgeformer.runtime.session import make_session
 
     report = ParityReport(precision, TOLERANCE[precision])
     sessions = {name: make_session(path, providers) for name, path in graphs.items()}
+    real = complete_inputs(source.plans[0], real_inputs) if real_inputs is not None else None
     for plan in source.plans:
-        cases = check_graph(plan, sessions[plan.name], report.tolerance)
+        cases = check_graph(
+            plan, sessions[plan.name], report.tolerance, real=[real] if real and plan is source.plans[0] else None
+        )
         report.cases += cases
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)
         if failed is not None and report.divergence is None:
-            inputs = make_inputs(plan, plan.cases[failed], seed=failed)
+            inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
             report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance)
             if report.divergence:
                 report.divergence["graph"] = plan.file
@@ -188,7 +255,8 @@ def check_source(
             f"({'ok' if all(c.ok for c in cases) else 'FAILED'}, tolerance {report.tolerance:g})"
         )
     if source.config is not None and source.config.family != "encoder":
-        report.generation = generation_parity(source, sessions, generation_steps)
+        prompt = real["input_ids"] if real is not None else None
+        report.generation = generation_parity(source, sessions, generation_steps, prompt)
         g = report.generation
         log(
             f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, "
@@ -221,7 +289,13 @@ def format_failure(report: ParityReport) -> str:
     return "\n".join(lines[:20])
 
 
-def check_bundle(bundle: Any, *, generation_steps: int = 32, log: Any = lambda _msg: None) -> ParityReport:
+def check_bundle(
+    bundle: Any,
+    *,
+    generation_steps: int = 32,
+    real_inputs: dict[str, np.ndarray] | None = None,
+    log: Any = lambda _msg: None,
+) -> ParityReport:
     """Rebuild the torch source a bundle records and check the bundle's graphs against it."""
     from pathlib import Path
 
@@ -231,4 +305,29 @@ def check_bundle(bundle: Any, *, generation_steps: int = 32, log: Any = lambda _
     manifest = read_manifest(bundle)
     source = rebuild_source(manifest)
     graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
-    return check_source(source, graphs, manifest["precision"], generation_steps=generation_steps, log=log)
+    return check_source(
+        source, graphs, manifest["precision"], generation_steps=generation_steps, real_inputs=real_inputs, log=log
+    )
+
+
+def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -> dict[str, np.ndarray]:
+    """Real inputs from an .npz file, or from text for a bundle with the byte-level tokenizer."""
+    from pathlib import Path
+
+    from edgeformer import tokenizer
+    from edgeformer.errors import ParityError
+    from edgeformer.export.bundle import read_manifest
+
+    if npz is not None:
+        try:
+            with np.load(Path(npz), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ParityError(f"{npz} is not a readable .npz of arrays ({exc})") from None
+    manifest = read_manifest(bundle, verify=False)
+    if manifest.get("tokenizer") != "bytes":
+        raise ParityError("--text needs a byte-level model (tokenizer 'bytes'); give --inputs FILE.npz instead")
+    if not text:
+        raise ParityError("--text is empty; give at least one character")
+    limit = int((manifest.get("config") or {}).get("max_positions", 0)) or None
+    return {"input_ids": np.array([tokenizer.encode(text, bos=True)[:limit]], dtype=np.int64)}

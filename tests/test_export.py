@@ -213,3 +213,37 @@ def test_outputs_match_at_an_odd_shape(bundles):
     want = run_torch(plan, inputs)
     got = run_onnx(make_session(path / "model.onnx"), inputs)
     np.testing.assert_allclose(got["last_hidden_state"], want["last_hidden_state"], atol=1e-4)
+
+
+def test_check_on_real_text_and_npz(bundles, tmp_path):
+    from edgeformer.parity import read_real_inputs
+
+    path, _ = bundles["demo-decoder"]
+    text = "Return the number of items in the container."
+    real = read_real_inputs(path, text=text)
+    report = check_bundle(path, generation_steps=16, real_inputs=real)
+    real_cases = [c for c in report.cases if c.inputs == "real"]
+    assert len(real_cases) == 1 and real_cases[0].ok and real_cases[0].dims["sequence"] == len(text) + 1  # BOS
+    assert report.generation["identical"] and report.generation["steps"] == 16
+
+    enc, _ = bundles["bert-mini"]
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, input_ids=np.array([[5, 6, 7, 8]]), attention_mask=np.array([[1, 1, 1, 0]]))
+    report = check_bundle(enc, real_inputs=read_real_inputs(enc, npz=npz))
+    assert report.ok and report.cases[-1].inputs == "real"
+
+
+def test_bad_real_inputs_are_refused(bundles, tmp_path):
+    from edgeformer.parity import read_real_inputs
+
+    enc, _ = bundles["bert-mini"]
+    with pytest.raises(ParityError, match="byte-level"):
+        read_real_inputs(enc, text="hello")
+    with pytest.raises(ParityError, match="outside"):
+        check_bundle(enc, real_inputs={"input_ids": np.array([[5, 99999]])})
+    with pytest.raises(ParityError, match="need 'input_ids'"):
+        check_bundle(enc, real_inputs={"tokens": np.array([[5]])})
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ParityError, match="not a readable .npz"):
+        read_real_inputs(enc, npz=bad)
