@@ -1,12 +1,23 @@
-"""Greedy decoding over bundle graphs with the KV cache, in numpy. No torch.
+"""Decoding over bundle graphs with the KV cache, in numpy. No torch.
 
-Works from the graphs' own input specs (names and shapes), so it needs nothing but the sessions.
+``greedy_decoder`` and ``greedy_seq2seq`` are the plain greedy loops the parity checks compare with
+torch. ``decoder_steps`` and ``seq2seq_steps`` are the loops behind ``DecoderModel.generate`` and
+``Seq2SeqModel.generate``: left-padded batches, sampling, stop tokens, one token per row per step
+yielded as soon as it is chosen. Rows that stop leave the batch (their cache rows are dropped).
+With greedy sampling and no stop tokens they choose exactly the tokens of the greedy loops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator
+
 import numpy as np
 import onnxruntime as ort
+
+from edgeformer.runtime.bundle import Spec
+from edgeformer.runtime.sampling import Sampling, sample
+
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> outputs by name
 
 
 def _empty_cache(session: ort.InferenceSession, batch: int, prefix: str) -> dict[str, np.ndarray]:
@@ -87,3 +98,97 @@ def greedy_seq2seq(
             if n.startswith("present."):
                 feeds[n.replace("present.", "past_key_values.", 1)] = v
     return np.stack(tokens, axis=1)
+
+
+def empty_cache(specs: tuple[Spec, ...], batch: int) -> dict[str, np.ndarray]:
+    """Zero-length self-attention caches (B, heads, 0, head_dim) for every past_key_values input
+    whose length is the growing ``past_sequence`` (not the encoder's cross cache)."""
+    return {
+        s.name: np.zeros((batch, int(s.shape[1]), 0, int(s.shape[3])), dtype=np.float32)
+        for s in specs
+        if s.name.startswith("past_key_values.") and s.shape[2] == "past_sequence"
+    }
+
+
+def left_padded_positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids of a (B, T) mask: real tokens count from 0, padding sits at 0 (as in torch)."""
+    return np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+
+
+def _as_past(outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
+
+
+def _keep(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    return arrays if keep.all() else {n: v[keep] for n, v in arrays.items()}
+
+
+RowToken = tuple[int, int, bool]  # (row of the batch, token, whether the row is finished)
+
+
+def _emit(rows: np.ndarray, tokens: np.ndarray, done: np.ndarray) -> Iterator[RowToken]:
+    yield from zip(rows.tolist(), tokens.tolist(), done.tolist(), strict=True)
+
+
+def decoder_steps(
+    run: Run,
+    specs: tuple[Spec, ...],
+    ids: np.ndarray,
+    mask: np.ndarray,
+    steps: int,
+    sampling: Sampling,
+    stop: Collection[int] = (),
+) -> Iterator[RowToken]:
+    """Generate up to ``steps`` tokens for left-padded (B, T) prompts with a decoder-only graph.
+
+    The attention mask covers past and new tokens; position ids are cumsum(mask) - 1 clipped at 0.
+    A row finishes after a stop token (which is yielded) or after ``steps`` tokens.
+    """
+    rng = np.random.default_rng(sampling.seed)
+    rows = np.arange(ids.shape[0])
+    stop_ids = np.asarray(sorted(stop), dtype=np.int64)
+    cache = empty_cache(specs, ids.shape[0])
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": left_padded_positions(mask)}
+    for step in range(steps):
+        outs = run({**feeds, **cache})
+        nxt = sample(outs["logits"][:, -1], sampling, rng)  # (B,)
+        done = np.isin(nxt, stop_ids) | (step == steps - 1)
+        yield from _emit(rows, nxt, done)
+        if done.all():
+            return
+        keep = ~done
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)[keep]  # (B, Tpast + 1)
+        cache = _keep(_as_past(outs), keep)
+        rows, nxt = rows[keep], nxt[keep]
+        feeds = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": mask.sum(1, keepdims=True) - 1}
+
+
+def seq2seq_steps(
+    run_encoder: Run,
+    run_decoder: Run,
+    specs: tuple[Spec, ...],
+    source: np.ndarray,
+    source_mask: np.ndarray,
+    start: int,
+    steps: int,
+    sampling: Sampling,
+    stop: Collection[int] = (),
+) -> Iterator[RowToken]:
+    """Generate up to ``steps`` tokens per (B, S) source with an encoder-decoder; the encoder and
+    the cross-attention keys/values run once. Rows finish as in ``decoder_steps``."""
+    rng = np.random.default_rng(sampling.seed)
+    rows = np.arange(source.shape[0])
+    stop_ids = np.asarray(sorted(stop), dtype=np.int64)
+    cross = _as_past(run_encoder({"input_ids": source, "attention_mask": source_mask}))  # computed once
+    cache = empty_cache(specs, source.shape[0])
+    nxt = np.full(source.shape[0], start, dtype=np.int64)
+    for step in range(steps):
+        outs = run_decoder({"input_ids": nxt[:, None], "encoder_attention_mask": source_mask, **cross, **cache})
+        nxt = sample(outs["logits"][:, -1], sampling, rng)
+        done = np.isin(nxt, stop_ids) | (step == steps - 1)
+        yield from _emit(rows, nxt, done)
+        if done.all():
+            return
+        keep = ~done
+        cache, cross = _keep(_as_past(outs), keep), _keep(cross, keep)
+        rows, nxt, source_mask = rows[keep], nxt[keep], source_mask[keep]

@@ -1,4 +1,8 @@
-"""onnxruntime sessions: execution providers by short name, plain session options. No torch."""
+"""onnxruntime sessions: execution providers by short name, plain session options. No torch.
+
+``open_session`` tries the planned providers in order (see ``providers.plan``) and reports what
+happened to each; ``make_session`` is the strict one-liner the parity checks use.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,120 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "nnapi": "NnapiExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "qnn": "QNNExecutionProvider",
-    "webgpu": "WebGpuExecutionProvider",
+from edgeformer.runtime.errors import BundleFormatError, OptionError, ProviderError
+from edgeformer.runtime.providers import PROVIDERS, full_name, installed, missing_message, plan, short_name
+
+__all__ = [
+    "OPTIMIZATION",
+    "PROVIDERS",
+    "ProviderError",
+    "make_session",
+    "open_session",
+    "provider_names",
+    "session_options",
+]
+
+OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
 
-class ProviderError(RuntimeError):
-    """A requested execution provider is not in the installed onnxruntime."""
-
-
 def provider_names(short: Sequence[str]) -> list[str]:
-    available = ort.get_available_providers()
+    """Full names of the given providers; any that this onnxruntime lacks is a ProviderError."""
+    have = installed()
     out = []
     for name in short:
-        full = PROVIDERS.get(name.lower(), name)
-        if full not in available:
-            raise ProviderError(
-                f"execution provider {name!r} ({full}) is not in this onnxruntime; installed: {', '.join(available)}"
-            )
+        full = full_name(name)
+        if full not in have:
+            raise ProviderError(missing_message(name))
         out.append(full)
     return out
+
+
+def session_options(
+    *,
+    threads: int | None = None,
+    spinning: bool = True,
+    optimization: str = "all",
+    memory_arena: bool = True,
+    optimized_model_path: str | Path | None = None,
+) -> ort.SessionOptions:
+    """SessionOptions from plain values.
+
+    threads: intra-op threads (None: onnxruntime's default, one per core). spinning: whether idle
+    intra-op threads spin (``session.intra_op.allow_spinning``); turn it off when several sessions
+    share the cores. optimization: disable, basic, extended or all. memory_arena: the CPU memory
+    arena. optimized_model_path: where onnxruntime saves the graph after its optimizations.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise OptionError(f"threads must be a positive integer or None, got {threads!r}")
+    if optimization not in OPTIMIZATION:
+        raise OptionError(f"optimization must be one of {', '.join(OPTIMIZATION)}, got {optimization!r}")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.graph_optimization_level = OPTIMIZATION[optimization]
+    opts.enable_cpu_mem_arena = bool(memory_arena)
+    if optimized_model_path is not None:
+        Path(optimized_model_path).parent.mkdir(parents=True, exist_ok=True)
+        opts.optimized_model_filepath = str(optimized_model_path)
+    return opts
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_session(
+    model: str | Path | bytes,
+    providers: Sequence[str] | str = ("cpu",),
+    *,
+    strict: bool = False,
+    **options: object,
+) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """A session on the first providers of the preference list that start, and what happened to
+    each provider considered, in order (short name -> "used", "not installed", "failed: ...",
+    "did not start" or "not tried").
+
+    Without ``strict``, a provider that is missing or fails to start is skipped for the next one
+    (the CPU provider last). With ``strict``, either every requested provider runs or ProviderError.
+    """
+    chosen = plan(providers, strict=strict)
+    considered = dict.fromkeys(chosen.requested + chosen.candidates)  # preference order, CPU fallback last
+    outcomes = {short_name(p): chosen.skipped.get(p, "not tried") for p in considered}
+    opts = session_options(**options)  # type: ignore[arg-type]
+    source = model if isinstance(model, bytes) else str(model)
+    label = "the graph" if isinstance(model, bytes) else Path(model).name
+    error = ""
+    for i, candidate in enumerate(chosen.candidates):
+        try:
+            session = ort.InferenceSession(source, opts, providers=chosen.candidates[i:])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; we keep the message
+            error = _first_line(exc)
+            if strict:
+                raise ProviderError(
+                    f"onnxruntime could not open {label} on {', '.join(map(short_name, chosen.candidates))}: {error}"
+                ) from None
+            outcomes[short_name(candidate)] = f"failed: {error}"
+            continue
+        used = session.get_providers()
+        for name in chosen.candidates[i:]:
+            if name in used:
+                outcomes[short_name(name)] = "used"
+            elif strict and name in chosen.requested:
+                raise ProviderError(
+                    f"execution provider {short_name(name)!r} is installed but did not start for {label} "
+                    f"(onnxruntime fell back to {', '.join(map(short_name, used))}); check its libraries and drivers"
+                )
+            else:
+                outcomes[short_name(name)] = "did not start"
+        return session, outcomes
+    raise BundleFormatError(f"onnxruntime could not open {label}: {error}")
 
 
 def make_session(
@@ -43,18 +134,19 @@ def make_session(
     threads: int | None = None,
     spinning: bool = True,
     optimization: str = "all",
+    memory_arena: bool = True,
+    optimized_model_path: str | Path | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession on the given providers (short names), with plain options."""
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=provider_names(providers))
+    """An InferenceSession on exactly the given providers (short names), with plain options."""
+    provider_names(providers)  # a missing provider is an error here, with where to get it
+    session, _ = open_session(
+        model,
+        providers,
+        strict=True,
+        threads=threads,
+        spinning=spinning,
+        optimization=optimization,
+        memory_arena=memory_arena,
+        optimized_model_path=optimized_model_path,
+    )
+    return session

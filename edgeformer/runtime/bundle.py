@@ -1,0 +1,145 @@
+"""Reading a bundle on the device: manifest.json and its files, checked, with nothing but the stdlib.
+
+The manifest is written by ``edgeformer.export.bundle`` (format version 1): family, config,
+tokenizer, per graph its file and the names, dtypes and symbolic shapes of its inputs and outputs,
+and the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError
+
+FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.bundle.FORMAT_VERSION)
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One graph input or output as the manifest describes it."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[str | int, ...]  # symbolic dimensions are names, fixed ones are ints
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    path: Path
+    inputs: tuple[Spec, ...]
+    outputs: tuple[Spec, ...]
+
+    def input(self, name: str) -> Spec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle directory: its manifest and its graphs."""
+
+    path: Path
+    manifest: dict[str, Any]
+    graphs: dict[str, Graph]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def family(self) -> str:
+        return str(self.manifest.get("family", "custom"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config") or {}
+
+    @property
+    def tokenizer(self) -> str:
+        return str(self.manifest.get("tokenizer") or "")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_member(bundle: Path, name: object) -> Path:
+    """The path of a file the manifest names, refusing anything that could leave the bundle."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleIntegrityError(f"{bundle}: manifest names a file {name!r} that is not a plain file name")
+    for flavour in (PurePosixPath, PureWindowsPath):
+        pure = flavour(name)
+        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+            raise BundleIntegrityError(f"{bundle}: manifest file {name!r} points outside the bundle (refused)")
+    return bundle / name
+
+
+def _specs(raw: object, where: str) -> tuple[Spec, ...]:
+    if not isinstance(raw, list):
+        raise BundleFormatError(f"{where} is not a list of tensor specs")
+    try:
+        return tuple(Spec(str(s["name"]), str(s["dtype"]), tuple(s["shape"])) for s in raw)
+    except (KeyError, TypeError) as exc:
+        raise BundleFormatError(f"{where}: a tensor spec lacks name, dtype or shape ({exc})") from None
+
+
+def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read ``path/manifest.json``; with ``verify``, check every listed file against its sha256."""
+    bundle = Path(path)
+    if not bundle.is_dir():
+        raise BundleFormatError(f"{bundle} is not a bundle directory")
+    manifest_path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleFormatError(f"{bundle} has no manifest.json; is it a bundle from `edgeformer export`?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleFormatError(f"{manifest_path} is not valid JSON ({exc})") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleFormatError(
+            f"{manifest_path}: format_version {version!r} is not {FORMAT_VERSION}; "
+            "this runtime reads bundles of format 1 (re-export with a matching edgeformer)"
+        )
+    family = manifest.get("family", "custom")
+    if family not in FAMILIES:
+        raise BundleFormatError(f"{manifest_path}: family {family!r} is not one of {', '.join(FAMILIES)}")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise BundleFormatError(f"{manifest_path}: 'files' must map file names to sha256 digests")
+    for name, digest in files.items():
+        file = safe_member(bundle, name)
+        if not file.is_file():
+            raise BundleIntegrityError(f"{bundle}: {name} is missing (listed in manifest.json)")
+        if verify and sha256_file(file) != digest:
+            raise BundleIntegrityError(
+                f"{bundle}: {name} does not match its sha256 in the manifest (changed or corrupted); re-export it"
+            )
+    graphs = {}
+    raw_graphs = manifest.get("graphs")
+    if not isinstance(raw_graphs, dict) or not raw_graphs:
+        raise BundleFormatError(f"{manifest_path}: no graphs listed")
+    for gname, entry in raw_graphs.items():
+        where = f"{manifest_path}: graph {gname!r}"
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise BundleFormatError(f"{where} has no file")
+        file = safe_member(bundle, entry["file"])
+        if not file.is_file():
+            raise BundleIntegrityError(f"{bundle}: {entry['file']} (graph {gname!r}) is missing")
+        if verify and entry["file"] not in files:
+            raise BundleIntegrityError(f"{where}: {entry['file']} has no sha256 in the manifest's files")
+        inputs = _specs(entry.get("inputs"), f"{where} inputs")
+        graphs[gname] = Graph(gname, file, inputs, _specs(entry.get("outputs"), f"{where} outputs"))
+    return Bundle(bundle, manifest, graphs)

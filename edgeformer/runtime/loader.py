@@ -1,0 +1,107 @@
+"""``load``: a bundle directory -> the model object of its family, sessions opened and checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgeformer.runtime.bundle import Bundle, Graph, read_bundle
+from edgeformer.runtime.errors import BundleFormatError
+from edgeformer.runtime.models import DecoderModel, EncoderModel, RuntimeModel, Seq2SeqModel
+from edgeformer.runtime.session import open_session
+
+CLASSES: dict[str, type[RuntimeModel]] = {
+    "encoder": EncoderModel,
+    "decoder": DecoderModel,
+    "encoder-decoder": Seq2SeqModel,
+    "custom": RuntimeModel,
+}
+NEEDS = {  # graph -> inputs the family's class feeds by name
+    "encoder": {"model": ("input_ids", "attention_mask")},
+    "decoder": {"model": ("input_ids", "attention_mask", "position_ids")},
+    "encoder-decoder": {"encoder": ("input_ids", "attention_mask"), "decoder": ("input_ids", "encoder_attention_mask")},
+}
+SAVED_SUFFIXES = (".onnx", ".ort")
+
+
+def optimized_path(where: str | Path | None, graph: str, n_graphs: int) -> Path | None:
+    """Where to save a graph after onnxruntime's optimizations: ``where`` itself when it names a
+    .onnx/.ort file (with the graph name added before the suffix when the bundle has several
+    graphs), else ``where/<graph>.optimized.onnx``."""
+    if where is None:
+        return None
+    where = Path(where)
+    if where.suffix in SAVED_SUFFIXES:
+        return where if n_graphs == 1 else where.with_name(f"{where.stem}.{graph}{where.suffix}")
+    return where / f"{graph}.optimized.onnx"
+
+
+def _check_graphs(bundle: Bundle) -> None:
+    for graph, inputs in NEEDS.get(bundle.family, {}).items():
+        if graph not in bundle.graphs:
+            raise BundleFormatError(f"{bundle.path}: a {bundle.family} bundle needs graph {graph!r}")
+        missing = [n for n in inputs if bundle.graphs[graph].input(n) is None]
+        if missing:
+            raise BundleFormatError(f"{bundle.path}: graph {graph!r} lacks inputs {', '.join(missing)}")
+        if "logits" not in bundle.graphs[graph].output_names() and graph != "encoder" and bundle.family != "encoder":
+            raise BundleFormatError(f"{bundle.path}: graph {graph!r} has no logits output to generate from")
+    if bundle.family != "custom" and not bundle.config:
+        raise BundleFormatError(f"{bundle.path}: a {bundle.family} bundle's manifest needs its config")
+
+
+def _check_session(graph: Graph, session: object) -> None:
+    """The graph file must take and give what the manifest says."""
+    got_in = [i.name for i in session.get_inputs()]  # type: ignore[attr-defined]
+    got_out = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    want_in = [s.name for s in graph.inputs]
+    if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(graph.output_names()):
+        raise BundleFormatError(
+            f"{graph.path.name} does not match manifest.json: the graph takes {got_in} and gives {got_out}, "
+            f"the manifest says {want_in} and {graph.output_names()}"
+        )
+
+
+def load(
+    bundle_dir: str | Path,
+    providers: Sequence[str] | str = ("cpu",),
+    strict: bool = False,
+    threads: int | None = None,
+    spinning: bool = True,
+    optimization: str = "all",
+    optimized_model_path: str | Path | None = None,
+    *,
+    memory_arena: bool = True,
+    verify: bool = True,
+) -> RuntimeModel:
+    """Open a bundle: read manifest.json, check every file's sha256 (``verify``), open one
+    session per graph, and return the model of its family (EncoderModel, DecoderModel,
+    Seq2SeqModel; RuntimeModel for a user's own module).
+
+    providers: short names in order of preference (cpu, cuda, tensorrt, xnnpack, nnapi, coreml,
+    qnn, webgpu, directml). Without ``strict`` a provider that is missing or fails is skipped and
+    the CPU provider is the last resort; with ``strict`` that is a ProviderError naming the
+    installed providers and where the missing one comes from. threads, spinning, optimization
+    (disable, basic, extended, all), memory_arena and optimized_model_path are onnxruntime's
+    session options, spelled plainly (see ``session.session_options``).
+    """
+    bundle = read_bundle(bundle_dir, verify=verify)
+    _check_graphs(bundle)
+    sessions = {}
+    outcomes: dict[str, str] = {}
+    for name, graph in bundle.graphs.items():
+        session, graph_outcomes = open_session(
+            graph.path,
+            providers,
+            strict=strict,
+            threads=threads,
+            spinning=spinning,
+            optimization=optimization,
+            memory_arena=memory_arena,
+            optimized_model_path=optimized_path(optimized_model_path, name, len(bundle.graphs)),
+        )
+        _check_session(graph, session)
+        sessions[name] = session
+        for provider, outcome in graph_outcomes.items():  # the first graph's outcome, unless a later one failed
+            if outcomes.get(provider) in (None, "used", "not tried"):
+                outcomes[provider] = outcome
+    return CLASSES[bundle.family](bundle, sessions, outcomes)
