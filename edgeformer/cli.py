@@ -253,5 +253,49 @@ def check(bundle: Path, steps: int, npz: Path | None, text: str | None, as_json:
         click.echo(f"parity ok: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
 
 
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write (default: <name>.fused.onnx or <bundle>-fused).",
+)
+@click.option(
+    "--form", type=click.Choice(["contrib"]), default="contrib", show_default=True, help="Which fused ops to produce."
+)
+@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
+@friendly
+def fuse(source: Path, output: Path | None, form: str, force: bool, debug: bool, as_json: bool) -> None:
+    """Fuse attention, layer norm and GELU in SOURCE: an .onnx file (from any exporter) or a bundle.
+
+    Passes run in a fixed order; after each one the graph is run under onnxruntime and compared
+    with the unfused graph, so a pass that changes the numbers is named. The report counts every
+    fusion, compares the blocks in the graph with the fused ops, and says why any block did not fuse.
+    """
+    from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
+
+    echo = functools.partial(click.echo, err=True)
+    if source.is_dir():
+        out = output or source.with_name(source.name + "-fused")
+        manifest = fuse_bundle(source, out, form, force=force, debug=debug, log=echo)
+        reports = manifest["fusions"]
+    else:
+        out = output or source.with_suffix(".fused.onnx")
+        report = fuse_file(source, out, form, debug=debug, log=echo)
+        reports = {source.name: report.to_dict()}
+        if debug and report.debug:
+            echo(report.debug)
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    for name, report_dict in reports.items():
+        click.echo(f"{name}:")
+        print_report(report_dict, click.echo)
+    click.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -284,7 +284,7 @@ def render_card(card: ModelCard) -> str:
 
 PRECISIONS = ("fp32",)  # later stages add fp16, int8, int4
 TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions"}
-FUSION_FORMS = ("none", "contrib", "portable")
+FUSION_FORMS = ("none", "contrib")
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,7 @@ def check_source(
     precision: str = "fp32",
     *,
     providers: tuple[str, ...] = ("cpu",),
+    opset: int = 18,
     generation_steps: int = 32,
     real_inputs: dict[str, np.ndarray] | None = None,
     log: Any = lambda _msg: None,
@@ -246,7 +247,7 @@ def check_source(
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)
         if failed is not None and report.divergence is None:
             inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
-            report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance)
+            report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims)
             if report.divergence:
                 report.divergence["graph"] = plan.file
         worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
@@ -283,8 +284,8 @@ def format_failure(report: ParityReport) -> str:
     if report.divergence:
         d = report.divergence
         lines.append(
-            f"  first divergence: torch module '{d['module']}' vs ONNX node '{d['node']}' ({d['op_type']}), "
-            f"max abs error {d['max_abs']:.3g}"
+            f"  first divergence ({d['stage']}): torch module '{d['module']}' "
+            f"vs ONNX node '{d['node']}' ({d['op_type']}), max abs error {d['max_abs']:.3g}"
         )
     return "\n".join(lines[:20])
 
@@ -306,7 +307,13 @@ def check_bundle(
     source = rebuild_source(manifest)
     graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
     return check_source(
-        source, graphs, manifest["precision"], generation_steps=generation_steps, real_inputs=real_inputs, log=log
+        source,
+        graphs,
+        manifest["precision"],
+        opset=int(manifest.get("opset", 18)),
+        generation_steps=generation_steps,
+        real_inputs=real_inputs,
+        log=log,
     )
 
 

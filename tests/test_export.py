@@ -138,11 +138,12 @@ def test_existing_output_needs_force_and_failure_keeps_old_bundle(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], "no partial bundle is left"
 
 
-def test_planted_divergence_is_located(tmp_path):
+@pytest.mark.parametrize("target_name", ["cpu-fp32", "portable-fp32"])  # fused and unfused graphs
+def test_planted_divergence_is_located(tmp_path, target_name):
     """Perturb one layer of an exported graph: the check fails and names that layer."""
     source = source_from_card(resolve_card("gpt-mini"))
     out = tmp_path / "b"
-    export_bundle(source, CPU, out, check=False)
+    export_bundle(source, resolve_target(target_name), out, check=False)
     from edgeformer.bisect import _scopes
 
     model = onnx.load(str(out / "model.onnx"))
@@ -154,7 +155,7 @@ def test_planted_divergence_is_located(tmp_path):
     target.CopyFrom(onnx.numpy_helper.from_array(values, target.name))
     onnx.save(model, str(out / "model.onnx"))
     with pytest.raises(ParityError) as info:
-        check_source(source, {"model": out / "model.onnx"})
+        check_source(source, {"model": out / "model.onnx"}, opset=resolve_target(target_name).opset)
     divergence = info.value.report.divergence
     assert divergence["module"].startswith("decoder.layers.1.ffn"), divergence
     assert "first divergence" in str(info.value) and "decoder.layers.1.ffn" in str(info.value)

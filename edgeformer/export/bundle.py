@@ -127,10 +127,13 @@ def versions() -> dict[str, str]:
     }
 
 
+def weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
 def save_graph(model: ir.Model, path: Path) -> list[str]:
     """Write one graph; weights over EXTERNAL_DATA_BYTES go to <file>.data. Returns the files written."""
-    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    if weights > EXTERNAL_DATA_BYTES:
+    if weight_bytes(model) > EXTERNAL_DATA_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data")
         return [path.name, f"{path.name}.data"]
     ir.save(model, path)
@@ -198,6 +201,36 @@ def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log) -> dict[str, Any]:
+    """Fuse one traced graph in place, checking parity against the unfused graph after every pass
+    on two of the plan's shapes (a padded batch, and a step with a cache where there is one)."""
+    from edgeformer.export.graphs import make_inputs
+    from edgeformer.fusions.pipeline import fuse_model
+
+    batch2 = [
+        c for c in plan.cases if c.get("batch") == 2 and 1 < c.get("sequence", c.get("encoder_sequence", 2)) <= 16
+    ]
+    cached = [c for c in plan.cases if c.get("past_sequence", 0) > 0]
+    chosen = (batch2[:1] + cached[:1]) or plan.cases[:1]
+    feeds: list | None = [make_inputs(plan, dims, seed=100 + i) for i, dims in enumerate(chosen)]
+    log(f"fusing {plan.file} ({form}) ...")
+    if weight_bytes(model) > EXTERNAL_DATA_BYTES:
+        # per-pass checks keep a copy of the graph per pass; above 1 GiB of weights that costs more
+        # memory than the machine may have. The final check against torch still runs.
+        log("  (large graph: per-pass parity skipped; the bundle is still checked against torch)")
+        feeds = None
+    report = fuse_model(model, form, feeds=feeds, log=log)
+    cov = report.coverage
+    log(
+        "  coverage: "
+        + ", ".join(f"{k} {v['fused']}/{v['blocks']}" for k, v in cov.items() if v["blocks"])
+        + f"; nodes {report.nodes_before} -> {report.nodes_after}"
+    )
+    for miss in report.not_fused:
+        log(f"  NOT FUSED {miss['kind']} at {miss['node']}: {miss['reason']}")
+    return report.to_dict()
+
+
 def export_bundle(
     source: Source,
     target: Target,
@@ -214,6 +247,7 @@ def export_bundle(
     from edgeformer.parity import check_source
 
     out = Path(out)
+    fusions: dict[str, Any] = {}
     try:
         context = atomic_dir(out, force=force)
         tmp = context.__enter__()
@@ -225,13 +259,19 @@ def export_bundle(
             start = time.perf_counter()
             log(f"tracing {plan.file} (opset {target.opset}) ...")
             model = trace(plan, target.opset, source.example_dims)
-            files += save_graph(model, tmp / plan.file)
             log(f"  {len(model.graph)} nodes, {time.perf_counter() - start:.1f} s")
+            if target.fusions != "none":
+                fusions[plan.name] = fuse_graph(model, plan, target.fusions, log)
+            files += save_graph(model, tmp / plan.file)
         manifest = build_manifest(source, target, files, tmp)
+        if fusions:
+            manifest["fusions"] = fusions
         if check:
             log("checking parity against the torch source ...")
             graphs = {p.name: tmp / p.file for p in source.plans}
-            report = check_source(source, graphs, target.precision, providers=target.providers, log=log)
+            report = check_source(
+                source, graphs, target.precision, providers=target.providers, opset=target.opset, log=log
+            )
             manifest["parity"] = report.to_dict()
         write_manifest(tmp, manifest)
     except BaseException as exc:

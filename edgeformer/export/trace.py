@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -116,6 +117,22 @@ def _name_dimensions(model: ir.Model, plan: GraphPlan) -> None:
     """Give inputs and outputs the plan's dimension names; a dimension that the exporter fixed to
     the example's size where the plan wants it dynamic is an export failure."""
     values = {v.name: v for v in [*model.graph.inputs, *model.graph.outputs]}
+    symbols: dict[str, str] = {}  # exporter symbol (s10) -> dimension name (batch), from the inputs
+    for spec in plan.inputs:
+        value = values.get(spec.name)
+        if value is not None and value.shape is not None:
+            for dim, want in zip(value.shape.dims, spec.shape, strict=False):
+                if isinstance(want, str) and isinstance(dim, ir.SymbolicDim) and dim.value:
+                    symbols.setdefault(dim.value, want)
+    _rename_symbols(model, symbols)
+    aliases: dict[str, str] = {}  # an expression the outputs give a name: past_sequence + sequence -> total_sequence
+    for spec in plan.outputs:
+        value = values.get(spec.name)
+        if value is not None and value.shape is not None and value.shape.rank() == len(spec.shape):
+            for dim, want in zip(value.shape.dims, spec.shape, strict=True):
+                if isinstance(want, str) and isinstance(dim, ir.SymbolicDim) and dim.value and dim.value != want:
+                    aliases.setdefault(dim.value, want)
+    _rename_symbols(model, aliases, whole=True)
     for spec in [*plan.inputs, *plan.outputs]:
         value = values.get(spec.name)
         if value is None or value.shape is None:
@@ -131,3 +148,25 @@ def _name_dimensions(model: ir.Model, plan: GraphPlan) -> None:
             if isinstance(want, int) and isinstance(dim, int) and dim != want:
                 raise ExportError(f"{plan.file}: dimension {i} of {spec.name!r} is {dim}, expected {want}")
         value.shape = ir.Shape(list(spec.shape))
+
+
+def _rename_symbols(model: ir.Model, symbols: dict[str, str], *, whole: bool = False) -> None:
+    """Use the dimension names inside the graph too, so that shapes of intermediate values and of
+    the inputs and outputs speak of the same symbols (fusion rules compare them). ``whole``
+    renames only dimensions whose whole expression is a key."""
+    if not symbols:
+        return
+    alternatives = "|".join(re.escape(s) for s in sorted(symbols, key=len, reverse=True))
+    token = re.compile(rf"^({alternatives})$" if whole else rf"\b({alternatives})\b")
+    values = list(model.graph.inputs) + [out for node in model.graph.all_nodes() for out in node.outputs]
+    for value in values:
+        shape = value.shape
+        if shape is None or not any(isinstance(d, ir.SymbolicDim) for d in shape.dims):
+            continue
+        dims = [
+            ir.SymbolicDim(token.sub(lambda m: symbols[m.group(1)], d.value))
+            if isinstance(d, ir.SymbolicDim) and d.value
+            else d
+            for d in shape.dims
+        ]
+        value.shape = ir.Shape(dims)

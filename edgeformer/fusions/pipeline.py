@@ -1,0 +1,332 @@
+"""The fusion stage: an ordered list of passes over an onnx-ir model, counted and checked.
+
+Every pass returns how many rewrites it made; after every pass that changed the graph, the model
+is run under onnxruntime on the same inputs as the unfused graph and compared, so a pass that
+changes the numbers is named. The report counts, per kind of block (attention, layer norm,
+GELU), how many the source graph had and how many fused, and says why the others did not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import onnxruntime as ort
+from onnxscript.optimizer import optimize
+from onnxscript.rewriter import _basics
+from onnxscript.rewriter.ort_fusions import shape_optimization
+from onnxscript.rewriter.ort_fusions.attention import fuse_attention
+from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
+from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
+from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
+from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
+from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
+
+from edgeformer.errors import ParityError
+from edgeformer.fusions import attention_output, gelu, mask_bias
+
+Feeds = dict[str, np.ndarray]
+ATTENTION_OPS = {"MultiHeadAttention", "Attention", "GroupQueryAttention"}
+NORM_OPS = {
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+}
+GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+FORMS = ("contrib", "none")
+
+
+@dataclass
+class PassRecord:
+    name: str
+    rewrites: int
+    nodes: int
+    seconds: float
+    max_rel_error: float | None = None  # against the unfused graph; None when not run
+    rolled_back: str = ""  # why the pass was undone
+
+
+@dataclass
+class FusionReport:
+    form: str
+    nodes_before: int
+    nodes_after: int = 0
+    passes: list[PassRecord] = field(default_factory=list)
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    not_fused: list[dict[str, str]] = field(default_factory=list)
+    debug: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {p.name: p.rewrites for p in self.passes if p.rewrites and p.name != "cleanup"}
+
+    @property
+    def complete(self) -> bool:
+        return not self.not_fused
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "form": self.form,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "counts": self.counts,
+            "coverage": self.coverage,
+            "complete": self.complete,
+            "not_fused": self.not_fused,
+            "passes": [asdict(p) for p in self.passes],
+            "rolled_back": {p.name: p.rolled_back for p in self.passes if p.rolled_back},
+        }
+        return out
+
+
+class FusionParityError(ParityError):
+    """A pass changed what the graph computes beyond tolerance; the message names the pass."""
+
+
+def _op_counts(model: ir.Model) -> Counter[str]:
+    return Counter(node.op_type for node in model.graph.all_nodes())
+
+
+def cleanup(model: ir.Model) -> int:
+    """Constant folding, shape-subgraph simplification, duplicate initializers, CSE, dead code."""
+    before = len(list(model.graph.all_nodes()))
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    common_passes.DeduplicateInitializersPass()(model)
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    optimize(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return max(0, before - len(list(model.graph.all_nodes())))
+
+
+def _cse(model: ir.Model) -> int:
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    return 0
+
+
+def _with_shapes(fn: Callable[..., int]) -> Callable[[ir.Model], int]:
+    return lambda model: fn(model, apply_shape_inference=True)
+
+
+# The order matters: masks become biases before attention is matched; GELU and skip-layer-norm
+# fuse before attention so that attention's neighbours are already in their final form.
+CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
+    ("cleanup", cleanup),
+    ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("share_mask_bias", _cse),
+    ("erf_gelu", fuse_erfgelu),
+    ("tanh_gelu", gelu.rules.apply_to_model),
+    ("skip_layer_norm", fuse_skip_layer_normalization),
+    ("sdpa", _with_shapes(fuse_sdpa)),
+    ("split_flat_attention_output", attention_output.rules.apply_to_model),
+    ("mha", fuse_mha1),
+    ("mha_transposed_key", fuse_mha2),
+    ("mha_scale", fuse_mha_scale),
+    ("mha_bias", fuse_mha_bias),
+    ("attention", fuse_attention),
+    ("bias_gelu", fuse_bias_gelu),
+    ("sdpa_via_mha", replace_sdpa_by_mha),
+    ("final_cleanup", lambda m: (optimize(m), 0)[1]),
+]
+
+
+def _run(model: ir.Model, feeds: list[Feeds]) -> list[list[np.ndarray]] | None:
+    proto = ir.to_proto(model)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - an intermediate form onnxruntime cannot run
+        return None
+    names = [o.name for o in session.get_outputs()]
+    return [session.run(names, f) for f in feeds]
+
+
+def _max_rel(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    worst = 0.0
+    for ref_outs, got_outs in zip(reference, got, strict=True):
+        for r, g in zip(ref_outs, got_outs, strict=True):
+            if r.size == 0:
+                continue
+            err = float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max())
+            worst = max(worst, err / max(1.0, float(np.abs(r).max())))
+    return worst
+
+
+def _is_gelu_tanh(node: ir.Node) -> bool:
+    """A Tanh inside a tanh-approximated GELU has x**3 (a Pow) a few producers up; a pooler's
+    Tanh does not."""
+    frontier, seen = [node], 0
+    while frontier and seen < 12:
+        current = frontier.pop()
+        seen += 1
+        for value in current.inputs:
+            producer = value.producer() if value is not None else None
+            if producer is None:
+                continue
+            if producer.op_type == "Pow":
+                return True
+            frontier.append(producer)
+    return False
+
+
+def _gelu_tanh_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph.all_nodes() if n.op_type == "Tanh" and _is_gelu_tanh(n)]
+
+
+def _candidates(model: ir.Model) -> dict[str, int]:
+    ops = _op_counts(model)
+    return {
+        "attention": ops["Softmax"],
+        "layer_norm": ops["LayerNormalization"] + ops["ReduceMean"] // 2,
+        "gelu": ops["Erf"] + len(_gelu_tanh_nodes(model)),
+    }
+
+
+def _no_match(node: ir.Node) -> str:
+    """Name what feeds an unfused block, so the reader sees which form no rule knows."""
+    chain, current = [], node
+    for _ in range(3):
+        first = current.inputs[0] if current.inputs else None
+        producer = first.producer() if first is not None else None
+        if producer is None:
+            break
+        chain.append(producer.op_type)
+        current = producer
+    path = " <- ".join([node.op_type, *chain])
+    return f"no fusion rule matches this {node.op_type}: its input comes from {path}"
+
+
+def _why_not(model: ir.Model, debug: bool) -> tuple[list[dict[str, str]], str]:
+    """For every block left unfused, the closest rule's reason (the matcher's own words)."""
+    leftovers = []
+    text = ""
+    checks = [
+        ("attention", "Softmax", _with_shapes(fuse_sdpa)),
+        ("gelu", "Erf", fuse_erfgelu),
+        ("gelu", "Tanh", gelu.rules.apply_to_model),
+    ]
+    for kind, op_type, fuse_fn in checks:
+        nodes = [n for n in model.graph.all_nodes() if n.op_type == op_type]
+        if op_type == "Tanh":
+            nodes = _gelu_tanh_nodes(model)
+        if not nodes:
+            continue
+        probe = ir.from_proto(ir.to_proto(model))  # the matcher must not change the real graph
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            try:
+                fuse_fn(probe, debug=True)  # type: ignore[call-arg]
+            except TypeError:
+                tracer = _basics.MatchingTracer()
+                gelu.rules.apply_to_model(probe, tracer=tracer)
+                tracer.report()
+        report = buffer.getvalue()
+        text += report
+        reason = next((line.split(":", 1)[1].strip() for line in report.splitlines() if "failed" in line.lower()), "")
+        for node in nodes:
+            leftovers.append(
+                {
+                    "kind": kind,
+                    "node": node.name or op_type,
+                    "reason": reason or _no_match(node),
+                }
+            )
+    for node in model.graph.all_nodes():
+        if node.op_type == "ReduceMean":
+            leftovers.append(
+                {
+                    "kind": "layer_norm",
+                    "node": node.name or "ReduceMean",
+                    "reason": "a decomposed layer norm (ReduceMean) is left",
+                }
+            )
+    return leftovers, text if debug else ""
+
+
+def _restore(model: ir.Model, backup: Any) -> ir.Model:
+    """Put the graph back as it was before a pass, in the same Model object."""
+    restored = ir.from_proto(backup)
+    model.graph = restored.graph  # type: ignore[misc]  (the graph carries the opset imports)
+    model.functions.clear()
+    model.functions.update(restored.functions)
+    return model
+
+
+def fuse_model(
+    model: ir.Model,
+    form: str = "contrib",
+    *,
+    feeds: list[Feeds] | None = None,
+    tolerance: float = 1e-4,
+    debug: bool = False,
+    strict: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+) -> FusionReport:
+    """Fuse ``model`` in place. With ``feeds``, parity against the unfused graph is checked after
+    every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError."""
+    # A pass whose graph no longer runs or no longer matches the unfused numbers is undone and
+    # named in the report (rolled_back); the blocks it would have fused are then listed as not fused.
+    if form not in FORMS:
+        raise ValueError(f"fusion form {form!r} is not one of {', '.join(FORMS)}")
+    report = FusionReport(form, len(list(model.graph.all_nodes())))
+    reference = _run(model, feeds) if feeds else None
+    passes = CONTRIB_PASSES if form == "contrib" else CONTRIB_PASSES[:1]
+    before = None
+    for name, fn in passes:
+        start = time.perf_counter()
+        backup = ir.to_proto(model) if reference is not None else None
+        rewrites = int(fn(model) or 0)
+        record = PassRecord(name, rewrites, len(list(model.graph.all_nodes())), round(time.perf_counter() - start, 3))
+        if name == "cleanup":
+            before = _candidates(model)
+        if reference is not None and (rewrites or name.endswith("cleanup")):
+            problem = ""
+            try:
+                got = _run(model, feeds)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's failure to run the rewritten graph
+                got, problem = None, f"the graph no longer runs ({str(exc).splitlines()[0][:200]})"
+            if got is not None:
+                record.max_rel_error = _max_rel(reference, got)
+                if record.max_rel_error > tolerance:
+                    problem = (
+                        f"it changed the outputs by {record.max_rel_error:.3g} of their scale (tolerance {tolerance:g})"
+                    )
+            if problem:
+                if strict:
+                    raise FusionParityError(f"fusion pass {name!r}: {problem}")
+                model = _restore(model, backup)  # type: ignore[arg-type]
+                record.rolled_back = problem
+                record.rewrites, record.nodes = 0, len(list(model.graph.all_nodes()))
+                log(f"  {name}: undone, {problem}")
+        report.passes.append(record)
+        if rewrites:
+            log(f"  {name}: {rewrites}")
+    ops = _op_counts(model)
+    assert before is not None
+    report.nodes_after = len(list(model.graph.all_nodes()))
+    report.coverage = {
+        "attention": {"blocks": before["attention"], "fused": sum(ops[o] for o in ATTENTION_OPS)},
+        "layer_norm": {
+            "blocks": before["layer_norm"],
+            "fused": sum(ops[o] for o in NORM_OPS if o != "EmbedLayerNormalization"),
+        },
+        "gelu": {"blocks": before["gelu"], "fused": sum(ops[o] for o in GELU_OPS)},
+    }
+    if form == "contrib":
+        report.not_fused, report.debug = _why_not(model, debug)
+    return report
