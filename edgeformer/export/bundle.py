@@ -28,8 +28,9 @@ from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
 from edgeformer.io import atomic_dir
 from edgeformer.nn.checkpoint import load_model, sha256_file
+from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = RUNTIME_FORMAT_VERSION  # the manifest format the runtime reads
 EXTERNAL_DATA_BYTES = 1 << 30  # weights beyond 1 GiB go to <graph>.onnx.data (protobuf stops at 2 GiB)
 
 Log = Callable[[str], None]
@@ -175,30 +176,22 @@ def build_manifest(source: Source, target: Target, files: list[str], directory: 
 
 
 def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a bundle; with ``verify``, every file's sha256 is checked."""
-    bundle = Path(bundle)
-    path = bundle / "manifest.json"
-    if not bundle.is_dir():
-        raise BundleError(f"{bundle} is not a bundle directory")
+    """The manifest of a bundle, read and checked by the runtime's reader (the one apps use):
+    file names must stay inside the bundle, files must exist and, with ``verify``, match their sha256."""
+    from edgeformer.runtime.bundle import read_bundle
+    from edgeformer.runtime.errors import RuntimeBundleError
+
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{bundle} has no manifest.json; is it a bundle written by `edgeformer export`?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
-    if verify:
-        for name, digest in manifest.get("files", {}).items():
-            file = bundle / name
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise BundleError(f"{path}: file {name!r} points outside the bundle")
-            if not file.is_file():
-                raise BundleError(f"{bundle}: {name} is missing")
-            if sha256_file(file) != digest:
-                raise BundleError(f"{bundle}: {name} does not match its sha256 in the manifest (changed or corrupted)")
-    return manifest
+        return read_bundle(bundle, verify=verify).manifest
+    except RuntimeBundleError as exc:
+        raise BundleError(str(exc)) from None
+
+
+def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[Path]:
+    """The temporary directory a bundle is written to, renamed to ``out`` when complete."""
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    return atomic_dir(out, force=True)
 
 
 def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log) -> dict[str, Any]:
@@ -248,12 +241,7 @@ def export_bundle(
 
     out = Path(out)
     fusions: dict[str, Any] = {}
-    try:
-        context = atomic_dir(out, force=force)
-        tmp = context.__enter__()
-    except FileExistsError:
-        raise ExportError(f"{out} already exists; pass --force to replace it") from None
-    try:
+    with new_bundle_dir(out, force) as tmp:
         files: list[str] = []
         for plan in source.plans:
             start = time.perf_counter()
@@ -274,8 +262,4 @@ def export_bundle(
             )
             manifest["parity"] = report.to_dict()
         write_manifest(tmp, manifest)
-    except BaseException as exc:
-        context.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    context.__exit__(None, None, None)
     return manifest

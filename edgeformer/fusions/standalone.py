@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from edgeformer.errors import BundleError, ExportError
 from edgeformer.fusions.pipeline import FusionReport, fuse_model
-from edgeformer.io import atomic_dir, atomic_path
+from edgeformer.io import atomic_path
 
 _NP = {
     ir.DataType.FLOAT: np.float32,
@@ -74,17 +74,12 @@ def fuse_bundle(
     src: Path, out: Path, form: str = "contrib", *, force: bool = False, debug: bool = False, log: Any = print
 ) -> dict[str, Any]:
     """Fuse every graph of a bundle into a new bundle; the manifest records the reports."""
-    from edgeformer.export.bundle import file_hashes, read_manifest, save_graph, write_manifest
+    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, save_graph, write_manifest
 
     manifest = read_manifest(src)
     if manifest.get("fusions"):
         raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")
-    try:
-        context = atomic_dir(out, force=force)
-        tmp = context.__enter__()
-    except FileExistsError:
-        raise ExportError(f"{out} already exists; pass --force to replace it") from None
-    try:
+    with new_bundle_dir(out, force) as tmp:
         reports, files = {}, []
         for name, graph in manifest["graphs"].items():
             log(f"fusing {graph['file']} ({form}) ...")
@@ -101,10 +96,6 @@ def fuse_bundle(
         manifest["target"]["fusions"] = form
         manifest.pop("parity", None)  # parity was measured on the unfused graphs; `check` measures it again
         write_manifest(tmp, manifest)
-    except BaseException as exc:
-        context.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    context.__exit__(None, None, None)
     return manifest
 
 
