@@ -53,6 +53,8 @@ def run_one(card: str, workdir: Path) -> dict:
     row["shapes_checked"] = len(parity["cases"])
     if parity.get("generation"):
         row["greedy_identical"] = parity["generation"]["identical"]
+    for graph, report in manifest.get("fusions", {}).items():
+        row[f"fused_{graph}"] = {k: f"{v['fused']}/{v['blocks']}" for k, v in report["coverage"].items() if v["blocks"]}
     for name in manifest["files"]:
         (out / name).unlink()
     return row
