@@ -33,14 +33,16 @@ WRAP = (
 )
 
 
-def run_one(card: str, workdir: Path) -> dict:
+def run_one(card: str, workdir: Path, max_sequence: int | None = None) -> dict:
     out = workdir / card
     cmd = [sys.executable, "-m", "edgeformer.cli", "export", card, "-o", str(out), "--force", "--json"]
+    if max_sequence:
+        cmd += ["--max-sequence", str(max_sequence)]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_KB ")]
-    row: dict = {"card": card, "seconds": round(seconds, 1), "exit_code": proc.returncode}
+    row: dict = {"card": card, "seconds": round(seconds, 1), "exit_code": proc.returncode, "max_sequence": max_sequence}
     row["peak_rss_gb"] = round(int(peak[-1]) / 1e6, 2) if peak else None
     if proc.returncode != 0:
         row["error"] = proc.stderr.strip().splitlines()[-1:] or proc.stdout.strip().splitlines()[-1:]
@@ -65,13 +67,14 @@ def main() -> None:
     parser.add_argument("cards", nargs="*", help="cards to export (default: all)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
     parser.add_argument("--workdir", type=Path, help="where bundles are written (default: a temporary directory)")
+    parser.add_argument("--max-sequence", type=int, help="check parity up to this length, not the card's maximum")
     args = parser.parse_args()
     cards = args.cards or card_names()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgeformer-zoo-"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     rows = []
     for card in cards:
-        row = run_one(card, workdir)
+        row = run_one(card, workdir, args.max_sequence)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

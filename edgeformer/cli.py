@@ -173,6 +173,11 @@ def _progress(msg: str) -> None:
     "--seed", type=int, default=0, show_default=True, help="Seed of random weights for cards without a checkpoint."
 )
 @click.option(
+    "--max-sequence",
+    type=click.IntRange(min=2),
+    help="Check parity up to this sequence length instead of the card's maximum (long-context cards).",
+)
+@click.option(
     "--io",
     "io_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -187,6 +192,7 @@ def export_cmd(
     force: bool,
     check: bool,
     seed: int,
+    max_sequence: int | None,
     io_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -204,7 +210,7 @@ def export_cmd(
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
     else:
-        source = source_from_card(resolve_card(model), seed=seed)
+        source = source_from_card(resolve_card(model), seed=seed, max_sequence=max_sequence)
     out = output or Path(f"{source.name}-{tgt.name}")
     manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress)
     if as_json:
@@ -226,9 +232,16 @@ def export_cmd(
     help="Real inputs: an .npz with input_ids (and optionally attention_mask, ...).",
 )
 @click.option("--text", help="Real input text, for byte-level models (the demo models).")
+@click.option(
+    "--max-sequence",
+    type=click.IntRange(min=2),
+    help="Check up to this sequence length instead of the card's maximum (long-context cards).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
-def check(bundle: Path, steps: int, npz: Path | None, text: str | None, as_json: bool) -> None:
+def check(
+    bundle: Path, steps: int, npz: Path | None, text: str | None, max_sequence: int | None, as_json: bool
+) -> None:
     """Check a bundle against the torch source it was exported from.
 
     Reports, per output and shape, the max absolute and relative error and the cosine similarity
@@ -240,7 +253,9 @@ def check(bundle: Path, steps: int, npz: Path | None, text: str | None, as_json:
 
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
-        report = check_bundle(bundle, generation_steps=steps, real_inputs=real, log=_progress)
+        report = check_bundle(
+            bundle, generation_steps=steps, real_inputs=real, max_sequence=max_sequence, log=_progress
+        )
     except ParityError as exc:
         if as_json:
             click.echo(json.dumps(exc.report.to_dict(), indent=2))  # type: ignore[attr-defined]

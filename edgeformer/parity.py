@@ -295,6 +295,7 @@ def check_bundle(
     *,
     generation_steps: int = 32,
     real_inputs: dict[str, np.ndarray] | None = None,
+    max_sequence: int | None = None,
     log: Any = lambda _msg: None,
 ) -> ParityReport:
     """Rebuild the torch source a bundle records and check the bundle's graphs against it."""
@@ -304,7 +305,7 @@ def check_bundle(
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    source = rebuild_source(manifest)
+    source = rebuild_source(manifest, max_sequence)
     graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
     return check_source(
         source,

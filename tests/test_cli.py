@@ -81,3 +81,15 @@ def test_export_bad_names_list_known_ones(tmp_path):
     result = run("check", str(tmp_path / "nothing"))
     assert result.exit_code == 1 and "not a bundle directory" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_max_sequence_caps_the_checked_shapes(tmp_path):
+    out = tmp_path / "s"
+    result = run("export", "sparse-mini", "-o", str(out), "--max-sequence", "20", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output[result.output.index("{") :])
+    totals = {c["dims"]["total_sequence"] for c in manifest["parity"]["cases"]}
+    assert max(totals) == 20 and 1 in totals
+    result = run("check", str(out), "--max-sequence", "9", "--steps", "4", "--json")
+    report = json.loads(result.output[result.output.index("{") :])
+    assert max(c["dims"]["total_sequence"] for c in report["cases"]) == 9

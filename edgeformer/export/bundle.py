@@ -49,13 +49,16 @@ class Source:
     example_dims: dict[str, int] | None = None  # sizes to trace with (all >= 2); None: the defaults
 
 
-def source_from_card(card: ModelCard, *, seed: int = 0) -> Source:
+def source_from_card(card: ModelCard, *, seed: int = 0, max_sequence: int | None = None) -> Source:
+    """The card's torch model; parity is checked up to the card's maximum sequence length, or up to
+    ``max_sequence`` when given (long-context cards need tens of GB at their maximum)."""
     model = load_model(card, seed=seed)
     recipe: dict[str, Any] = {"kind": "card", "card": render_card(card), "seed": seed}
     if card.checkpoint is not None:
         recipe["checkpoint"] = str(card.checkpoint.resolve())
         recipe["checkpoint_sha256"] = card.checkpoint_sha256 or sha256_file(card.checkpoint)
-    return Source(card.name, model, card.config, plan_graphs(model, card.config), recipe, card.tokenizer)
+    plans = plan_graphs(model, card.config, max_sequence)
+    return Source(card.name, model, card.config, plans, recipe, card.tokenizer)
 
 
 def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: int = 0) -> Source:
@@ -82,7 +85,7 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
     return Source(spec.rpartition(":")[2], model, None, [plan], recipe, example_dims=sizes)
 
 
-def rebuild_source(manifest: dict[str, Any]) -> Source:
+def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None) -> Source:
     """The torch source a manifest records: its card (with checkpoint, verified by sha256) or seed,
     or the user's factory."""
     import tomllib
@@ -108,7 +111,7 @@ def rebuild_source(manifest: dict[str, Any]) -> Source:
         card = ModelCard(card.name, card.config, card.description, path, recipe["checkpoint_sha256"], card.tokenizer)
     else:
         card = ModelCard(card.name, card.config, card.description, None, "", card.tokenizer)
-    return source_from_card(card, seed=int(recipe.get("seed", 0)))
+    return source_from_card(card, seed=int(recipe.get("seed", 0)), max_sequence=max_sequence)
 
 
 def versions() -> dict[str, str]:

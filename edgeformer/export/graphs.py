@@ -108,10 +108,10 @@ class Seq2SeqDecoderGraph(nn.Module):
         return (out["logits"], *[t for kv in out["present_key_values"] for t in kv])
 
 
-def card_cases(cfg: ModelConfig, graph: str) -> list[dict[str, int]]:
+def card_cases(cfg: ModelConfig, graph: str, max_sequence: int | None = None) -> list[dict[str, int]]:
     """The shapes a card's graph is checked at: batch 1 and 2; sequence 1, 7 and the card's
     maximum; decoders also with a cache (past 7 and max - 1, one new token)."""
-    longest = cfg.max_positions
+    longest = min(cfg.max_positions, max_sequence or cfg.max_positions)  # a cap keeps huge checks in memory
     seqs = sorted({1, min(7, longest), longest})
     cases: list[dict[str, int]] = []
     for batch in (1, 2):
@@ -127,11 +127,11 @@ def card_cases(cfg: ModelConfig, graph: str) -> list[dict[str, int]]:
     return cases
 
 
-def plan_graphs(model: nn.Module, cfg: ModelConfig) -> list[GraphPlan]:
+def plan_graphs(model: nn.Module, cfg: ModelConfig, max_sequence: int | None = None) -> list[GraphPlan]:
     """The graphs a bundle of this model holds, in the order an app runs them."""
     plans = _card_plans(model, cfg)
     for plan in plans:
-        plan.cases = card_cases(cfg, plan.name)
+        plan.cases = card_cases(cfg, plan.name, max_sequence)
         plan.left_pad = cfg.family == "decoder"
     return plans
 
