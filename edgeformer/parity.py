@@ -168,7 +168,7 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
     tokens = []
     if cfg.family == "encoder-decoder":
         cross = model.cross_key_values(model.encode(ids))
-        nxt = torch.full((ids.shape[0], 1), cfg.bos_token_id, dtype=torch.long)
+        nxt = torch.full((ids.shape[0], 1), max(cfg.bos_token_id, 0), dtype=torch.long)  # as the runtime starts
         past = None
         for _ in range(steps):
             out = model.decode(nxt, cross, past_key_values=past)
