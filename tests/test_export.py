@@ -248,3 +248,12 @@ def test_bad_real_inputs_are_refused(bundles, tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(ParityError, match="not a readable .npz"):
         read_real_inputs(enc, npz=bad)
+
+
+def test_encoder_decoder_without_bos_generates_identically(tmp_path):
+    import dataclasses
+
+    card = resolve_card("transformer-mini")
+    card = dataclasses.replace(card, config=card.config.replace(bos_token_id=-1, eos_token_id=-1, n_layers=1))
+    manifest = export_bundle(source_from_card(card), resolve_target("portable-fp32"), tmp_path / "b")
+    assert manifest["parity"]["generation"]["identical"]
