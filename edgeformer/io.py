@@ -1,8 +1,10 @@
-"""Atomic writes: a file or directory appears complete under its final name, or not at all."""
+"""Atomic writes (a file or directory appears complete under its final name, or not at all) and
+file digests. Standard library only: the device runtime uses it too."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -30,16 +32,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it takes the place of ``path``.
 
     An earlier directory at ``path`` is kept until the new one is complete, and survives any
-    failure. Without ``force`` an existing ``path`` is an error (FileExistsError).
+    failure. Whether replacing it is allowed is the caller's decision.
     """
     path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

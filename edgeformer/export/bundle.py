@@ -26,8 +26,8 @@ from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render
 from edgeformer.errors import BundleError, EdgeformerError, ExportError
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
-from edgeformer.io import atomic_dir
-from edgeformer.nn.checkpoint import load_model, sha256_file
+from edgeformer.io import atomic_dir, sha256_file
+from edgeformer.nn.checkpoint import load_model
 from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
 
 FORMAT_VERSION = RUNTIME_FORMAT_VERSION  # the manifest format the runtime reads
@@ -194,7 +194,7 @@ def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[
     """The temporary directory a bundle is written to, renamed to ``out`` when complete."""
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    return atomic_dir(out, force=True)
+    return atomic_dir(out)
 
 
 def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -12,16 +11,8 @@ from torch import nn
 
 from edgeformer.config import ModelCard
 from edgeformer.errors import CheckpointError
-from edgeformer.io import atomic_path
+from edgeformer.io import atomic_path, sha256_file
 from edgeformer.nn.models import build_model
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> str:

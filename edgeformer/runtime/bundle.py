@@ -7,12 +7,12 @@ and the sha256 of every file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from edgeformer.io import sha256_file
 from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError
 
 FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.bundle.FORMAT_VERSION)
@@ -65,14 +65,6 @@ class Bundle:
     @property
     def tokenizer(self) -> str:
         return str(self.manifest.get("tokenizer") or "")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def safe_member(bundle: Path, name: object) -> Path:
