@@ -29,10 +29,10 @@ from edgeformer.errors import CardError
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
 POSITIONS = ("sinusoidal", "learned")
 ATTENTION = ("global", "local", "sparse")
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu is exact (erf); gelu_tanh is GPT-2's "gelu_new"
 NORMS = ("pre", "post")
 HEADS = ("none", "lm", "classification", "embedding")
-POOLING = ("mean", "cls")
+POOLING = ("mean", "cls", "pooler")  # pooler: tanh(dense(first token)), BERT's pooler
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,19 @@ class ModelConfig:
     norm: str = "post"
     layer_norm_eps: float = 1e-5
     embedding_norm: bool = False  # LayerNorm after embeddings (BERT); pre-LN stacks end in a final norm
+    scale_embeddings: bool = False  # token embeddings times sqrt(d_model) (the paper; BART's scale_embedding)
+    position_offset: int = 0  # learned table has max_positions + offset rows; position p reads row p + offset (BART: 2)
+    type_vocab_size: int = 0  # token-type (segment) embeddings; every token gets type 0 (BERT: 2)
+    share_positions: bool = True  # encoder-decoder: False gives the decoder its own positions and embedding norm
     dropout: float = 0.1
     attention_dropout: float = 0.0
     tie_embeddings: bool = True
     head: str = "none"
     num_labels: int = 0
     pooling: str = "mean"
+    normalize_embeddings: bool = False  # embedding head: L2-normalized (sentence-transformers' Normalize)
+    lm_head_transform: bool = False  # dense, activation, layer norm before the LM projection (BERT's MLM head)
+    lm_head_bias: bool = False  # a bias on the LM projection (BERT's MLM head, BART's final_logits_bias)
     pad_token_id: int = 0
     bos_token_id: int = -1
     eos_token_id: int = -1
@@ -114,7 +121,16 @@ def validate(cfg: ModelConfig) -> None:
     for key in ("vocab_size", "d_model", "n_heads", "n_layers", "max_positions"):
         value = getattr(cfg, key)
         _check(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
-    for key in ("n_decoder_layers", "d_ff", "window", "sparse_stride", "global_tokens", "num_labels"):
+    for key in (
+        "n_decoder_layers",
+        "d_ff",
+        "window",
+        "sparse_stride",
+        "global_tokens",
+        "num_labels",
+        "position_offset",
+        "type_vocab_size",
+    ):
         value = getattr(cfg, key)
         _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, got {value!r}")
     _check(
@@ -147,6 +163,12 @@ def validate(cfg: ModelConfig) -> None:
         _check(cfg.head in ("none", "lm"), "head", f"an encoder-decoder takes head 'lm' or 'none', got {cfg.head!r}")
     else:
         _check(cfg.n_decoder_layers == 0, "n_decoder_layers", "only an encoder-decoder has separate decoder layers")
+        _check(cfg.share_positions, "share_positions", "only an encoder-decoder has separate decoder positions")
+    if cfg.normalize_embeddings:
+        _check(cfg.head == "embedding", "normalize_embeddings", f"needs head 'embedding', got {cfg.head!r}")
+    for key in ("lm_head_transform", "lm_head_bias"):
+        if getattr(cfg, key):
+            _check(cfg.head == "lm", key, f"needs head 'lm', got {cfg.head!r}")
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(cfg, key)
         _check(-1 <= value < cfg.vocab_size, key, f"{value} is outside the vocabulary (size {cfg.vocab_size})")

@@ -12,8 +12,17 @@ from edgeformer.config import ModelConfig
 from edgeformer.nn.attention import KV, MultiHeadAttention
 
 
+def activate(x: Tensor, activation: str) -> Tensor:
+    """ReLU (the paper), exact GELU (BERT, BART) or tanh-approximated GELU (GPT-2's gelu_new)."""
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    return F.relu(x)
+
+
 class FeedForward(nn.Module):
-    """FFN(x) = act(x W1 + b1) W2 + b2, with act = ReLU (the paper) or GELU."""
+    """FFN(x) = act(x W1 + b1) W2 + b2, with act = ReLU (the paper) or GELU (exact or tanh)."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
@@ -24,7 +33,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc1(x)  # (B, T, F)
-        h = F.gelu(h) if self.activation == "gelu" else F.relu(h)
+        h = activate(h, self.activation)
         return self.fc2(self.dropout(h))  # (B, T, C)
 
 
@@ -54,21 +63,47 @@ class LearnedPositions(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embedding plus position encoding, then (BERT-style) an optional norm and dropout."""
+    """Token embedding (optionally scaled by sqrt(d_model)), plus the type-0 token-type embedding
+    (BERT), plus position encoding (read ``position_offset`` rows further, BART), then an optional
+    norm and dropout. ``tokens`` shares another Embeddings' token table (an encoder-decoder whose
+    decoder has its own positions)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tokens: nn.Embedding | None = None) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tokens = tokens if tokens is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
         positions = SinusoidalPositions if cfg.positions == "sinusoidal" else LearnedPositions
-        self.positions = positions(cfg.max_positions, cfg.d_model)
+        self.positions = positions(cfg.max_positions + cfg.position_offset, cfg.d_model)
+        self.position_offset = cfg.position_offset
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else None
+        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
-        x = self.tokens(input_ids) + self.positions(position_ids)  # (B, T, C)
+        x = self.tokens(input_ids)  # (B, T, C)
+        if self.scale is not None:
+            x = x * self.scale
+        if self.token_types is not None:
+            x = x + self.token_types.weight[0]  # every token is of type 0
+        if self.position_offset:
+            position_ids = position_ids + self.position_offset
+        x = x + self.positions(position_ids)  # (B, T, C)
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
+
+
+class LMHeadTransform(nn.Module):
+    """dense -> activation -> layer norm, applied before the LM projection (BERT's MLM head)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.activation = cfg.activation
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(activate(self.dense(x), self.activation))  # (B, T, C)
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from edgeformer.config import ModelConfig
 from edgeformer.nn.attention import KV
-from edgeformer.nn.layers import Block, Embeddings
+from edgeformer.nn.layers import Block, Embeddings, LMHeadTransform
 from edgeformer.nn.masks import cross_attention_mask, self_attention_mask
 
 
@@ -72,12 +72,19 @@ class _Model(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = Embeddings(cfg)
+        self.lm_transform: LMHeadTransform | None = None
 
     def _lm_head(self) -> nn.Linear:
-        head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=False)
+        head = nn.Linear(self.config.d_model, self.config.vocab_size, bias=self.config.lm_head_bias)
         if self.config.tie_embeddings:
             head.weight = self.embeddings.tokens.weight
+        self.lm_transform = LMHeadTransform(self.config) if self.config.lm_head_transform else None
         return head
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        if self.lm_transform is not None:
+            hidden = self.lm_transform(hidden)
+        return self.lm_head(hidden)  # (B, T, V)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -96,7 +103,15 @@ class EncoderModel(_Model):
         self.lm_head = self._lm_head() if cfg.head == "lm" else None
         self.classifier = nn.Linear(cfg.d_model, cfg.num_labels) if cfg.head == "classification" else None
         self.head_dropout = nn.Dropout(cfg.dropout)
+        pooled = cfg.head in ("classification", "embedding") and cfg.pooling == "pooler"
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if pooled else None
         self._init_weights()
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """(B, T, C) -> (B, C): mean, first token, or BERT's pooler tanh(dense(first token))."""
+        if self.pooler is not None:
+            return torch.tanh(self.pooler(hidden[:, 0]))
+        return pool(hidden, attention_mask, self.config.pooling)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
         b, t = input_ids.shape
@@ -105,12 +120,13 @@ class EncoderModel(_Model):
         hidden, _ = self.encoder(x, mask)
         out = {"last_hidden_state": hidden}
         if self.lm_head is not None:
-            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+            out["logits"] = self._logits(hidden)  # (B, T, V)
         elif self.classifier is not None:
-            pooled = pool(hidden, attention_mask, self.config.pooling)
+            pooled = self._pool(hidden, attention_mask)
             out["logits"] = self.classifier(self.head_dropout(pooled))  # (B, L)
         elif self.config.head == "embedding":
-            out["embeddings"] = pool(hidden, attention_mask, self.config.pooling)  # (B, C)
+            pooled = self._pool(hidden, attention_mask)  # (B, C)
+            out["embeddings"] = F.normalize(pooled, p=2.0, dim=-1) if self.config.normalize_embeddings else pooled
         return out
 
 
@@ -140,15 +156,18 @@ class DecoderModel(_Model):
         hidden, presents = self.decoder(x, mask, past_key_values)
         out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
         if self.lm_head is not None:
-            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+            out["logits"] = self._logits(hidden)  # (B, T, V)
         return out
 
 
 class EncoderDecoderModel(_Model):
-    """The paper's Transformer: encoder, causal decoder with cross-attention, shared embeddings."""
+    """The paper's Transformer: encoder, causal decoder with cross-attention, shared embeddings
+    (with ``share_positions = false`` the decoder has its own positions and embedding norm, BART)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
+        own = None if cfg.share_positions else Embeddings(cfg, tokens=self.embeddings.tokens)
+        self.decoder_embeddings = own  # None: the decoder embeds with self.embeddings
         self.encoder = Stack(cfg, cfg.n_layers)
         self.decoder = Stack(cfg, cfg.decoder_layers, cross=True)
         self.lm_head = self._lm_head() if cfg.head != "none" else None
@@ -175,14 +194,15 @@ class EncoderDecoderModel(_Model):
         t = decoder_input_ids.shape[1]
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         positions = _positions(decoder_input_ids, past_len, decoder_attention_mask)
-        x = self.embeddings(decoder_input_ids, positions)  # (B, T, C)
+        embeddings = self.decoder_embeddings if self.decoder_embeddings is not None else self.embeddings
+        x = embeddings(decoder_input_ids, positions)  # (B, T, C)
         mask = self_attention_mask(self.config, t, past_len + t, decoder_attention_mask, causal=True, device=x.device)
         hidden, presents = self.decoder(
             x, mask, past_key_values, cross_kv, cross_attention_mask(encoder_attention_mask)
         )
         out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
         if self.lm_head is not None:
-            out["logits"] = self.lm_head(hidden)  # (B, T, V)
+            out["logits"] = self._logits(hidden)  # (B, T, V)
         return out
 
     def forward(
