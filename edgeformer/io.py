@@ -1,15 +1,115 @@
 """Atomic writes (a file or directory appears complete under its final name, or not at all) and
-file digests. Standard library only: the device runtime uses it too."""
+file digests. Standard library only: the device runtime uses it too.
+
+Temporary siblings are named ``.<name>.<pid>.<random>.tmp`` (and ``.old`` while a directory is
+being replaced), so the next write to the same path can tell the leftovers of a killed process
+(its pid is gone) from the work of a live one, and remove them. A directory replaces an earlier
+one in a single ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere in two renames, and a kill
+between them is repaired by the next write (the earlier directory is put back).
+
+``pause_point`` is a fault-injection hook for tests: with ``EDGEFORMER_PAUSE_AT=<point>`` in the
+environment, the process stops at that point (after creating the file ``EDGEFORMER_PAUSE_SIGNAL``
+names) so a test can kill it exactly there.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+PAUSE_AT = "EDGEFORMER_PAUSE_AT"
+PAUSE_SIGNAL = "EDGEFORMER_PAUSE_SIGNAL"
+
+
+def pause_point(name: str) -> None:
+    """Stop here when ``EDGEFORMER_PAUSE_AT`` names this point (tests kill the process here)."""
+    if os.environ.get(PAUSE_AT) != name:
+        return
+    signal_file = os.environ.get(PAUSE_SIGNAL)
+    if signal_file:
+        Path(signal_file).write_text(f"{os.getpid()} {name}\n", encoding="utf-8")
+    time.sleep(float(os.environ.get("EDGEFORMER_PAUSE_SECONDS", "600")))
+
+
+def _owner(sibling: str, name: str) -> int | None:
+    """The pid in a temporary sibling's name ``.<name>.<pid>.<random>.tmp|.old``, else None."""
+    prefix = f".{name}."
+    if not sibling.startswith(prefix):
+        return None
+    parts = sibling[len(prefix) :].split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or parts[2] not in ("tmp", "old"):
+        return None
+    return int(parts[0])
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no safe liveness probe (os.kill would terminate it on Windows): keep its files
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` that killed processes left; if one was killed
+    between the two renames that replace a directory, put the earlier directory back first.
+    Returns what was removed or restored."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    done = []
+    for sibling in sorted(path.parent.iterdir()):
+        pid = _owner(sibling.name, path.name)
+        if pid is None or _alive(pid):
+            continue
+        kept = sibling / "bundle"
+        if sibling.name.endswith(".old") and kept.is_dir() and not os.path.lexists(path):
+            os.replace(kept, path)
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        done.append(sibling)
+    return done
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2`` with RENAME_EXCHANGE).
+    False where the platform, the C library or the file system does not offer it."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
@@ -17,7 +117,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -45,20 +146,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it takes the place of ``path``.
 
     An earlier directory at ``path`` is kept until the new one is complete, and survives any
-    failure. Whether replacing it is allowed is the caller's decision.
+    failure or kill: ``path`` holds either the complete earlier directory or the complete new one.
+    Whether replacing it is allowed is the caller's decision.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        pause_point("atomic_dir:complete")
+        if not os.path.lexists(path):
+            os.replace(tmp, path)
+        elif exchange(tmp, path):  # path is now the new directory, tmp the earlier one
+            pause_point("atomic_dir:exchanged")
+        else:
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "bundle")
+            pause_point("atomic_dir:between-renames")  # a kill here is repaired by clean_stale
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

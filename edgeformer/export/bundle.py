@@ -26,7 +26,7 @@ from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render
 from edgeformer.errors import BundleError, EdgeformerError, ExportError
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
-from edgeformer.io import atomic_dir, sha256_file
+from edgeformer.io import atomic_dir, pause_point, sha256_file
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
 
@@ -254,6 +254,7 @@ def export_bundle(
             if target.fusions != "none":
                 fusions[plan.name] = fuse_graph(model, plan, target.fusions, log)
             files += save_graph(model, tmp / plan.file)
+            pause_point("export:graph-saved")
         manifest = build_manifest(source, target, files, tmp)
         if fusions:
             manifest["fusions"] = fusions
