@@ -20,3 +20,31 @@ def _deterministic():
 def card_config(name: str, **changes):
     cfg = resolve_card(name).config
     return cfg.replace(dropout=0.0, attention_dropout=0.0, **changes)
+
+
+@pytest.fixture(scope="session")
+def edge_bundle(tmp_path_factory):
+    """Read-only bundles of edge cards (cpu-fp32, no parity check), exported once per test session
+    on first use: card name -> directory. Copy one before changing it."""
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_target
+
+    made: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("edge-bundles")
+
+    def get(card: str) -> Path:
+        if card not in made:
+            source = source_from_card(resolve_card(card))
+            export_bundle(source, resolve_target("cpu-fp32"), root / card, check=False)
+            made[card] = root / card
+        return made[card]
+
+    return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the property-based tests (tests/props.py) ran."""
+    props = sys.modules.get("props")
+    if props is not None and props.CASES:
+        counts = ", ".join(f"{name} {n} ({props.PASSED[name]} ok)" for name, n in sorted(props.CASES.items()))
+        terminalreporter.write_line(f"hypothesis cases tried: {sum(props.CASES.values())} ({counts})")

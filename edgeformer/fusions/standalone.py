@@ -63,6 +63,9 @@ def load_onnx(path: Path) -> ir.Model:
 
 
 def fuse_file(src: Path, out: Path, form: str = "contrib", *, debug: bool = False, log: Any = print) -> FusionReport:
+    from edgeformer.runtime.bundle import check_external_data
+
+    check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
     report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, log=log)
     with atomic_path(out) as tmp:

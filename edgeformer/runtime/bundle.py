@@ -8,12 +8,14 @@ and the sha256 of every file.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgeformer.io import sha256_file
 from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError
+from edgeformer.runtime.onnxfile import MalformedProtobuf, external_refs
 
 FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.bundle.FORMAT_VERSION)
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
@@ -75,7 +77,45 @@ def safe_member(bundle: Path, name: object) -> Path:
         pure = flavour(name)
         if pure.is_absolute() or pure.anchor or ".." in pure.parts:
             raise BundleIntegrityError(f"{bundle}: manifest file {name!r} points outside the bundle (refused)")
-    return bundle / name
+    path = bundle / name
+    if os.path.lexists(path) and bundle.resolve() not in path.resolve().parents:
+        raise BundleIntegrityError(f"{bundle}: manifest file {name!r} is a link that leads outside the bundle")
+    return path
+
+
+def check_external_data(root: Path, graph_file: Path, listed: set[str] | None = None) -> list[str]:
+    """Refuse a graph whose tensors keep their data outside ``root`` (``../``, absolute paths,
+    symbolic links that lead out) or, when ``listed`` is given, in a file the manifest does not
+    list (it would escape the sha256 check). Runs before onnxruntime or onnx opens the graph;
+    returns the external files (relative to ``root``). ``.ort`` files hold no external data."""
+    if graph_file.suffix == ".ort":
+        return []
+    try:
+        refs = external_refs(graph_file)
+    except MalformedProtobuf as exc:
+        raise BundleFormatError(f"{graph_file} is not a valid ONNX file (truncated or corrupted: {exc})") from None
+    except OSError as exc:
+        raise BundleFormatError(f"{graph_file} cannot be read ({exc.strerror or exc})") from None
+    real_root = root.resolve()
+    found: list[str] = []
+    for ref in refs:
+        where = f"{graph_file.name}: tensor {ref.tensor!r} keeps its data in {ref.location!r}"
+        if not ref.location:
+            raise BundleIntegrityError(f"{where}, which names no file")
+        try:
+            member = safe_member(graph_file.parent, ref.location)
+        except BundleIntegrityError:
+            raise BundleIntegrityError(f"{where}, outside {root} (refused)") from None
+        real = member.resolve()
+        if real != real_root and real_root not in real.parents:
+            raise BundleIntegrityError(f"{where}, a link that leads outside {root} (refused)")
+        if not real.is_file():
+            raise BundleIntegrityError(f"{where}, which is missing")
+        name = real.relative_to(real_root).as_posix()
+        if listed is not None and name not in listed:
+            raise BundleIntegrityError(f"{where}, a file manifest.json does not list (so no sha256 checks it)")
+        found.append(name)
+    return found
 
 
 def _specs(raw: object, where: str) -> tuple[Spec, ...]:
@@ -132,6 +172,7 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             raise BundleIntegrityError(f"{bundle}: {entry['file']} (graph {gname!r}) is missing")
         if verify and entry["file"] not in files:
             raise BundleIntegrityError(f"{where}: {entry['file']} has no sha256 in the manifest's files")
+        check_external_data(bundle, file, set(files) if verify else None)
         inputs = _specs(entry.get("inputs"), f"{where} inputs")
         graphs[gname] = Graph(gname, file, inputs, _specs(entry.get("outputs"), f"{where} outputs"))
     return Bundle(bundle, manifest, graphs)
