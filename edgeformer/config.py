@@ -19,6 +19,8 @@ Every mistake is reported as a ``CardError`` whose message names the offending k
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +259,8 @@ def load_card(path: str | Path) -> ModelCard:
         raise CardError(f"{path}: a card must be UTF-8 text") from None
     except OSError as exc:
         raise CardError(f"{path}: cannot read the card ({exc.strerror})") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise CardError(f"{str(path)!r}: not a usable file name ({exc})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -275,7 +279,12 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # JSON's string escapes are TOML's; TOML also wants DEL escaped
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 
 def render_card(card: ModelCard) -> str:
@@ -298,7 +307,7 @@ def render_card(card: ModelCard) -> str:
     }
     for table, values in tables.items():
         if values:
-            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines += ["", f"[{table}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -364,4 +373,8 @@ def load_target(path: str | Path) -> Target:
         raise CardError(f"{path}: no such target file") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CardError(f"{path}: not a valid TOML target ({exc})") from None
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read the target ({exc.strerror})") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise CardError(f"{str(path)!r}: not a usable file name ({exc})") from None
     return dataclasses.replace(parse_target(data, source=str(path)), path=path)

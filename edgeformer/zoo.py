@@ -26,6 +26,14 @@ def targets_dir() -> Path:
     return _data_dir("_targets", "export")
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` names a file; False (not an error) for names no file can have."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # too long, embedded NUL byte
+        return False
+
+
 def card_names() -> list[str]:
     return sorted(p.stem for p in cards_dir().glob("*.toml"))
 
@@ -38,10 +46,10 @@ def resolve_card(name_or_path: str | Path) -> ModelCard:
     """A shipped card by name (``bert-mini``) or any card file by path."""
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith(".toml") or path.is_file():
+    if text.endswith(".toml") or _is_file(path):
         return load_card(path)
     candidate = cards_dir() / f"{text}.toml"
-    if candidate.is_file():
+    if _is_file(candidate):
         return load_card(candidate)
     raise CardError(
         f"unknown model card {text!r}; known cards: {', '.join(card_names())} (or give a path to a .toml file)"
@@ -55,10 +63,10 @@ def target_names() -> list[str]:
 def resolve_target(name_or_path: str | Path) -> Target:
     """A shipped target by name (``cpu-fp32``) or any target file by path."""
     text = str(name_or_path)
-    if text.endswith(".toml") or Path(text).is_file():
+    if text.endswith(".toml") or _is_file(Path(text)):
         return load_target(text)
     candidate = targets_dir() / f"{text}.toml"
-    if candidate.is_file():
+    if _is_file(candidate):
         return load_target(candidate)
     raise CardError(
         f"unknown target {text!r}; known targets: {', '.join(target_names())} (or give a path to a .toml file)"

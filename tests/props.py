@@ -1,0 +1,46 @@
+"""Shared by the property-based tests: hypothesis settings, the outcome rule, and a count of the
+cases tried (printed at the end of the run by conftest's terminal summary)."""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+
+from edgeformer.errors import EdgeformerError
+
+CASES: Counter[str] = Counter()  # test name -> examples run
+PASSED: Counter[str] = Counter()  # test name -> examples that returned (the rest raised a typed error)
+
+
+def fuzz(examples: int) -> settings:
+    """``examples`` generated cases, no deadline (first calls load sessions), no example database
+    written into the checkout."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+    )
+
+
+def outcome(
+    name: str, call: Callable[[], Any], allowed: type[BaseException] | tuple[type[BaseException], ...] = EdgeformerError
+) -> Any:
+    """Run one generated case: it must return or raise one of ``allowed`` (the library's typed
+    errors); anything else fails the test with the traceback. Returns the result or the error."""
+    CASES[name] += 1
+    try:
+        result = call()
+    except allowed as exc:
+        assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        return exc
+    except Exception as exc:  # noqa: BLE001 - the point: nothing untyped may escape
+        raise AssertionError(
+            f"{name}: untyped {type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}"
+        ) from exc
+    PASSED[name] += 1
+    return result
