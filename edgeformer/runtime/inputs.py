@@ -60,7 +60,20 @@ def text_to_ids(text: str | bytes | bytearray, kind: str, *, bos: bool) -> np.nd
     if not text:
         hint = f" (to generate from nothing, pass the begin-of-text id [{tokenizer.BOS}] as token ids)" if bos else ""
         raise EmptyInputError(f"the text is empty; give at least one character{hint}")
-    return np.asarray(tokenizer.encode(text, bos=bos), dtype=np.int64)
+    try:
+        return np.asarray(tokenizer.encode(text, bos=bos), dtype=np.int64)
+    except UnicodeEncodeError as exc:
+        raise TextEncodingError(
+            f"the text holds {text[exc.start]!r} at offset {exc.start}, a lone surrogate that UTF-8 cannot "
+            "encode (text decoded with errors='surrogateescape'?); pass valid text"
+        ) from None
+
+
+def _as_int64(array: np.ndarray, name: str) -> np.ndarray:
+    """Integer ids as int64; unsigned ids too large for int64 are outside any vocabulary."""
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise TokenRangeError(f"{name} holds {int(array.max())}, outside the vocabulary of this model")
+    return array.astype(np.int64)
 
 
 def _int_row(row: Any, name: str, index: int) -> np.ndarray:
@@ -74,7 +87,7 @@ def _int_row(row: Any, name: str, index: int) -> np.ndarray:
         raise InputDtypeError(f"{name} must hold integer token ids, got {array.dtype} values")
     if array.ndim != 1:
         raise InputShapeError(f"{name}[{index}] must be a 1-D sequence of token ids, got shape {array.shape}")
-    return array.astype(np.int64)
+    return _as_int64(array, name)
 
 
 def token_batch(value: Any, *, name: str = "input_ids", tokenizer_kind: str = "", bos: bool = False) -> Batch:
@@ -89,7 +102,7 @@ def token_batch(value: Any, *, name: str = "input_ids", tokenizer_kind: str = ""
         if value.size == 0:
             raise EmptyInputError(f"{name} is empty (shape {value.shape}); give at least one token")
         rows = [value] if value.ndim == 1 else list(value)
-        return Batch([r.astype(np.int64) for r in rows], single=value.ndim == 1, text=False)
+        return Batch([_as_int64(r, name) for r in rows], single=value.ndim == 1, text=False)
     if not isinstance(value, Sequence):
         raise InputDtypeError(f"{name} must be text, a list of token ids or an int array, got {type(value).__name__}")
     if len(value) == 0:
