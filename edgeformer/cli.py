@@ -312,5 +312,10 @@ def fuse(source: Path, output: Path | None, form: str, force: bool, debug: bool,
     click.echo(f"wrote {out}")
 
 
+from edgeformer.bench_variants import bench_command  # noqa: E402 - imports neither torch nor onnxruntime
+
+main.add_command(bench_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
