@@ -237,10 +237,25 @@ def export_cmd(
     type=click.IntRange(min=2),
     help="Check up to this sequence length instead of the card's maximum (long-context cards).",
 )
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    default=("cpu",),
+    show_default=True,
+    help="Execution provider to run the graphs on (cpu, cuda, tensorrt, ...), strictly: one that this "
+    "onnxruntime lacks or that fails to start is an error, never a silent fallback. Repeat for a list.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
 def check(
-    bundle: Path, steps: int, npz: Path | None, text: str | None, max_sequence: int | None, as_json: bool
+    bundle: Path,
+    steps: int,
+    npz: Path | None,
+    text: str | None,
+    max_sequence: int | None,
+    providers: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Check a bundle against the torch source it was exported from.
 
@@ -254,7 +269,12 @@ def check(
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
         report = check_bundle(
-            bundle, generation_steps=steps, real_inputs=real, max_sequence=max_sequence, log=_progress
+            bundle,
+            generation_steps=steps,
+            real_inputs=real,
+            max_sequence=max_sequence,
+            log=_progress,
+            providers=providers,
         )
     except ParityError as exc:
         if as_json:
@@ -265,7 +285,8 @@ def check(
     else:
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
-        click.echo(f"parity ok: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+        on = f" on {', '.join(providers)}" if tuple(providers) != ("cpu",) else ""
+        click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
 
 
 @main.command()

@@ -237,7 +237,7 @@ def check_source(
     from edgeformer.runtime.session import make_session
 
     report = ParityReport(precision, TOLERANCE[precision])
-    sessions = {name: make_session(path, providers) for name, path in graphs.items()}
+    sessions = {name: make_session(path, providers, precision=precision) for name, path in graphs.items()}
     real = complete_inputs(source.plans[0], real_inputs) if real_inputs is not None else None
     for plan in source.plans:
         cases = check_graph(
@@ -297,8 +297,10 @@ def check_bundle(
     real_inputs: dict[str, np.ndarray] | None = None,
     max_sequence: int | None = None,
     log: Any = lambda _msg: None,
+    providers: tuple[str, ...] = ("cpu",),
 ) -> ParityReport:
-    """Rebuild the torch source a bundle records and check the bundle's graphs against it."""
+    """Rebuild the torch source a bundle records and check the bundle's graphs against it.
+    ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error)."""
     from pathlib import Path
 
     from edgeformer.export.bundle import read_manifest, rebuild_source
@@ -315,6 +317,7 @@ def check_bundle(
         generation_steps=generation_steps,
         real_inputs=real_inputs,
         log=log,
+        providers=providers,
     )
 
 

@@ -19,11 +19,10 @@ import torch
 
 from edgeformer import runtime, tokenizer
 from edgeformer.errors import EdgeformerError
-from edgeformer.export.bundle import export_bundle, source_from_card
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.parity import torch_greedy
 from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
-from edgeformer.zoo import resolve_card, resolve_target
+from edgeformer.zoo import resolve_card
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "runtimes" / "python" / "run_bundle.py"
@@ -32,19 +31,9 @@ PROMPTS = ["Return the", "class Foo:\n    ", "Create a new"]
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """Bundles exported once per module, on demand: card name -> directory."""
-    made: dict[str, Path] = {}
-    root = tmp_path_factory.mktemp("bundles")
-
-    def get(card: str) -> Path:
-        if card not in made:
-            source = source_from_card(resolve_card(card))
-            export_bundle(source, resolve_target("cpu-fp32"), root / card, check=False)
-            made[card] = root / card
-        return made[card]
-
-    return get
+def bundles(edge_bundle):
+    """Bundles exported once per test session, on demand (conftest's edge_bundle): card name -> directory."""
+    return edge_bundle
 
 
 @pytest.fixture(scope="module")

@@ -447,7 +447,17 @@ def table(report: dict[str, Any]) -> str:
         if limits_line(run):
             lines.append(f"  limits {limits_line(run)}")
     base = report.get("baseline")
-    header = ("case", "series", "p50 ms", "p90 ms", "ttft ms", "tok/s", "of bw limit", "vs bare", f"vs {base}")
+    header = (
+        "case",
+        "series",
+        "p50 ms",
+        "p90 ms",
+        "ttft ms",
+        "tok/s",
+        "of bw limit",
+        "overhead vs bare",
+        f"speedup vs {base}",
+    )
     series = series_of(report)
     cases = list(dict.fromkeys(describe(r) for r in report["rows"]))
     loops = ("runtime", "bare", "torch")

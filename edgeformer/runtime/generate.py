@@ -26,7 +26,8 @@ def _empty_cache(session: ort.InferenceSession, batch: int, prefix: str) -> dict
     for inp in session.get_inputs():
         if inp.name.startswith(prefix):
             _, heads, _, head_dim = inp.shape
-            feeds[inp.name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
+            dtype = np.float16 if inp.type == "tensor(float16)" else np.float32  # fp16 graphs take an fp16 cache
+            feeds[inp.name] = np.zeros((batch, heads, 0, head_dim), dtype=dtype)
     return feeds
 
 
@@ -101,10 +102,11 @@ def greedy_seq2seq(
 
 
 def empty_cache(specs: tuple[Spec, ...], batch: int) -> dict[str, np.ndarray]:
-    """Zero-length self-attention caches (B, heads, 0, head_dim) for every past_key_values input
-    whose length is the growing ``past_sequence`` (not the encoder's cross cache)."""
+    """Zero-length self-attention caches (B, heads, 0, head_dim), of the dtype the manifest gives
+    (float32, or float16 for fp16 graphs), for every past_key_values input whose length is the
+    growing ``past_sequence`` (not the encoder's cross cache)."""
     return {
-        s.name: np.zeros((batch, int(s.shape[1]), 0, int(s.shape[3])), dtype=np.float32)
+        s.name: np.zeros((batch, int(s.shape[1]), 0, int(s.shape[3])), dtype=np.dtype(s.dtype))
         for s in specs
         if s.name.startswith("past_key_values.") and s.shape[2] == "past_sequence"
     }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgeformer.runtime.bundle import Bundle, Graph, read_bundle
+from edgeformer.runtime.cuda import BoundSession
 from edgeformer.runtime.errors import BundleFormatError
 from edgeformer.runtime.models import DecoderModel, EncoderModel, RuntimeModel, Seq2SeqModel
 from edgeformer.runtime.session import open_session
@@ -72,6 +74,8 @@ def load(
     *,
     memory_arena: bool = True,
     verify: bool = True,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    io_binding: bool = False,
 ) -> RuntimeModel:
     """Open a bundle: read manifest.json, check every file's sha256 (``verify``), open one
     session per graph, and return the model of its family (EncoderModel, DecoderModel,
@@ -83,6 +87,11 @@ def load(
     installed providers and where the missing one comes from. threads, spinning, optimization
     (disable, basic, extended, all), memory_arena and optimized_model_path are onnxruntime's
     session options, spelled plainly (see ``session.session_options``).
+
+    provider_options: per provider (short name -> {option: value}), over edgeformer's defaults
+    (CUDA: device 0, no TF32 so that fp32 bundles keep their parity; see ``cuda.provider_options``).
+    io_binding: run through onnxruntime's IO binding, the KV cache staying on the provider's device
+    between generation steps (``cuda.BoundSession``); it works on every provider, CPU included.
     """
     bundle = read_bundle(bundle_dir, verify=verify)
     _check_graphs(bundle)
@@ -98,9 +107,11 @@ def load(
             optimization=optimization,
             memory_arena=memory_arena,
             optimized_model_path=optimized_path(optimized_model_path, name, len(bundle.graphs)),
+            provider_options=provider_options,
+            precision=str(bundle.manifest.get("precision", "fp32")),
         )
         _check_session(graph, session)
-        sessions[name] = session
+        sessions[name] = BoundSession(session) if io_binding else session
         for provider, outcome in graph_outcomes.items():  # the first graph's outcome, unless a later one failed
             if outcomes.get(provider) in (None, "used", "not tried"):
                 outcomes[provider] = outcome

@@ -6,11 +6,13 @@ happened to each; ``make_session`` is the strict one-liner the parity checks use
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
+from edgeformer.runtime import cuda
 from edgeformer.runtime.errors import BundleFormatError, OptionError, ProviderError
 from edgeformer.runtime.providers import PROVIDERS, full_name, installed, missing_message, plan, short_name
 
@@ -85,6 +87,8 @@ def open_session(
     providers: Sequence[str] | str = ("cpu",),
     *,
     strict: bool = False,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str = "fp32",
     **options: object,
 ) -> tuple[ort.InferenceSession, dict[str, str]]:
     """A session on the first providers of the preference list that start, and what happened to
@@ -93,8 +97,11 @@ def open_session(
 
     Without ``strict``, a provider that is missing or fails to start is skipped for the next one
     (the CPU provider last). With ``strict``, either every requested provider runs or ProviderError.
+    ``provider_options`` (short or full provider name -> options) update edgeformer's defaults for
+    the bundle's ``precision`` (``cuda.provider_options``: CUDA without TF32 for fp32 parity).
     """
     chosen = plan(providers, strict=strict)
+    per_provider = cuda.provider_options(chosen.requested + chosen.candidates, provider_options, precision)
     considered = dict.fromkeys(chosen.requested + chosen.candidates)  # preference order, CPU fallback last
     outcomes = {short_name(p): chosen.skipped.get(p, "not tried") for p in considered}
     opts = session_options(**options)  # type: ignore[arg-type]
@@ -103,7 +110,10 @@ def open_session(
     error = ""
     for i, candidate in enumerate(chosen.candidates):
         try:
-            session = ort.InferenceSession(source, opts, providers=chosen.candidates[i:])
+            tried = chosen.candidates[i:]
+            session = ort.InferenceSession(
+                source, opts, providers=tried, provider_options=[per_provider.get(p, {}) for p in tried]
+            )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; we keep the message
             error = _first_line(exc)
             if strict:
@@ -136,6 +146,8 @@ def make_session(
     optimization: str = "all",
     memory_arena: bool = True,
     optimized_model_path: str | Path | None = None,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    precision: str = "fp32",
 ) -> ort.InferenceSession:
     """An InferenceSession on exactly the given providers (short names), with plain options."""
     provider_names(providers)  # a missing provider is an error here, with where to get it
@@ -143,6 +155,8 @@ def make_session(
         model,
         providers,
         strict=True,
+        provider_options=provider_options,
+        precision=precision,
         threads=threads,
         spinning=spinning,
         optimization=optimization,
