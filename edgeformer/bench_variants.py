@@ -383,6 +383,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--gen-runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed generations.")
 @click.option("--loop", default="runtime,bare", show_default=True, help="ONNX generation loops: runtime, bare.")
 @click.option("--spinning/--no-spinning", default=True, show_default=True, help="Intra-op threads spin when idle.")
+@click.option("--providers", default="cpu", show_default=True, help="Execution providers of the ONNX variants.")
 @click.option("--limits/--no-limits", default=True, show_default=True, help="Measure MatMul peak and bandwidth.")
 @click.option("--limits-matmul", type=click.IntRange(min=16), default=1024, show_default=True, help="N of N x N.")
 @click.option("--limits-mb", type=click.IntRange(min=1), default=256, show_default=True, help="MB read per GEMV.")
@@ -412,6 +413,7 @@ def bench_command(
     gen_runs: int,
     loop: str,
     spinning: bool,
+    providers: str,
     limits: bool,
     limits_matmul: int,
     limits_mb: int,
@@ -451,6 +453,7 @@ def bench_command(
         gen_runs=gen_runs,
         loops=loops,
         spinning=spinning,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()) or ("cpu",),
     )
     wanted = [p.strip() for p in variants.split(",") if p.strip()] if variants is not None else None
     planned = plan_variants(

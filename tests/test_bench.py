@@ -8,6 +8,7 @@ is: iterations are 2-3 on tiny bundles.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -150,7 +151,8 @@ def test_settings_resolve_to_what_fits_and_round_trip_through_argv():
     assert bench.resolve(s, "decoder", gpt) == s and bench.resolve(enc, "encoder", {"max_positions": 16}) == enc
     parser = bench.argparse.ArgumentParser()
     bench.add_settings_options(parser)
-    for settings in (s, bench.Settings(threads=(2,), batches=(1, 4), iterations=None, time_budget=1.5, spinning=False)):
+    other = bench.Settings(threads=(2,), batches=(1, 4), iterations=None, time_budget=1.5, spinning=False)
+    for settings in (s, dataclasses.replace(other, providers=("xnnpack", "cpu"))):
         back = bench.settings_from_args(parser.parse_args(bench.settings_argv(settings)))
         assert back == settings
 
@@ -272,6 +274,8 @@ def test_bad_input_is_a_clear_error(bundles, tmp_path, capsys):
     assert code == 1 and "is not a bundle directory" in err
     code, _, err = _runner(str(bundles("bert-mini")), "--prompt", "4", "--no-limits", capsys=capsys)
     assert code == 1 and "does not generate" in err
+    code, _, err = _runner(str(bundles("bert-mini")), "--providers", "nnapi", "--no-limits", capsys=capsys)
+    assert code == 1 and "execution provider 'nnapi'" in err  # strict: never a silent CPU run
     for bad, why in (("--threads", "0"), ("--sequence", "8,x"), ("--batch", "-1"), ("--loop", "fast")):
         with pytest.raises(SystemExit) as exit_info:
             _runner(str(bundles("bert-mini")), bad, why)

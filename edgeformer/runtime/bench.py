@@ -71,7 +71,7 @@ class Settings:
     forward: bool = True
     generate: bool = True
     spinning: bool = True
-    providers: tuple[str, ...] = ("cpu",)
+    providers: tuple[str, ...] = ("cpu",)  # execution providers of the bundle's sessions (limits: always CPU)
     seed: int = 0
 
 
@@ -477,7 +477,9 @@ def run_bundle(
     for threads in settings.threads or ():
         progress.note(f"opening {bundle.path.name} with {threads} threads")
         t0 = time.perf_counter()
-        model = load(bundle.path, settings.providers, threads=threads, spinning=settings.spinning, verify=False)
+        model = load(  # strict: a provider that is missing or fails is an error, not a silent CPU run
+            bundle.path, settings.providers, strict=True, threads=threads, spinning=settings.spinning, verify=False
+        )
         session["create_s"].append(time.perf_counter() - t0)
         session["threads"].append(threads)
         session["rss_after_create_bytes"].append(report_mod.current_rss_bytes())
@@ -565,6 +567,13 @@ def _loops(text: str) -> tuple[str, ...]:
     return loops
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one execution provider, e.g. cpu")
+    return names
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -605,6 +614,7 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     add("--no-forward", action="store_true", help="skip the forward cases")
     add("--no-generate", action="store_true", help="skip the generation cases")
     add("--no-spinning", action="store_true", help="idle intra-op threads sleep instead of spinning")
+    add("--providers", type=_names, default=("cpu",), help="execution providers, e.g. xnnpack,cpu (default cpu)")
     add("--seed", type=_count(0), default=0, help="seed of the random inputs (default 0)")
     add("--label", help="name of this run in reports (default: the host name)")
     add("--variant", help="name of this variant in reports (default: the bundle directory's name)")
@@ -643,6 +653,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         forward=not args.no_forward,
         generate=not args.no_generate,
         spinning=not args.no_spinning,
+        providers=args.providers,
         seed=args.seed,
     )
 
@@ -656,7 +667,7 @@ def settings_argv(settings: Settings) -> list[str]:
 
     argv = ["--batch", join(settings.batches), "--warmup", str(settings.warmup), "--seed", str(settings.seed)]
     argv += ["--gen-warmup", str(settings.gen_warmup), "--gen-runs", str(settings.gen_runs)]
-    argv += ["--loop", ",".join(settings.loops)]
+    argv += ["--loop", ",".join(settings.loops), "--providers", ",".join(settings.providers)]
     for option, values in (
         ("--threads", settings.threads),
         ("--sequence", settings.sequences),
