@@ -47,6 +47,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a checkpoint into ``model``, naming every missing, unexpected or mis-shaped tensor."""
     state = read_state_dict(path)
+    shared: dict[int, list[str]] = {}  # one parameter under several names (a tied head, a shared table)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    for names in shared.values():  # safetensors keeps one name of a shared tensor: the first in sorted order
+        found = next((n for n in names if n in state), None)
+        if found is not None and names[0] not in state:
+            state[names[0]] = state[found]
     own = model.state_dict()
     tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {
         n for n, _ in model.named_parameters()
