@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,16 @@ class Source:
     recipe: dict[str, Any]
     tokenizer: str = ""
     example_dims: dict[str, int] | None = None  # sizes to trace with (all >= 2); None: the defaults
+    files: dict[str, Path] = field(default_factory=dict)  # copied into the bundle: name there -> file here
+
+
+def tokenizer_files(card: ModelCard) -> tuple[str, dict[str, Path]]:
+    """The manifest's tokenizer and the files it needs: a card's ``tokenizer = "x.json"`` (a
+    Hugging Face tokenizer beside the card) travels as the bundle's tokenizer.json."""
+    if not card.tokenizer.endswith(".json"):
+        return card.tokenizer, {}
+    base = card.path.parent if card.path is not None else Path()
+    return "tokenizer.json", {"tokenizer.json": base / card.tokenizer}
 
 
 def source_from_card(card: ModelCard, *, seed: int = 0, max_sequence: int | None = None) -> Source:
@@ -58,7 +69,8 @@ def source_from_card(card: ModelCard, *, seed: int = 0, max_sequence: int | None
         recipe["checkpoint"] = str(card.checkpoint.resolve())
         recipe["checkpoint_sha256"] = card.checkpoint_sha256 or sha256_file(card.checkpoint)
     plans = plan_graphs(model, card.config, max_sequence)
-    return Source(card.name, model, card.config, plans, recipe, card.tokenizer)
+    tokenizer, files = tokenizer_files(card)
+    return Source(card.name, model, card.config, plans, recipe, tokenizer, files=files)
 
 
 def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: int = 0) -> Source:
@@ -255,6 +267,11 @@ def export_bundle(
                 fusions[plan.name] = fuse_graph(model, plan, target.fusions, log)
             files += save_graph(model, tmp / plan.file)
             pause_point("export:graph-saved")
+        for name, path in source.files.items():  # the tokenizer
+            if not Path(path).is_file():
+                raise ExportError(f"{path} ({name} of model {source.name!r}) does not exist")
+            shutil.copyfile(path, tmp / name)
+            files.append(name)
         manifest = build_manifest(source, target, files, tmp)
         if fusions:
             manifest["fusions"] = fusions

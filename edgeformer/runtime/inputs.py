@@ -5,7 +5,8 @@ ids that are not integers, of the wrong rank, empty, outside the vocabulary or l
 model's positions; masks that are not 0/1 or of another shape; bytes that are not UTF-8.
 
 Byte-level bundles (manifest ``tokenizer = "bytes"``) take text: ids 0-255 are UTF-8 bytes, 256
-padding, 257 begin-of-text, 258 end-of-text (``edgeformer.tokenizer``).
+padding, 257 begin-of-text, 258 end-of-text (``edgeformer.tokenizer``). Bundles that carry a
+Hugging Face tokenizer.json take text through a codec (``edgeformer.runtime.text``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edgeformer.runtime.errors import (
     TextEncodingError,
     TokenRangeError,
 )
+from edgeformer.runtime.text import Codec
 
 
 @dataclass
@@ -43,9 +45,10 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str | bytes | bytearray)
 
 
-def text_to_ids(text: str | bytes | bytearray, kind: str, *, bos: bool) -> np.ndarray:
-    """Token ids of one text for a bundle whose tokenizer is ``kind``."""
-    if kind != "bytes":
+def text_to_ids(text: str | bytes | bytearray, kind: str | Codec, *, bos: bool) -> np.ndarray:
+    """Token ids of one text for a bundle whose tokenizer is ``kind`` ("bytes"), or through a codec."""
+    codec = None if isinstance(kind, str) else kind
+    if codec is None and kind != "bytes":
         raise NoTokenizerError(
             "this bundle has no tokenizer (manifest tokenizer is empty); pass token ids (a list or int array), not text"
         )
@@ -58,8 +61,15 @@ def text_to_ids(text: str | bytes | bytearray, kind: str, *, bos: bool) -> np.nd
                 "decode it yourself or pass str"
             ) from None
     if not text:
-        hint = f" (to generate from nothing, pass the begin-of-text id [{tokenizer.BOS}] as token ids)" if bos else ""
+        hint = ""
+        if bos and codec is None:
+            hint = f" (to generate from nothing, pass the begin-of-text id [{tokenizer.BOS}] as token ids)"
         raise EmptyInputError(f"the text is empty; give at least one character{hint}")
+    if codec is not None:
+        ids = codec.encode(text, bos=bos)
+        if not ids:
+            raise EmptyInputError(f"the tokenizer gives no tokens for {text[:40]!r}")
+        return np.asarray(ids, dtype=np.int64)
     try:
         return np.asarray(tokenizer.encode(text, bos=bos), dtype=np.int64)
     except UnicodeEncodeError as exc:
@@ -90,7 +100,7 @@ def _int_row(row: Any, name: str, index: int) -> np.ndarray:
     return _as_int64(array, name)
 
 
-def token_batch(value: Any, *, name: str = "input_ids", tokenizer_kind: str = "", bos: bool = False) -> Batch:
+def token_batch(value: Any, *, name: str = "input_ids", tokenizer_kind: str | Codec = "", bos: bool = False) -> Batch:
     """Rows of token ids from text, a list of texts, a 1-D or 2-D array, or a list of id lists."""
     if _is_text(value):
         return Batch([text_to_ids(value, tokenizer_kind, bos=bos)], single=True, text=True)

@@ -13,6 +13,7 @@ single input gives a single result, a list gives a list.
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,12 @@ from edgeformer.runtime.generate import RowToken, decoder_steps, empty_cache, le
 from edgeformer.runtime.inputs import Batch, check_feeds, check_mask, check_rows, pad, token_batch
 from edgeformer.runtime.providers import short_name
 from edgeformer.runtime.sampling import Sampling
+from edgeformer.runtime.text import Codec, TextStream, codec_for
+
+
+def _mentions_text(value: Any) -> bool:
+    text = (str, bytes, bytearray)
+    return isinstance(value, text) or (isinstance(value, list | tuple) and any(isinstance(v, text) for v in value))
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class Step:
     row: int  # which prompt of the batch (0 for a single prompt)
     index: int  # 0 for the first new token of that prompt
     token: int
-    text: str  # byte-level bundles: the text this token completes (often "" inside a character)
+    text: str  # text prompts: the text this token completes (often "" inside a character)
     last: bool  # the prompt's final token: a stop token, or max_new_tokens reached
 
 
@@ -80,6 +87,12 @@ class RuntimeModel:
     @property
     def tokenizer(self) -> str:
         return self.bundle.tokenizer
+
+    @functools.cached_property
+    def codec(self) -> Codec | None:
+        """Text to token ids and back (None: the bundle takes token ids only). A tokenizer.json
+        is read, with the optional ``tokenizers`` library, on first use."""
+        return codec_for(self.bundle)
 
     def __repr__(self) -> str:
         graphs = ", ".join(self.bundle.graphs)
@@ -121,7 +134,10 @@ class RuntimeModel:
         return dict(zip(names, outs, strict=True))
 
     def _batch(self, inputs: Any, *, bos: bool, max_len: int, why: str = "") -> Batch:
-        batch = token_batch(inputs, tokenizer_kind=self.tokenizer, bos=bos)
+        kind: str | Codec = self.tokenizer
+        if kind.endswith(".json") and _mentions_text(inputs):
+            kind = self.codec or kind
+        batch = token_batch(inputs, tokenizer_kind=kind, bos=bos)
         check_rows(batch.rows, vocab_size=self.vocab_size, max_len=max_len, why=why)
         return batch
 
@@ -192,10 +208,14 @@ class _Generating(RuntimeModel):
         counts = [0] * len(batch.rows)
         text = self.tokenizer == "bytes"
         decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in batch.rows] if text else []
+        codec = self.codec if batch.text and not text else None
+        streams = [TextStream(codec) for _ in batch.rows] if codec is not None else []
         for row, token, last in tokens:
             piece = ""
             if text:
                 piece = decoders[row].decode(bytes([token]) if 0 <= token < 256 else b"", final=last)
+            elif streams:
+                piece = streams[row].push(token, last=last)
             yield Step(row, counts[row], token, piece, last)
             counts[row] += 1
 
@@ -207,7 +227,10 @@ class _Generating(RuntimeModel):
             tokens[step.row].append(step.token)
             if callback is not None:
                 callback(step)
-        results: list = [tokenizer.decode(t) for t in tokens] if batch.text else tokens
+        results: list = tokens
+        if batch.text:
+            codec = None if self.tokenizer == "bytes" else self.codec
+            results = [(codec.decode if codec is not None else tokenizer.decode)(t) for t in tokens]
         return results[0] if batch.single else results
 
 
