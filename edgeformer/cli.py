@@ -155,6 +155,53 @@ def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path
     )
 
 
+@main.command(name="import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Card to write (default: ./<directory name>.toml); the checkpoint and tokenizer go beside it.",
+)
+@click.option("--name", help="The card's name (default: the directory's name).")
+@click.option("--force", is_flag=True, help="Replace an existing card.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@friendly
+def import_cmd(directory: Path, output: Path | None, name: str | None, force: bool, as_json: bool) -> None:
+    """Import a pretrained Hugging Face model DIRECTORY as an edgeformer card and checkpoint.
+
+    DIRECTORY holds config.json and model.safetensors (or pytorch_model.bin, loaded without running
+    code). BERT, GPT-2, BART and sentence-transformers directories of BERT are imported; nothing is
+    downloaded. Writes CARD.toml, CARD.safetensors (edgeformer's tensor names) and, when the
+    directory has tokenizer.json, CARD.tokenizer.json; `edgeformer export CARD.toml` takes it from there.
+    """
+    from edgeformer.importers import card_name, import_directory, write_card
+
+    imported = import_directory(directory, name=name)
+    out = output or Path(f"{name or card_name(directory)}.toml")
+    card = write_card(imported, out, force=force)
+    report = {
+        "card": str(out),
+        "name": card.name,
+        "architecture": imported.architecture,
+        "family": card.config.family,
+        "checkpoint": str(card.checkpoint),
+        "tokenizer": card.tokenizer or None,
+        "parameters": sum(p.numel() for p in imported.model.parameters()),
+        "ignored": imported.ignored,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for tensor, why in imported.ignored.items():
+        click.echo(f"ignored {tensor}: {why}", err=True)
+    extra = f", {card.tokenizer}" if card.tokenizer else ""
+    click.echo(
+        f"wrote {out} ({imported.architecture} -> {card.config.family}, {report['parameters']:,} parameters; "
+        f"{card.checkpoint.name if card.checkpoint else ''}{extra})"
+    )
+
+
 def _progress(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -198,9 +245,10 @@ def export_cmd(
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
 
-    MODEL is a card name from `edgeformer models`, a path to a card .toml, or
-    `package.module:factory`; with no MODEL the shipped demo decoder is exported. The bundle is
-    written atomically: an interrupted or failed export leaves any earlier bundle untouched.
+    MODEL is a card name from `edgeformer models`, a path to a card .toml, a Hugging Face model
+    directory (see `edgeformer import`), or `package.module:factory`; with no MODEL the shipped
+    demo decoder is exported. The bundle is written atomically: an interrupted or failed export
+    leaves any earlier bundle untouched.
     """
     from edgeformer.export.bundle import export_bundle, source_from_card, source_from_factory
     from edgeformer.export.user import load_io
@@ -209,6 +257,10 @@ def export_cmd(
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
+    elif Path(model).is_dir():  # a pretrained Hugging Face directory
+        from edgeformer.importers import source_from_directory
+
+        source = source_from_directory(model, max_sequence=max_sequence)
     else:
         source = source_from_card(resolve_card(model), seed=seed, max_sequence=max_sequence)
     out = output or Path(f"{source.name}-{tgt.name}")

@@ -23,3 +23,12 @@ class BundleError(EdgeformerError):
 
 class ParityError(EdgeformerError):
     """The ONNX graph does not compute what the torch source computes (within tolerance)."""
+
+
+class ModelImportError(EdgeformerError):
+    """A pretrained model directory cannot be imported: no config.json, an option edgeformer's
+    modules do not have, or an unreadable layout; the message names the file and the key."""
+
+
+class UnsupportedArchitectureError(ModelImportError):
+    """The directory's architecture is not one edgeformer imports; the message lists those it does."""

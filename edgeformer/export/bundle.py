@@ -105,6 +105,10 @@ def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None) ->
     recipe = manifest.get("source", {})
     if recipe.get("kind") == "factory":
         return source_from_factory(recipe["factory"], recipe["io"], seed=int(recipe.get("seed", 0)))
+    if recipe.get("kind") == "huggingface":
+        from edgeformer.importers import rebuild_source as rebuild_imported
+
+        return rebuild_imported(recipe, max_sequence)
     if recipe.get("kind") != "card":
         raise BundleError(f"this bundle's source kind {recipe.get('kind')!r} cannot be rebuilt")
     card = parse_card(tomllib.loads(recipe["card"]), source="manifest card")
