@@ -37,7 +37,8 @@ from edgeformer.runtime.errors import NoTokenizerError
 from edgeformer.zoo import resolve_target
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None, reason="transformers (a test-only dependency) is not installed"
+    not all(importlib.util.find_spec(m) for m in ("transformers", "sentence_transformers", "tokenizers")),
+    reason="transformers, sentence-transformers and tokenizers (test-only dependencies) are not all installed",
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from the directory; never ask a hub
 
