@@ -350,13 +350,19 @@ def check(
     help="Where to write (default: <name>.fused.onnx or <bundle>-fused).",
 )
 @click.option(
-    "--form", type=click.Choice(["contrib"]), default="contrib", show_default=True, help="Which fused ops to produce."
+    "--form",
+    type=click.Choice(["contrib", "standard"]),
+    help="Which fused ops to produce: onnxruntime's contrib ops (MultiHeadAttention, SkipLayerNormalization, "
+    "FastGelu...), or standard ONNX ops only (opset 23 Attention) for other runtimes. Default: contrib.",
 )
+@click.option("--target", "target_name", help="Take the fused form from this target (e.g. portable-fp32).")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
 @friendly
-def fuse(source: Path, output: Path | None, form: str, force: bool, debug: bool, as_json: bool) -> None:
+def fuse(
+    source: Path, output: Path | None, form: str | None, target_name: str | None, force: bool, debug: bool, as_json: bool
+) -> None:
     """Fuse attention, layer norm and GELU in SOURCE: an .onnx file (from any exporter) or a bundle.
 
     Passes run in a fixed order; after each one the graph is run under onnxruntime and compared
@@ -364,6 +370,17 @@ def fuse(source: Path, output: Path | None, form: str, force: bool, debug: bool,
     fusion, compares the blocks in the graph with the fused ops, and says why any block did not fuse.
     """
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
+
+    if target_name is not None:
+        from edgeformer.zoo import resolve_target
+
+        target_form = resolve_target(target_name).fusions
+        if form is not None and form != target_form:
+            raise click.UsageError(f"--form {form} contradicts target {target_name}, whose form is {target_form}")
+        if target_form == "none":
+            raise click.UsageError(f"target {target_name} asks for no fusion; choose --form or another target")
+        form = target_form
+    form = form or "contrib"
 
     echo = functools.partial(click.echo, err=True)
     if source.is_dir():

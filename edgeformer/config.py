@@ -315,7 +315,7 @@ def render_card(card: ModelCard) -> str:
 
 PRECISIONS = ("fp32",)  # later stages add fp16, int8, int4
 TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions"}
-FUSION_FORMS = ("none", "contrib")
+FUSION_FORMS = ("none", "contrib", "standard")
 
 
 @dataclass(frozen=True)

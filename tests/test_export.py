@@ -138,7 +138,7 @@ def test_existing_output_needs_force_and_failure_keeps_old_bundle(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], "no partial bundle is left"
 
 
-@pytest.mark.parametrize("target_name", ["cpu-fp32", "portable-fp32"])  # fused and unfused graphs
+@pytest.mark.parametrize("target_name", ["cpu-fp32", "portable-fp32", "unfused-fp32"])  # contrib, standard, unfused
 def test_planted_divergence_is_located(tmp_path, target_name):
     """Perturb one layer of an exported graph: the check fails and names that layer."""
     source = source_from_card(resolve_card("gpt-mini"))

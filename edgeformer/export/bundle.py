@@ -213,7 +213,7 @@ def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[
     return atomic_dir(out)
 
 
-def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log) -> dict[str, Any]:
+def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log, *, packed_attention: bool = True) -> dict[str, Any]:
     """Fuse one traced graph in place, checking parity against the unfused graph after every pass
     on two of the plan's shapes (a padded batch, and a step with a cache where there is one)."""
     from edgeformer.export.graphs import make_inputs
@@ -231,7 +231,7 @@ def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log) -> dict[st
         # memory than the machine may have. The final check against torch still runs.
         log("  (large graph: per-pass parity skipped; the bundle is still checked against torch)")
         feeds = None
-    report = fuse_model(model, form, feeds=feeds, log=log)
+    report = fuse_model(model, form, feeds=feeds, log=log, packed_attention=packed_attention)
     cov = report.coverage
     log(
         "  coverage: "
@@ -268,7 +268,9 @@ def export_bundle(
             model = trace(plan, target.opset, source.example_dims)
             log(f"  {len(model.graph)} nodes, {time.perf_counter() - start:.1f} s")
             if target.fusions != "none":
-                fusions[plan.name] = fuse_graph(model, plan, target.fusions, log)
+                fusions[plan.name] = fuse_graph(
+                    model, plan, target.fusions, log, packed_attention=target.precision == "fp32"
+                )
             files += save_graph(model, tmp / plan.file)
             pause_point("export:graph-saved")
         for name, path in source.files.items():  # the tokenizer

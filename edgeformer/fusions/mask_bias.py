@@ -43,4 +43,36 @@ class MaskToBias(pattern.RewriteRuleClassBase):
         return op.Add(scores, op.Where(mask, zero, fill))
 
 
+FINITE_FILL = -1e9  # far below any attention score, yet a row of it still softmaxes to uniform weights
+
+
+class FiniteMaskFill(pattern.RewriteRuleClassBase):
+    """Where(mask, 0, fill) -> Where(mask, 0, -1e9) for the bias MaskToBias writes.
+
+    For a query whose every key is masked (a left-padded position), torch's softmax over the fill
+    gives uniform weights; onnxruntime's kernel for the standard Attention op gives another answer
+    when the bias holds the lowest float. A finite fill keeps softmax's answer, so the outputs at
+    padded positions stay comparable with the torch source, and masked keys still get weight 0.
+    """
+
+    def pattern(self, op, mask, zero, fill):  # type: ignore[no-untyped-def]
+        return op.Where(mask, zero, fill)
+
+    def check(self, context, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+        result = pattern.MatchResult()
+        for name, value in (("zero", zero), ("fill", fill)):
+            if value.const_value is None or value.const_value.numpy().size != 1:
+                return result.fail(f"the {name} branch is not a constant scalar", value)
+        if float(zero.const_value.numpy().reshape(())) != 0.0:
+            return result.fail("the kept branch is not 0", zero)
+        if float(fill.const_value.numpy().reshape(())) > LARGE_NEGATIVE:
+            return result.fail("the fill is already finite", fill)
+        return result
+
+    def rewrite(self, op, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+        dtype = fill.const_value.numpy().dtype
+        return op.Where(mask, zero, op.Constant(value=ir.tensor(np.array(FINITE_FILL, dtype=dtype))))
+
+
 rules = pattern.RewriteRuleSet([MaskToBias.rule()])
+finite_fill_rules = pattern.RewriteRuleSet([FiniteMaskFill.rule()])

@@ -34,7 +34,8 @@ from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
 
 from edgeformer.errors import ParityError
-from edgeformer.fusions import attention_output, gelu, mask_bias
+from edgeformer.fusions import attention_output, gelu, mask_bias, standard_attention
+from edgeformer.fusions.packed_weights import fold_packed_weights
 
 Feeds = dict[str, np.ndarray]
 ATTENTION_OPS = {"MultiHeadAttention", "Attention", "GroupQueryAttention"}
@@ -45,7 +46,7 @@ NORM_OPS = {
     "SkipSimplifiedLayerNormalization",
 }
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
-FORMS = ("contrib", "none")
+FORMS = ("contrib", "standard", "none")
 
 
 @dataclass
@@ -139,6 +140,33 @@ CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("attention", fuse_attention),
     ("bias_gelu", fuse_bias_gelu),
     ("sdpa_via_mha", replace_sdpa_by_mha),
+    ("packed_weights", fold_packed_weights),
+    ("final_cleanup", lambda m: (optimize(m), 0)[1]),
+]
+
+
+def _opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def _standard_attention(model: ir.Model) -> int:
+    """Match attention (as SDPA) and lower it to ai.onnx Attention in one step, so no temporary
+    node is ever left in the graph; below opset 23 there is no Attention op and nothing is done."""
+    if _opset(model) < standard_attention.OPSET:
+        return 0
+    fuse_sdpa(model, apply_shape_inference=True)
+    attention_output.rules.apply_to_model(model)
+    return standard_attention.rules.apply_to_model(model)
+
+
+# Standard ops only (opset 23 Attention; LayerNormalization and Gelu come out of the exporter as
+# such at that opset): the same attention matcher, lowered to ai.onnx Attention.
+STANDARD_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
+    ("cleanup", cleanup),
+    ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("share_mask_bias", _cse),
+    ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
+    ("standard_attention", _standard_attention),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
 ]
 
@@ -193,7 +221,8 @@ def _candidates(model: ir.Model) -> dict[str, int]:
     return {
         "attention": ops["Softmax"],
         "layer_norm": ops["LayerNormalization"] + ops["ReduceMean"] // 2,
-        "gelu": ops["Erf"] + len(_gelu_tanh_nodes(model)),
+        # decomposed (erf or tanh form) or already one op (the standard Gelu, from opset 20)
+        "gelu": ops["Erf"] + len(_gelu_tanh_nodes(model)) + sum(ops[o] for o in GELU_OPS),
     }
 
 
@@ -258,6 +287,17 @@ def _why_not(model: ir.Model, debug: bool) -> tuple[list[dict[str, str]], str]:
     return leftovers, text if debug else ""
 
 
+def _standard_leftovers(model: ir.Model, not_fused: list[dict[str, str]]) -> list[dict[str, str]]:
+    """In the standard form, say plainly when the opset is what stopped attention fusing."""
+    if _opset(model) >= standard_attention.OPSET:
+        return not_fused
+    why = (
+        f"the model's opset {_opset(model)} has no standard Attention op (it needs opset "
+        f"{standard_attention.OPSET}: export with the portable-fp32 target)"
+    )
+    return [dict(item, reason=why) if item["kind"] == "attention" else item for item in not_fused]
+
+
 def _restore(model: ir.Model, backup: Any) -> ir.Model:
     """Put the graph back as it was before a pass, in the same Model object."""
     restored = ir.from_proto(backup)
@@ -275,17 +315,23 @@ def fuse_model(
     tolerance: float = 1e-4,
     debug: bool = False,
     strict: bool = False,
+    packed_attention: bool = True,
     log: Callable[[str], None] = lambda _m: None,
 ) -> FusionReport:
     """Fuse ``model`` in place. With ``feeds``, parity against the unfused graph is checked after
-    every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError."""
+    every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError.
+    ``packed_attention=False`` keeps attention as MultiHeadAttention with separate projections."""
     # A pass whose graph no longer runs or no longer matches the unfused numbers is undone and
     # named in the report (rolled_back); the blocks it would have fused are then listed as not fused.
     if form not in FORMS:
         raise ValueError(f"fusion form {form!r} is not one of {', '.join(FORMS)}")
     report = FusionReport(form, len(list(model.graph.all_nodes())))
     reference = _run(model, feeds) if feeds else None
-    passes = CONTRIB_PASSES if form == "contrib" else CONTRIB_PASSES[:1]
+    passes = {"contrib": CONTRIB_PASSES, "standard": STANDARD_PASSES, "none": CONTRIB_PASSES[:1]}[form]
+    if not packed_attention:
+        # For int8: attention stays MultiHeadAttention with its projections as MatMuls, which the
+        # quantizer turns into int8 MatMuls; the packed Attention op would keep them in float.
+        passes = [p for p in passes if p[0] != "attention"]
     before = None
     for name, fn in passes:
         start = time.perf_counter()
@@ -327,6 +373,8 @@ def fuse_model(
         },
         "gelu": {"blocks": before["gelu"], "fused": sum(ops[o] for o in GELU_OPS)},
     }
-    if form == "contrib":
+    if form != "none":
         report.not_fused, report.debug = _why_not(model, debug)
+        if form == "standard":
+            report.not_fused = _standard_leftovers(model, report.not_fused)
     return report

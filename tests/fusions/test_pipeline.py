@@ -22,18 +22,30 @@ from tests.fusions.helpers import run
 LEFT_UNFUSED = {"Softmax", "ReduceMean", "Erf", "Tanh"}
 
 
+class _Bundles(dict):
+    """(card, target) -> (path, manifest), exported on first use."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, key):
+        name, target = key if isinstance(key, tuple) else (key, "cpu-fp32")
+        path = self.root / f"{name}-{target}"
+        self[key] = (path, export_bundle(source_from_card(resolve_card(name)), resolve_target(target), path))
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def fused_bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fused")
-    return {
-        n: (root / n, export_bundle(source_from_card(resolve_card(n)), resolve_target("cpu-fp32"), root / n))
-        for n in EDGE_CARDS
-    }
+    return _Bundles(tmp_path_factory.mktemp("fused"))
 
 
+# contrib: onnxruntime's MultiHeadAttention & co.; portable: the standard opset-23 Attention op
+@pytest.mark.parametrize("target", ["cpu-fp32", "portable-fp32"])
 @pytest.mark.parametrize("name", EDGE_CARDS)
-def test_every_edge_card_fuses_completely_with_parity(fused_bundles, name):
-    path, manifest = fused_bundles[name]
+def test_every_edge_card_fuses_completely_with_parity(fused_bundles, name, target):
+    path, manifest = fused_bundles[name, target]
     assert manifest["parity"]["ok"] and manifest["parity"]["worst_max_rel"] <= 1e-4
     cfg = resolve_card(name).config
     for graph, report in manifest["fusions"].items():
@@ -46,12 +58,16 @@ def test_every_edge_card_fuses_completely_with_parity(fused_bundles, name):
         ops = Counter(n.op_type for n in ir.load(path / f"{graph}.onnx").graph.all_nodes())
         assert not LEFT_UNFUSED & set(ops), ops
         assert ops["MultiHeadAttention"] + ops["Attention"] == n_attention
+        if target == "portable-fp32":
+            model = ir.load(path / f"{graph}.onnx")
+            assert {n.domain for n in model.graph.all_nodes()} <= {"", "ai.onnx"}  # standard ops only
+            assert model.opset_imports[""] == 23 and ops["Attention"] == n_attention
         checked = [p for p in report["passes"] if p["max_rel_error"] is not None]
         assert len(checked) >= 4 and all(p["max_rel_error"] <= 1e-4 for p in checked)
 
 
 def test_decoder_attention_keeps_the_cache(fused_bundles):
-    path, manifest = fused_bundles["gpt-mini"]
+    path, manifest = fused_bundles["gpt-mini", "cpu-fp32"]
     mha = [n for n in ir.load(path / "model.onnx").graph.all_nodes() if n.op_type == "MultiHeadAttention"]
     assert len(mha) == 2
     outputs = {v.name: v for v in ir.load(path / "model.onnx").graph.outputs}
@@ -116,7 +132,7 @@ def test_fuse_command_on_a_file_and_a_bundle(tmp_path, fused_bundles):
     from edgeformer.cli import main
 
     unfused = tmp_path / "plain"
-    export_bundle(source_from_card(resolve_card("bert-mini")), resolve_target("portable-fp32"), unfused, check=False)
+    export_bundle(source_from_card(resolve_card("bert-mini")), resolve_target("unfused-fp32"), unfused, check=False)
     assert "fusions" not in __import__("json").loads((unfused / "manifest.json").read_text())
     runner = CliRunner()
     result = runner.invoke(main, ["fuse", str(unfused / "model.onnx"), "-o", str(tmp_path / "f.onnx")])
@@ -126,7 +142,7 @@ def test_fuse_command_on_a_file_and_a_bundle(tmp_path, fused_bundles):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["check", str(tmp_path / "fb")])
     assert result.exit_code == 0, result.output
-    again = runner.invoke(main, ["fuse", str(fused_bundles["bert-mini"][0]), "-o", str(tmp_path / "x")])
+    again = runner.invoke(main, ["fuse", str(fused_bundles["bert-mini", "cpu-fp32"][0]), "-o", str(tmp_path / "x")])
     assert again.exit_code == 1 and "already fused" in again.output
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")

@@ -1,0 +1,320 @@
+"""Fused fp32 latency against torch eager and the usual fusion tools, measured side by side.
+
+    python bench/fusion_latency.py                          # bert-base and gpt2-small, S = 16, 128, 384
+    python bench/fusion_latency.py bert-mini --seq 16 32 --reps 3   # a quick look
+    python bench/fusion_latency.py --json fusion.json
+
+For each card, in one run, at batch 1 and 2 intra-op threads:
+
+    torch         the edgeformer torch module, eager, under inference_mode
+    unfused       the dynamo export as traced (target unfused-fp32), onnxruntime at ORT_ENABLE_ALL
+    ort-optimizer onnxruntime.transformers.optimizer.optimize_model on that same graph
+    onnxscript    onnxscript's ort_fusions.optimize_for_ort on that same graph
+    edgeformer    edgeformer's fused bundle (target cpu-fp32)
+
+Every variant lives in its own worker process that sleeps on a pipe while the others run, and the
+variants take turns shape by shape, repetition by repetition (round-robin), so they share the
+machine's drift; onnxruntime's intra-op spinning is off in every session. A variant whose graph
+fails to build, or whose outputs differ from torch's (max abs error > 1e-3 of the output scale),
+is reported as such and left out of the comparison. The figure of merit is edgeformer's median
+latency over the best median of the others, per shape (target: <= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("torch", "unfused", "ort-optimizer", "onnxscript", "edgeformer")
+ORT_MODEL_TYPE = {"encoder": "bert", "decoder": "gpt2"}
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _worker(kind: str, path: str, card: str, threads: int) -> None:
+    """Load one variant, then serve {"feeds": npz, "iters": n, "warmup": w} requests from stdin."""
+    import numpy as np
+
+    if kind == "torch":
+        import torch
+
+        from edgeformer.export.bundle import source_from_card
+        from edgeformer.export.graphs import run_torch
+        from edgeformer.zoo import resolve_card
+
+        torch.set_num_threads(threads)
+        plan = source_from_card(resolve_card(card)).plans[0]
+
+        def call(feeds):  # noqa: ANN001, ANN202
+            with torch.inference_mode():
+                return list(run_torch(plan, feeds).values())
+    else:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def call(feeds):  # noqa: ANN001, ANN202
+            return session.run(None, {n: feeds[n] for n in names})
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        feeds = dict(np.load(request["feeds"]))
+        outputs = call(feeds)
+        if request.get("save"):
+            np.savez(request["save"], *[np.asarray(o) for o in outputs])
+        for _ in range(request["warmup"]):
+            call(feeds)
+        times = []
+        for _ in range(request["iters"]):
+            start = time.perf_counter()
+            call(feeds)
+            times.append(time.perf_counter() - start)
+        print(json.dumps(times), flush=True)
+
+
+# ---------------------------------------------------------------- driver side
+
+
+class Worker:
+    def __init__(self, kind: str, path: str, card: str, threads: int) -> None:
+        cmd = [sys.executable, __file__, "--worker", kind, path, card, "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if line != "ready":
+            raise RuntimeError(f"{kind} worker did not start (exit {self.proc.poll()})")
+
+    def measure(self, feeds: Path, iters: int, warmup: int, save: Path | None = None) -> list[float]:
+        request = {"feeds": str(feeds), "iters": iters, "warmup": warmup, "save": str(save) if save else ""}
+        self.proc.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait()
+
+
+def prepare(card_name: str, work: Path, log) -> tuple[dict[str, str], dict[str, str], object]:  # noqa: ANN001
+    """Export the unfused and fused bundles and run the two other tools on the unfused graph."""
+    import onnx_ir as ir
+
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_card, resolve_target
+
+    card = resolve_card(card_name)
+    cfg = card.config
+    paths: dict[str, str] = {"torch": ""}
+    failed: dict[str, str] = {}
+    for variant, target in (("unfused", "unfused-fp32"), ("edgeformer", "cpu-fp32")):
+        out = work / f"{card_name}-{target}"
+        if not (out / "manifest.json").is_file():
+            log(f"exporting {card_name} ({target}) ...")
+            export_bundle(source_from_card(card), resolve_target(target), out, check=False, force=True)
+        paths[variant] = str(out / "model.onnx")
+
+    theirs = work / f"{card_name}-onnxscript.onnx"
+    if not theirs.is_file():
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        log("onnxscript optimize_for_ort ...")
+        model = ir.load(paths["unfused"])
+        optimize_for_ort(model)
+        ir.save(model, theirs)
+    paths["onnxscript"] = str(theirs)
+
+    ort_out = work / f"{card_name}-ort-optimizer.onnx"
+    if not ort_out.is_file():
+        from onnxruntime.transformers import optimizer
+
+        log("onnxruntime transformer optimizer ...")
+        try:
+            optimized = optimizer.optimize_model(
+                paths["unfused"], model_type=ORT_MODEL_TYPE[cfg.family], num_heads=cfg.n_heads, hidden_size=cfg.d_model
+            )
+            optimized.save_model_to_file(str(ort_out))
+        except Exception as exc:  # noqa: BLE001 - the tool's own failure is a result
+            failed["ort-optimizer"] = f"optimize_model raised {type(exc).__name__}: {str(exc)[:200]}"
+    if ort_out.is_file():
+        paths["ort-optimizer"] = str(ort_out)
+    return paths, failed, card
+
+
+def ops_of(path: str) -> dict[str, int]:
+    from collections import Counter
+
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: int, work: Path, log) -> dict:  # noqa: ANN001
+    import numpy as np
+
+    from edgeformer.export.bundle import source_from_card
+    from edgeformer.export.graphs import make_inputs
+
+    paths, failed, card = prepare(card_name, work, log)
+    plan = source_from_card(card).plans[0]
+    feeds_files = {}
+    for s in seqs:
+        feeds = make_inputs(plan, {"batch": 1, "sequence": s, "past_sequence": 0}, seed=s, pad=False)
+        feeds_files[s] = work / f"{card_name}-feeds-{s}.npz"
+        np.savez(feeds_files[s], **feeds)
+
+    workers: dict[str, Worker] = {}
+    for variant in VARIANTS:
+        if variant in failed:
+            continue
+        try:
+            workers[variant] = Worker(variant, paths[variant], card_name, threads)
+        except RuntimeError as exc:
+            failed[variant] = str(exc)
+
+    # correctness first: each variant's outputs against torch's, at the shortest shape
+    check_s = seqs[0]
+    outs = {}
+    for variant, worker in workers.items():
+        save = work / f"{card_name}-{variant}-out.npz"
+        worker.measure(feeds_files[check_s], 0, 0, save=save)
+        outs[variant] = [v for _, v in sorted(np.load(save).items(), key=lambda kv: int(kv[0].split("_")[1]))]
+    errors = {}
+    reference = outs.get("torch")
+    for variant, got in list(outs.items()):
+        if variant == "torch":
+            continue
+        first, ref = np.asarray(got[0], dtype=np.float64), np.asarray(reference[0], dtype=np.float64)
+        errors[variant] = float(np.abs(first - ref).max() / max(1.0, np.abs(ref).max()))
+        if errors[variant] > 1e-3:
+            failed[variant] = f"outputs differ from torch by {errors[variant]:.3g} of their scale"
+            workers.pop(variant).close()
+
+    samples: dict[str, dict[int, list[float]]] = {v: {s: [] for s in seqs} for v in workers}
+    for s in seqs:
+        for worker in workers.values():  # warm every variant at this shape once
+            worker.measure(feeds_files[s], 0, 3)
+        for rep in range(reps):
+            for variant, worker in workers.items():
+                samples[variant][s] += worker.measure(feeds_files[s], iters, 0)
+            log(f"  {card_name} S={s} rep {rep + 1}/{reps}")
+    for worker in workers.values():
+        worker.close()
+
+    medians = {v: {s: statistics.median(t) for s, t in by_s.items()} for v, by_s in samples.items()}
+    ratios = {}
+    for s in seqs:
+        others = [medians[v][s] for v in medians if v != "edgeformer"]
+        if "edgeformer" in medians and others:
+            ratios[s] = medians["edgeformer"][s] / min(others)
+    return {
+        "card": card_name,
+        "failed": failed,
+        "max_rel_error_vs_torch": errors,
+        "median_ms": {v: {s: round(m * 1e3, 3) for s, m in by_s.items()} for v, by_s in medians.items()},
+        "edgeformer_over_best_other": {s: round(r, 3) for s, r in ratios.items()},
+        "ops": {v: ops_of(p) for v, p in paths.items() if p},
+        "samples_s": samples,
+    }
+
+
+def machine() -> dict:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cards", nargs="*", default=["bert-base", "gpt2-small"])
+    parser.add_argument("--seq", type=int, nargs="+", default=[16, 128, 384])
+    parser.add_argument("--reps", type=int, default=5, help="round-robin repetitions per shape")
+    parser.add_argument("--iters", type=int, default=4, help="timed calls per variant per repetition")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, help="cache directory for exports (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write every sample and the summary here")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(*args.worker, threads=args.threads)
+        return
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, onnxruntime {info['onnxruntime']}")
+    print(f"batch 1, {args.threads} threads, {args.reps} x {args.iters} timed calls per variant and shape\n")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for card in args.cards:
+            result = bench_card(card, args.seq, args.reps, args.iters, args.threads, work, log)
+            results.append(result)
+            print(f"{card}: median latency, ms")
+            header = "  variant        " + "".join(f"S={s:<9}" for s in args.seq)
+            print(header)
+            for variant in VARIANTS:
+                if variant in result["median_ms"]:
+                    row = "".join(f"{result['median_ms'][variant][s]:<11.2f}" for s in args.seq)
+                    print(f"  {variant:<15}{row}")
+                elif variant in result["failed"]:
+                    print(f"  {variant:<15}not measured: {result['failed'][variant]}")
+            ratio = "".join(f"{result['edgeformer_over_best_other'].get(s, float('nan')):<11.3f}" for s in args.seq)
+            print(f"  {'ratio':<15}{ratio}  (edgeformer / best other; target <= 0.95)\n")
+    if args.json:
+        from edgeformer.io import write_text_atomic
+
+        write_text_atomic(
+            args.json,
+            json.dumps(
+                {
+                    "machine": info,
+                    "settings": vars(args) | {"json": str(args.json), "work": str(args.work)},
+                    "results": results,
+                },
+                indent=1,
+                default=str,
+            ),
+        )
+
+
+if __name__ == "__main__":
+    main()
