@@ -286,7 +286,7 @@ def _fp16_decoder(vocab: int = 6) -> bytes:
             numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
