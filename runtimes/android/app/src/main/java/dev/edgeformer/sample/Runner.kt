@@ -116,8 +116,9 @@ class Runner(private val bundle: Bundle, useNnapi: Boolean = false) : AutoClosea
     }
 
     /** An encoder's embedding (the `embeddings` output, or the mean of last_hidden_state) and logits when it has them. */
-    fun encode(ids: LongArray): Pair<FloatArray, FloatArray?> {
-        sessions.getValue("model").run(mapOf("input_ids" to ids(ids), "attention_mask" to ones(ids.size))).use { out ->
+    fun encode(tokens: LongArray): Pair<FloatArray, FloatArray?> {
+        val feeds = mapOf("input_ids" to ids(tokens), "attention_mask" to ones(tokens.size))
+        sessions.getValue("model").run(feeds).use { out ->
             val embeddings = out.get("embeddings").orElse(null) as OnnxTensor?
             val embedding = if (embeddings != null) {
                 FloatArray(embeddings.info.shape[1].toInt()).also { embeddings.floatBuffer.get(it) }
@@ -128,7 +129,10 @@ class Runner(private val bundle: Bundle, useNnapi: Boolean = false) : AutoClosea
                 FloatArray(c) { j -> (0 until t).sumOf { i -> data.get(i * c + j).toDouble() }.toFloat() / t }
             }
             val logitsTensor = out.get("logits").orElse(null) as OnnxTensor?
-            val logits = logitsTensor?.let { FloatArray(it.info.shape.drop(1).fold(1L, Long::times).toInt()).also { a -> it.floatBuffer.get(a) } }
+            val logits = logitsTensor?.let { t ->
+                FloatArray(t.info.shape.drop(1).fold(1L, Long::times).toInt()).also { t.floatBuffer.get(it) }
+            }
+            feeds.values.forEach(OnnxValue::close)
             return embedding to logits
         }
     }
