@@ -268,3 +268,15 @@ def test_static_server_serves_the_page_and_bundle_only(models):
     assert out["/bundle/manifest.json"][0] == 200
     for escape in ESCAPES:
         assert out[escape][0] == 404, escape
+
+
+def test_missing_tools_fail_under_ci_unless_ci_said_why(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="node is not installed"):
+        _need(False, "node is not installed", None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI .ci/run installs it"):
+        _need(False, "node is not installed", None)
+    with pytest.raises(pytest.skip.Exception, match=r"Chromium is not installed \(not root\)"):
+        _need(False, "Chromium is not installed", "not root")
+    _need(True, "present", None)  # nothing to say
