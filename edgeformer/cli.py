@@ -338,7 +338,10 @@ def check(
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
         on = f" on {', '.join(providers)}" if tuple(providers) != ("cpu",) else ""
-        click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+        if report.budget is not None:
+            click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget}")
+        else:
+            click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
 
 
 @main.command()
@@ -361,7 +364,13 @@ def check(
 @click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
 @friendly
 def fuse(
-    source: Path, output: Path | None, form: str | None, target_name: str | None, force: bool, debug: bool, as_json: bool
+    source: Path,
+    output: Path | None,
+    form: str | None,
+    target_name: str | None,
+    force: bool,
+    debug: bool,
+    as_json: bool,
 ) -> None:
     """Fuse attention, layer norm and GELU in SOURCE: an .onnx file (from any exporter) or a bundle.
 
@@ -381,7 +390,6 @@ def fuse(
             raise click.UsageError(f"target {target_name} asks for no fusion; choose --form or another target")
         form = target_form
     form = form or "contrib"
-
     echo = functools.partial(click.echo, err=True)
     if source.is_dir():
         out = output or source.with_name(source.name + "-fused")
@@ -405,6 +413,104 @@ def fuse(
 from edgeformer.bench_variants import bench_command  # noqa: E402 - imports neither torch nor onnxruntime
 
 main.add_command(bench_command)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write (default: <bundle>-<precision>).")
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "int4", "fp16"]),
+    default="int8",
+    show_default=True,
+    help="int8: weights and activations; int4: MatMul weights only (decoders); fp16: for GPU targets.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["dynamic", "static"]),
+    default="dynamic",
+    show_default=True,
+    help="int8 only. dynamic: activation ranges at run time; static: QDQ with ranges from calibration data.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="How static int8 turns calibration activations into ranges.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Calibration data: an .npz with input_ids (and attention_mask), or a text file for byte-level models. "
+    "Default for byte-level models: the standard library's docstrings; otherwise random tokens.",
+)
+@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), help="Held-out data for the report.")
+@click.option(
+    "--budget",
+    "budget_items",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Accuracy budget against fp32 (repeatable): cosine=0.999, top1=0.99, perplexity=1.02. Nodes are kept in "
+    "float, most sensitive first, until it holds. Default: the precision's budget.",
+)
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration rows.")
+@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
+@friendly
+def quantize(
+    bundle: Path,
+    output: Path | None,
+    precision: str,
+    mode: str,
+    method: str,
+    calibration: Path | None,
+    validation: Path | None,
+    budget_items: tuple[str, ...],
+    samples: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Quantize an fp32 BUNDLE into a new bundle, within an accuracy budget.
+
+    The fp32 graphs are the reference. Every quantizable node is tried; if the fully quantized
+    graph breaks the budget on the calibration data, the fewest most sensitive nodes stay in float.
+    The report (size, metrics on calibration and validation data, nodes kept in float and why) is
+    printed and stored in the new bundle's manifest; `edgeformer check` judges it by the budget.
+    """
+    from edgeformer.quantize.budget import parse_budget
+    from edgeformer.quantize.bundle import quantize_bundle
+
+    try:
+        budget = parse_budget(budget_items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--budget") from None
+    out = output or bundle.with_name(f"{bundle.name}-{precision}")
+    manifest = quantize_bundle(
+        bundle,
+        out,
+        precision=precision,
+        mode=mode,
+        method=method,
+        calibration_file=calibration,
+        validation_file=validation,
+        budget=budget,
+        samples=samples,
+        force=force,
+        log=_progress,
+    )
+    report = manifest["quantization"]
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, graph in report["graphs"].items():
+        verdict = "within budget" if graph["within_budget"] else "BUDGET NOT MET"
+        click.echo(
+            f"{name}: {graph['bytes_before'] / 1e6:.1f} MB -> {graph['bytes_after'] / 1e6:.1f} MB "
+            f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float, {verdict}; "
+            f"validation {graph['validation']}"
+        )
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

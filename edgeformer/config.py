@@ -313,8 +313,9 @@ def render_card(card: ModelCard) -> str:
 
 # ----- deployment targets (export/*.toml) ---------------------------------------------------------
 
-PRECISIONS = ("fp32",)  # later stages add fp16, int8, int4
-TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions"}
+PRECISIONS = ("fp32", "int8", "fp16", "int4")
+QUANTIZATION_MODES = ("dynamic", "static")
+TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions", "quantization", "budget"}
 FUSION_FORMS = ("none", "contrib", "standard")
 
 
@@ -328,11 +329,14 @@ class Target:
     opset: int = 18
     providers: tuple[str, ...] = ("cpu",)
     fusions: str = "none"
+    quantization: str = "dynamic"  # int8 only: dynamic, or static (QDQ, needs calibration data)
+    budget: tuple[tuple[str, float], ...] = ()  # accuracy budget of a reduced precision, e.g. cosine 0.999
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["providers"] = list(self.providers)
+        d["budget"] = dict(self.budget)
         d.pop("path")
         return d
 
@@ -355,6 +359,21 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
     fusions = data.get("fusions", "none")
     if fusions not in FUSION_FORMS:
         raise CardError(f"{source}: fusions {fusions!r} is not one of {', '.join(FUSION_FORMS)}")
+    quantization = data.get("quantization", "dynamic")
+    if quantization not in QUANTIZATION_MODES:
+        raise CardError(f"{source}: quantization {quantization!r} is not one of {', '.join(QUANTIZATION_MODES)}")
+    budget = data.get("budget", {})
+    if not isinstance(budget, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
+    ):
+        raise CardError(f"{source}: budget must be a table of metric = number, got {budget!r}")
+    from edgeformer.quantize.budget import BUDGET_METRICS
+
+    unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
+    if unknown_metrics:
+        raise CardError(
+            f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}"
+        )
     return Target(
         name=data["name"],
         description=str(data.get("description", "")),
@@ -362,6 +381,8 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
         opset=opset,
         providers=tuple(providers),
         fusions=fusions,
+        quantization=quantization,
+        budget=tuple(sorted((k, float(v)) for k, v in budget.items())),
     )
 
 

@@ -213,7 +213,9 @@ def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[
     return atomic_dir(out)
 
 
-def fuse_graph(model: ir.Model, plan: GraphPlan, form: str, log: Log, *, packed_attention: bool = True) -> dict[str, Any]:
+def fuse_graph(
+    model: ir.Model, plan: GraphPlan, form: str, log: Log, *, packed_attention: bool = True
+) -> dict[str, Any]:
     """Fuse one traced graph in place, checking parity against the unfused graph after every pass
     on two of the plan's shapes (a padded batch, and a step with a cache where there is one)."""
     from edgeformer.export.graphs import make_inputs
@@ -251,11 +253,14 @@ def export_bundle(
     force: bool = False,
     check: bool = True,
     log: Log = lambda _msg: None,
+    packed_attention: bool | None = None,
 ) -> dict[str, Any]:
     """Trace every graph, check parity, and write the bundle to ``out`` atomically.
 
     A failed check raises ParityError (its ``report`` attribute holds the details) and writes nothing.
     """
+    if target.precision != "fp32":
+        return export_reduced(source, target, Path(out), force=force, check=check, log=log)
     from edgeformer.parity import check_source
 
     out = Path(out)
@@ -269,7 +274,11 @@ def export_bundle(
             log(f"  {len(model.graph)} nodes, {time.perf_counter() - start:.1f} s")
             if target.fusions != "none":
                 fusions[plan.name] = fuse_graph(
-                    model, plan, target.fusions, log, packed_attention=target.precision == "fp32"
+                    model,
+                    plan,
+                    target.fusions,
+                    log,
+                    packed_attention=target.precision == "fp32" if packed_attention is None else packed_attention,
                 )
             files += save_graph(model, tmp / plan.file)
             pause_point("export:graph-saved")
@@ -290,3 +299,45 @@ def export_bundle(
             manifest["parity"] = report.to_dict()
         write_manifest(tmp, manifest)
     return manifest
+
+
+def export_reduced(source: Source, target: Target, out: Path, *, force: bool, check: bool, log: Log) -> dict[str, Any]:
+    """An int8 / int4 / fp16 bundle: the fp32 bundle first (fused, checked against torch), then
+    quantized within the target's budget, then checked against torch by that budget."""
+    import dataclasses
+    import tempfile
+
+    from edgeformer.parity import check_source
+    from edgeformer.quantize.bundle import quantize_bundle
+
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    float_target = dataclasses.replace(target, name=f"{target.name}(fp32 stage)", precision="fp32", budget=())
+    with tempfile.TemporaryDirectory(
+        prefix=".edgeformer-fp32-", dir=out.parent if out.parent.exists() else None
+    ) as tmp:
+        float_bundle = Path(tmp) / "fp32"
+        # attention as MultiHeadAttention with separate projections, which the quantizer reaches
+        export_bundle(source, float_target, float_bundle, check=check, log=log, packed_attention=False)
+
+        def checked(directory: Path, manifest: dict[str, Any]) -> None:
+            manifest["target"] = target.to_dict() | {"budget": manifest["target"]["budget"]}
+            if check:
+                log(f"checking {target.precision} parity against the torch source ...")
+                graphs = {name: directory / g["file"] for name, g in manifest["graphs"].items()}
+                report = check_source(
+                    source, graphs, target.precision, opset=target.opset, log=log, budget=manifest["target"]["budget"]
+                )
+                manifest["parity"] = report.to_dict()
+
+        return quantize_bundle(
+            float_bundle,
+            out,
+            precision=target.precision,
+            mode=target.quantization,
+            budget=dict(target.budget),
+            target_name=target.name,
+            force=force,
+            log=log,
+            before_commit=checked,
+        )

@@ -28,7 +28,8 @@ def fold_packed_weights(model: ir.Model) -> int:
         axis = node.attributes["axis"].as_int()
         packed = np.concatenate([p.const_value.numpy() for p in parts], axis=axis)  # type: ignore[union-attr]
         out = node.outputs[0]
-        value = ir.Value(name=f"{out.name}_packed", shape=ir.Shape(packed.shape), type=out.type)
+        dtype = ir.DataType.from_numpy(packed.dtype)
+        value = ir.Value(name=f"{out.name}_packed", shape=ir.Shape(packed.shape), type=ir.TensorType(dtype))
         value.const_value = ir.tensor(packed, name=value.name)
         graph.register_initializer(value)
         ir.convenience.replace_all_uses_with(out, value)

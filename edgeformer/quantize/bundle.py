@@ -1,0 +1,167 @@
+"""Quantize a bundle into a new bundle: every graph, within an accuracy budget, with a report.
+
+    quantize_bundle("gpt-mini-cpu-fp32/", "gpt-mini-cpu-int8/", precision="int8")
+
+The float bundle's own graphs are the reference (its manifest proves them equal to the torch
+source within 1e-4): the budget metrics are measured against them on calibration rows while
+choosing what stays in float, then on held-out validation rows for the report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeformer.errors import EdgeformerError
+from edgeformer.quantize import budget as budgets
+from edgeformer.quantize import calibration, int8, weights
+from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
+
+Log = Callable[[str], None]
+MODES = ("dynamic", "static")
+
+
+class QuantizeError(EdgeformerError):
+    """A bundle that cannot be quantized as asked."""
+
+
+def _quantizer(precision: str, mode: str, method: str, feeds: list) -> Callable[..., Path]:
+    if precision == "int8" and mode == "dynamic":
+        return lambda m, o, exclude=(): int8.quantize_dynamic(m, o, exclude=exclude)
+    if precision == "int8":
+        return lambda m, o, exclude=(): int8.quantize_static(m, o, feeds, method=method, exclude=exclude)
+    if precision == "int4":
+        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude))
+    return lambda m, o, exclude=(): weights.to_fp16(m, o)
+
+
+def quantize_bundle(
+    src: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "int8",
+    mode: str = "dynamic",
+    method: str = "minmax",
+    calibration_file: str | Path | None = None,
+    validation_file: str | Path | None = None,
+    budget: dict[str, float] | None = None,
+    samples: int = 32,
+    target_name: str | None = None,
+    force: bool = False,
+    log: Log = lambda _m: None,
+    before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, write_manifest
+
+    src, out = Path(src), Path(out)
+    manifest = read_manifest(src)
+    if manifest.get("precision", "fp32") != "fp32":
+        raise QuantizeError(f"{src} is already {manifest['precision']}; quantize the fp32 bundle it came from")
+    if precision not in ("int8", "int4", "fp16"):
+        raise QuantizeError(f"precision {precision!r} is not one of int8, int4, fp16")
+    if mode not in MODES:
+        raise QuantizeError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if method not in int8.METHODS:
+        raise QuantizeError(f"calibration method {method!r} is not one of {', '.join(int8.METHODS)}")
+    config, tokenizer = manifest["config"], manifest.get("tokenizer")
+    if precision == "int8" and mode == "static" and calibration_file is None and tokenizer != "bytes":
+        raise QuantizeError(
+            "static int8 needs calibration data: give --calibration FILE.npz (input_ids, attention_mask)"
+        )
+    budget = budgets.budget_for(precision, budget)
+    calib = calibration.load_rows(config, tokenizer, path=calibration_file, split="train", n=samples)
+    valid = calibration.load_rows(config, tokenizer, path=validation_file, split="valid", n=samples, seed=1)
+    log(f"calibration: {calib.source}; validation: {valid.source}")
+    judged = budget
+    if calib.source.startswith("random"):
+        # random tokens make near-tie logits: top-1 agreement and perplexity there mean nothing
+        judged = {k: v for k, v in budget.items() if k == "cosine"}
+        log(f"  random calibration tokens: only the cosine budget is applied ({judged})")
+
+    graphs = manifest["graphs"]
+    float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
+    encoder = float_sessions.get("encoder")
+    calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
+    valid_feeds = calibration.graph_feeds(manifest, valid, encoder_session=encoder)
+
+    report: dict[str, Any] = {
+        "precision": precision,
+        "mode": mode if precision == "int8" else "weight-only",
+        "method": method if precision == "int8" and mode == "static" else None,
+        "settings": int8.settings() if precision == "int8" else {},
+        "budget": budget,
+        "budget_applied": None,
+        "calibration": calib.source,
+        "validation": valid.source,
+        "reference": "the fp32 bundle's graphs (equal to the torch source within 1e-4, see its parity)",
+        "graphs": {},
+    }
+    report["budget_applied"] = judged
+    with new_bundle_dir(out, force) as tmp, tempfile.TemporaryDirectory() as scratch:
+        files = []
+        for name, graph in graphs.items():
+            log(f"quantizing {graph['file']} ({precision}{', ' + mode if precision == 'int8' else ''}) ...")
+            path = src / graph["file"]
+            model = int8.name_nodes(onnx.load(str(path)))
+            language_model = graph["file"] in ("model.onnx", "decoder.onnx") and manifest["family"] != "encoder"
+            candidates = int8.quantizable_nodes(model)
+            quantize = _quantizer(precision, mode, method, calib_feeds[name])
+            trial = Path(scratch) / graph["file"]
+            result = quantize_within_budget(
+                model,
+                trial,
+                quantize,
+                calib_feeds[name],
+                judged,
+                candidates=candidates if precision != "fp16" else [],
+                language_model=language_model,
+                log=log,
+            )
+            validation = budgets.measure(
+                outputs_of(float_sessions[name], valid_feeds[name]),
+                outputs_of(_session(trial), valid_feeds[name]),
+                valid_feeds[name],
+                language_model=language_model,
+            )
+            shutil.copyfile(trial, tmp / graph["file"])
+            files.append(graph["file"])
+            size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(graph["file"]))
+            size_after = (tmp / graph["file"]).stat().st_size
+            entry = result.to_dict() | {
+                "validation": budgets.to_jsonable(validation),
+                "validation_within_budget": not budgets.violations(validation, judged),
+                "bytes_before": size_before,
+                "bytes_after": size_after,
+                "size_ratio": round(size_after / size_before, 4),
+            }
+            report["graphs"][name] = entry
+            kept = len(result.kept_in_float)
+            log(
+                f"  {size_before / 1e6:.1f} MB -> {size_after / 1e6:.1f} MB ({entry['size_ratio']:.0%}); "
+                f"{kept} node(s) kept in float; validation {budgets.to_jsonable(validation)}"
+            )
+            if not result.within_budget:
+                log(f"  BUDGET NOT MET: {'; '.join(budgets.violations(result.measured, judged))}")
+        for name in manifest["files"]:
+            if name not in files and not any(name.startswith(f) for f in files):
+                shutil.copy2(src / name, tmp / name)
+                files.append(name)
+        manifest["precision"] = precision
+        target = dict(manifest.get("target", {}))
+        target.update(precision=precision, name=target_name or f"{target.get('name', 'bundle')}-{precision}")
+        if precision == "int8":
+            target["quantization"] = mode
+        target["budget"] = budget
+        manifest["target"] = target
+        manifest["quantization"] = report
+        manifest["files"] = file_hashes(tmp, files)
+        manifest.pop("parity", None)  # measured on the float graphs; `edgeformer check` measures it again
+        if before_commit is not None:  # e.g. the export's parity check, written into the manifest
+            before_commit(tmp, manifest)
+        write_manifest(tmp, manifest)
+    return manifest

@@ -1,0 +1,153 @@
+"""Calibration and validation data for quantization: token rows from the user, fed to each graph.
+
+Where the rows come from, in order of preference:
+
+- an ``.npz`` with ``input_ids`` (N, L) and optionally ``attention_mask`` (N, L);
+- a text file (or string), for byte-level models: cut into windows of L bytes;
+- for byte-level models with nothing given: the docstrings of this Python's standard library
+  (``edgeformer.data``), the data the demo models were trained on, train split for calibration
+  and the held-out split for validation;
+- otherwise random tokens, and the report says so (random tokens say little about accuracy).
+
+``graph_feeds`` turns rows into the inputs each graph of a bundle takes: prefill with an empty
+cache for decoders, and for an encoder-decoder's decoder the cross-attention cache computed by the
+bundle's own float encoder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeformer.errors import EdgeformerError
+
+Feeds = dict[str, np.ndarray]
+
+
+class CalibrationError(EdgeformerError):
+    """Calibration data that cannot be read or does not fit the model."""
+
+
+@dataclass
+class Rows:
+    ids: np.ndarray  # (N, L) int64
+    mask: np.ndarray  # (N, L) int64, 1 for real tokens
+    source: str  # where they came from, for the report
+
+
+def _byte_rows(text: str, length: int, n: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    if data.size == 0:
+        raise CalibrationError("the calibration text is empty")
+    rows = max(1, min(n, data.size // length))
+    ids = np.full((rows, length), pad, dtype=np.int64)
+    mask = np.zeros((rows, length), dtype=np.int64)
+    for i in range(rows):
+        chunk = data[i * length : (i + 1) * length]
+        ids[i, : chunk.size], mask[i, : chunk.size] = chunk, 1
+    return ids, mask
+
+
+def load_rows(
+    config: dict[str, Any],
+    tokenizer: str | None,
+    *,
+    path: str | Path | None = None,
+    split: str = "train",
+    n: int = 32,
+    length: int | None = None,
+    seed: int = 0,
+) -> Rows:
+    """Up to ``n`` rows of ``length`` tokens (default: the model's maximum, capped at 128)."""
+    length = min(int(config["max_positions"]), length or 128)
+    pad = max(int(config.get("pad_token_id", 0)), 0)
+    vocab = int(config["vocab_size"])
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CalibrationError(f"{path}: no such calibration file")
+        if path.suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if "input_ids" not in data.files:
+                        raise CalibrationError(f"{path}: an .npz of calibration data needs an 'input_ids' array")
+                    ids = np.asarray(data["input_ids"], dtype=np.int64)
+                    mask = (
+                        np.asarray(data["attention_mask"], dtype=np.int64) if "attention_mask" in data.files else None
+                    )
+            except (OSError, ValueError) as exc:
+                raise CalibrationError(f"{path}: not a readable .npz of arrays ({exc})") from None
+            if ids.ndim != 2 or ids.shape[0] == 0:
+                raise CalibrationError(f"{path}: input_ids must be (rows, tokens), got shape {ids.shape}")
+            if ids.min() < 0 or ids.max() >= vocab:
+                raise CalibrationError(f"{path}: input_ids must lie in [0, {vocab}) for this model")
+            ids = ids[:n, : int(config["max_positions"])]
+            mask = np.ones_like(ids) if mask is None else mask[:n, : ids.shape[1]]
+            if mask.shape != ids.shape:
+                raise CalibrationError(f"{path}: attention_mask {mask.shape} does not match input_ids {ids.shape}")
+            return Rows(ids, mask, f"{path.name} ({ids.shape[0]} rows)")
+        if tokenizer != "bytes":
+            raise CalibrationError(
+                f"{path}: text calibration needs a byte-level model; give an .npz with input_ids instead"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        ids, mask = _byte_rows(text, length, n, pad)
+        return Rows(ids, mask, f"{path.name} ({ids.shape[0]} rows of {length} bytes)")
+    if tokenizer == "bytes":
+        from edgeformer.data import load_docstrings
+
+        docs = load_docstrings(split)
+        text = "\n\n".join(d.text for d in docs[:: max(1, len(docs) // (n * 8))])
+        ids, mask = _byte_rows(re.sub(r"\n{3,}", "\n\n", text), length, n, pad)
+        return Rows(ids, mask, f"stdlib docstrings, {split} split ({ids.shape[0]} rows of {length} bytes)")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (n, length), dtype=np.int64)
+    return Rows(ids, np.ones_like(ids), f"random tokens ({n} rows of {length}): give --calibration for real data")
+
+
+def _cache_shape(spec: Any, batch: int) -> tuple[int, ...]:
+    heads, dim = spec["shape"][1], spec["shape"][3]
+    return (batch, int(heads), 0, int(dim))
+
+
+def graph_feeds(
+    manifest: dict[str, Any], rows: Rows, batch: int = 8, encoder_session: Any = None
+) -> dict[str, list[Feeds]]:
+    """Feeds for every graph of the bundle, ``batch`` rows at a time. An encoder-decoder's decoder
+    needs ``encoder_session`` (the float encoder) for its cross-attention cache."""
+    out: dict[str, list[Feeds]] = {}
+    for name, graph in manifest["graphs"].items():
+        feeds_list = []
+        for start in range(0, len(rows.ids), batch):
+            ids, mask = rows.ids[start : start + batch], rows.mask[start : start + batch]
+            b, t = ids.shape
+            feeds: Feeds = {}
+            cross: dict[str, np.ndarray] = {}
+            if name == "decoder" and encoder_session is not None:
+                names = [o.name for o in encoder_session.get_outputs()]
+                values = encoder_session.run(names, {"input_ids": ids, "attention_mask": mask})
+                cross = {k.replace("present.", "past_key_values."): v for k, v in zip(names, values, strict=True)}
+            for spec in graph["inputs"]:
+                key = spec["name"]
+                if key == "input_ids":
+                    feeds[key] = ids
+                elif key in ("attention_mask", "encoder_attention_mask"):
+                    feeds[key] = mask
+                elif key == "position_ids":
+                    feeds[key] = np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)).copy()
+                elif key in cross:
+                    feeds[key] = cross[key]
+                elif key.startswith("past_key_values"):
+                    feeds[key] = np.zeros(_cache_shape(spec, b), dtype=np.float32)
+                else:
+                    raise CalibrationError(f"graph {name}: no calibration value for input {key!r}")
+            feeds_list.append(feeds)
+        out[name] = feeds_list
+    return out

@@ -1,0 +1,139 @@
+"""Accuracy-aware mixed precision: keep the fewest, most sensitive nodes in float until the budget holds.
+
+1. Quantize everything; measure the budget metrics against the float graph on the calibration
+   data. Within budget: done.
+2. Otherwise measure each quantizable node's sensitivity: the graph with only that node in int8,
+   scored by the fraction of the budget it uses up alone (``budget.budget_used``).
+3. Keep the k most sensitive nodes in float, with the smallest k that meets the budget (found by
+   bisection); if even all of them in float miss it, that is reported as a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeformer.quantize import budget as budgets
+
+Feeds = dict[str, np.ndarray]
+Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
+
+
+@dataclass
+class MixedResult:
+    path: Path
+    measured: dict[str, float]
+    within_budget: bool
+    kept_in_float: list[dict[str, Any]] = field(default_factory=list)
+    tried: int = 1
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measured": budgets.to_jsonable(self.measured),
+            "within_budget": self.within_budget,
+            "kept_in_float": self.kept_in_float,
+            "graphs_tried": self.tried,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _session(path: Path, threads: int = 2) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def outputs_of(session: Any, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    results = []
+    for f in feeds:
+        values = session.run(names, {k: v for k, v in f.items() if k in wanted})
+        results.append(dict(zip(names, values, strict=True)))
+    return results
+
+
+def quantize_within_budget(
+    model: onnx.ModelProto,
+    out: Path,
+    quantize: Quantizer,
+    feeds: Sequence[Feeds],
+    budget: dict[str, float],
+    *,
+    candidates: Sequence[str],
+    language_model: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+) -> MixedResult:
+    start = time.perf_counter()
+    work = out.with_name(out.name + ".trial.onnx")
+    reference = outputs_of(_session_of(model, out), feeds)
+
+    def score(exclude: Sequence[str], include: Sequence[str] | None = None) -> dict[str, float]:
+        excluded = list(exclude) if include is None else [c for c in candidates if c not in include]
+        quantize(model, work, exclude=excluded)
+        return budgets.measure(reference, outputs_of(_session(work), feeds), feeds, language_model=language_model)
+
+    measured = score([])
+    tried = 1
+    if not budgets.violations(measured, budget) or not budget:
+        work.replace(out)
+        return MixedResult(out, measured, True, tried=tried, seconds=time.perf_counter() - start)
+    log(f"  all nodes in int8 break the budget ({'; '.join(budgets.violations(measured, budget))}); ranking nodes")
+    sensitivity = {}
+    for i, name in enumerate(candidates):
+        sensitivity[name] = budgets.budget_used(score([], include=[name]), budget)
+        tried += 1
+        if (i + 1) % 10 == 0:
+            log(f"    sensitivity {i + 1}/{len(candidates)}")
+    ranked = sorted(candidates, key=lambda n: -sensitivity[n])  # the most sensitive first
+    # the smallest k such that keeping the k most sensitive nodes in float meets the budget, by
+    # bisection (keeping more in float only brings the graph closer to the float one); k = 0 failed
+    results: dict[int, dict[str, float]] = {}
+    last = -1
+
+    def meets(k: int) -> bool:
+        nonlocal last, tried
+        results[k], last, tried = score(ranked[:k]), k, tried + 1
+        log(f"    {k} node(s) in float: {budgets.to_jsonable(results[k])}")
+        return not budgets.violations(results[k], budget)
+
+    lo, hi = 0, len(ranked)
+    if meets(hi):
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if meets(mid):
+                hi = mid
+            else:
+                lo = mid
+        if last != hi:
+            meets(hi)  # leave the chosen graph in the work file
+    kept, measured = ranked[:hi], results[hi]
+    ok = not budgets.violations(measured, budget)
+    work.replace(out)
+    return MixedResult(
+        out,
+        measured,
+        ok,
+        kept_in_float=[{"node": n, "budget_used_alone": round(sensitivity[n], 4)} for n in kept],
+        tried=tried,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _session_of(model: onnx.ModelProto, near: Path) -> Any:
+    path = near.with_name(near.name + ".float.onnx")
+    onnx.save(model, path)
+    try:
+        return _session(path)
+    finally:
+        path.unlink(missing_ok=True)
