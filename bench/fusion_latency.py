@@ -47,6 +47,9 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
     """Load one variant, then serve {"feeds": npz, "iters": n, "warmup": w} requests from stdin."""
     import numpy as np
 
+    if os.environ.get("EDGEFORMER_BENCH_CPUS"):  # pin to the same cores as every other variant
+        os.sched_setaffinity(0, {int(c) for c in os.environ["EDGEFORMER_BENCH_CPUS"].split(",")})
+
     if kind == "torch":
         import torch
 
@@ -267,6 +270,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="round-robin repetitions per shape")
     parser.add_argument("--iters", type=int, default=4, help="timed calls per variant per repetition")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpus", help="pin every worker to these cores, e.g. 0,1 (on a machine with more cores)")
     parser.add_argument("--work", type=Path, help="cache directory for exports (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -278,7 +282,10 @@ def main() -> None:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.cpus:
+        os.environ["EDGEFORMER_BENCH_CPUS"] = args.cpus
     info = machine()
+    info["pinned_cpus"] = args.cpus
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, onnxruntime {info['onnxruntime']}")
     print(f"batch 1, {args.threads} threads, {args.reps} x {args.iters} timed calls per variant and shape\n")
     results = []
