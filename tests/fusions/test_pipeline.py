@@ -147,5 +147,5 @@ def test_fuse_command_on_a_file_and_a_bundle(tmp_path, fused_bundles):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
     result = runner.invoke(main, ["fuse", str(bad)])
-    assert result.exit_code == 1 and "not a readable ONNX model" in result.output
+    assert result.exit_code == 1 and "not a valid ONNX file" in result.output
     shutil.rmtree(tmp_path / "fb")
