@@ -55,7 +55,7 @@ def test_a_budget_that_int8_breaks_keeps_the_most_sensitive_nodes_in_float(tmp_p
     """The trained demo decoder on real text: all-int8 misses a 99.9% top-1 budget; keeping a few
     nodes in float meets it, and the report names them."""
     src = fp32("demo-decoder")
-    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.999}, samples=16)
+    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.999}, samples=8)
     graph = manifest["quantization"]["graphs"]["model"]
     assert graph["within_budget"] and graph["measured"]["top1"] >= 0.999
     kept = graph["kept_in_float"]
@@ -75,7 +75,7 @@ def test_int8_keeps_the_demo_decoders_perplexity(tmp_path, fp32):
 
 
 def test_static_int8_is_qdq_and_within_budget(tmp_path, fp32):
-    manifest = quantize_bundle(fp32("demo-encoder"), tmp_path / "s", mode="static", method="percentile", samples=16)
+    manifest = quantize_bundle(fp32("demo-encoder"), tmp_path / "s", mode="static", method="percentile", samples=8)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "s" / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = manifest["quantization"]
