@@ -111,7 +111,7 @@ def models(as_json: bool) -> None:
 @main.command(name="train")
 @click.argument("card_name", metavar="CARD")
 @click.option("--steps", type=click.IntRange(min=1), help="Override the recipe's number of steps.")
-@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -217,7 +217,11 @@ def _progress(msg: str) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of random weights for cards without a checkpoint."
+    "--seed",
+    type=click.IntRange(-(2**63), 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of random weights for cards without a checkpoint.",
 )
 @click.option(
     "--max-sequence",
@@ -230,6 +234,12 @@ def _progress(msg: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML declaring a factory's inputs (names, dtypes, shapes with named dimensions).",
 )
+@click.option(
+    "--memory-check/--no-memory-check",
+    default=True,
+    show_default=True,
+    help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -241,6 +251,7 @@ def export_cmd(
     seed: int,
     max_sequence: int | None,
     io_file: Path | None,
+    memory_check: bool,
     as_json: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
@@ -262,7 +273,9 @@ def export_cmd(
 
         source = source_from_directory(model, max_sequence=max_sequence)
     else:
-        source = source_from_card(resolve_card(model), seed=seed, max_sequence=max_sequence)
+        source = source_from_card(
+            resolve_card(model), seed=seed, max_sequence=max_sequence, memory_check=memory_check, parity=check
+        )
     out = output or Path(f"{source.name}-{tgt.name}")
     manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress)
     if as_json:
@@ -290,6 +303,12 @@ def export_cmd(
     help="Check up to this sequence length instead of the card's maximum (long-context cards).",
 )
 @click.option(
+    "--memory-check/--no-memory-check",
+    default=True,
+    show_default=True,
+    help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
+)
+@click.option(
     "--provider",
     "providers",
     multiple=True,
@@ -306,6 +325,7 @@ def check(
     npz: Path | None,
     text: str | None,
     max_sequence: int | None,
+    memory_check: bool,
     providers: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -326,6 +346,7 @@ def check(
             real_inputs=real,
             max_sequence=max_sequence,
             log=_progress,
+            memory_check=memory_check,
             providers=providers,
         )
     except ParityError as exc:

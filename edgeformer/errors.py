@@ -25,6 +25,10 @@ class ParityError(EdgeformerError):
     """The ONNX graph does not compute what the torch source computes (within tolerance)."""
 
 
+class ResourceError(EdgeformerError):
+    """The machine lacks what a step needs (memory); the message gives the estimate and the way out."""
+
+
 class ModelImportError(EdgeformerError):
     """A pretrained model directory cannot be imported: no config.json, an option edgeformer's
     modules do not have, or an unreadable layout; the message names the file and the key."""

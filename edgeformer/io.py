@@ -8,8 +8,8 @@ one in a single ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere in two rename
 between them is repaired by the next write (the earlier directory is put back).
 
 ``pause_point`` is a fault-injection hook for tests: with ``EDGEFORMER_PAUSE_AT=<point>`` in the
-environment, the process stops at that point (after creating the file ``EDGEFORMER_PAUSE_SIGNAL``
-names) so a test can kill it exactly there.
+environment, the process stops at that point (and says so in the file ``EDGEFORMER_PAUSE_SIGNAL``
+names) so a test can look at the outputs and kill it exactly there (tests/killharness.py).
 """
 
 from __future__ import annotations
@@ -30,14 +30,21 @@ PAUSE_AT = "EDGEFORMER_PAUSE_AT"
 PAUSE_SIGNAL = "EDGEFORMER_PAUSE_SIGNAL"
 
 
-def pause_point(name: str) -> None:
-    """Stop here when ``EDGEFORMER_PAUSE_AT`` names this point (tests kill the process here)."""
-    if os.environ.get(PAUSE_AT) != name:
+def pause_point(name: str, detail: str = "") -> None:
+    """Stop here when ``EDGEFORMER_PAUSE_AT`` (comma-separated) names this point, ``name`` or
+    ``name:detail`` (the file being written): write "<pid> <point>" to the file
+    ``EDGEFORMER_PAUSE_SIGNAL`` names and wait until that file is removed (a test looks at the
+    outputs meanwhile, then lets the process go on, or kills it)."""
+    wanted = os.environ.get(PAUSE_AT, "").split(",")
+    point = name if name in wanted else f"{name}:{detail}"
+    if point not in wanted:
         return
+    deadline = time.monotonic() + float(os.environ.get("EDGEFORMER_PAUSE_SECONDS", "600"))
     signal_file = os.environ.get(PAUSE_SIGNAL)
     if signal_file:
-        Path(signal_file).write_text(f"{os.getpid()} {name}\n", encoding="utf-8")
-    time.sleep(float(os.environ.get("EDGEFORMER_PAUSE_SECONDS", "600")))
+        Path(signal_file).write_text(f"{os.getpid()} {point}\n", encoding="utf-8")
+    while time.monotonic() < deadline and (not signal_file or os.path.exists(signal_file)):
+        time.sleep(0.01)
 
 
 def _owner(sibling: str, name: str) -> int | None:
@@ -123,6 +130,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        pause_point("atomic_path:complete", path.name)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -155,15 +163,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        pause_point("atomic_dir:complete")
+        pause_point("atomic_dir:complete", path.name)
         if not os.path.lexists(path):
             os.replace(tmp, path)
         elif exchange(tmp, path):  # path is now the new directory, tmp the earlier one
-            pause_point("atomic_dir:exchanged")
+            pause_point("atomic_dir:exchanged", path.name)
         else:
             old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "bundle")
-            pause_point("atomic_dir:between-renames")  # a kill here is repaired by clean_stale
+            pause_point("atomic_dir:between-renames", path.name)  # a kill here is repaired by clean_stale
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -349,22 +349,24 @@ def check_bundle(
     real_inputs: dict[str, np.ndarray] | None = None,
     max_sequence: int | None = None,
     log: Any = lambda _msg: None,
+    memory_check: bool = True,
     providers: tuple[str, ...] = ("cpu",),
 ) -> ParityReport:
-    """Rebuild the torch source a bundle records and check the bundle's graphs against it.
-    ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error)."""
+    """Rebuild the torch source a bundle records and check the bundle's graphs against it
+    (refused before the torch model is built when it would not fit in memory, unless not
+    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error)."""
     from pathlib import Path
 
     from edgeformer.export.bundle import read_manifest, rebuild_source
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    source = rebuild_source(manifest, max_sequence)
+    source = rebuild_source(manifest, max_sequence, memory_check=memory_check)
     graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
     return check_source(
         source,
         graphs,
-        manifest["precision"],
+        manifest.get("precision", "fp32"),
         opset=int(manifest.get("opset", 18)),
         generation_steps=generation_steps,
         real_inputs=real_inputs,
@@ -376,6 +378,7 @@ def check_bundle(
 
 def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -> dict[str, np.ndarray]:
     """Real inputs from an .npz file, or from text for a bundle with the byte-level tokenizer."""
+    import zipfile
     from pathlib import Path
 
     from edgeformer import tokenizer
@@ -386,7 +389,7 @@ def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -
         try:
             with np.load(Path(npz), allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ParityError(f"{npz} is not a readable .npz of arrays ({exc})") from None
     manifest = read_manifest(bundle, verify=False)
     if manifest.get("tokenizer") != "bytes":

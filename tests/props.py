@@ -3,6 +3,7 @@ cases tried (printed at the end of the run by conftest's terminal summary)."""
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -17,10 +18,10 @@ PASSED: Counter[str] = Counter()  # test name -> examples that returned (the res
 
 
 def fuzz(examples: int) -> settings:
-    """``examples`` generated cases, no deadline (first calls load sessions), no example database
-    written into the checkout."""
+    """``examples`` generated cases (times ``EDGEFORMER_FUZZ_SCALE``, for longer runs by hand), no
+    deadline (first calls load sessions), no example database written into the checkout."""
     return settings(
-        max_examples=examples,
+        max_examples=max(1, int(examples * float(os.environ.get("EDGEFORMER_FUZZ_SCALE", "1")))),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],

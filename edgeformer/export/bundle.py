@@ -60,9 +60,30 @@ def tokenizer_files(card: ModelCard) -> tuple[str, dict[str, Path]]:
     return "tokenizer.json", {"tokenizer.json": base / card.tokenizer}
 
 
-def source_from_card(card: ModelCard, *, seed: int = 0, max_sequence: int | None = None) -> Source:
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ExportError(f"seed must be an integer in [-2**63, 2**64), got {seed!r:.40}")
+
+
+def source_from_card(
+    card: ModelCard,
+    *,
+    seed: int = 0,
+    max_sequence: int | None = None,
+    memory_check: bool = True,
+    parity: bool = True,
+) -> Source:
     """The card's torch model; parity is checked up to the card's maximum sequence length, or up to
-    ``max_sequence`` when given (long-context cards need tens of GB at their maximum)."""
+    ``max_sequence`` when given (long-context cards need tens of GB at their maximum).
+
+    With ``memory_check``, a card whose export (with its parity check, unless ``parity`` is False)
+    would need more memory than the machine has is refused before the model is built
+    (``edgeformer.limits``; ResourceError with the estimate)."""
+    _check_seed(seed)
+    if memory_check:
+        from edgeformer.limits import check_export_memory
+
+        check_export_memory(card.config, name=card.name, max_sequence=max_sequence, parity=parity)
     model = load_model(card, seed=seed)
     recipe: dict[str, Any] = {"kind": "card", "card": render_card(card), "seed": seed}
     if card.checkpoint is not None:
@@ -84,6 +105,7 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
         raise ExportError(
             f"{spec}: declare its inputs with --io FILE.toml or a `edgeformer_io` attribute on the factory"
         )
+    _check_seed(seed)
     torch.manual_seed(seed)
     try:
         model = factory()
@@ -97,22 +119,30 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
     return Source(spec.rpartition(":")[2], model, None, [plan], recipe, example_dims=sizes)
 
 
-def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None) -> Source:
+def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None, *, memory_check: bool = True) -> Source:
     """The torch source a manifest records: its card (with checkpoint, verified by sha256) or seed,
-    or the user's factory."""
+    or the user's factory. ``memory_check`` as in ``source_from_card``."""
     import tomllib
 
-    recipe = manifest.get("source", {})
+    check_producer_fields(manifest, "manifest.json")
+    recipe = manifest.get("source") or {}
     if recipe.get("kind") == "factory":
-        return source_from_factory(recipe["factory"], recipe["io"], seed=int(recipe.get("seed", 0)))
+        if "factory" not in recipe:
+            raise BundleError("the manifest's source names no factory to rebuild the torch module from")
+        return source_from_factory(recipe["factory"], recipe.get("io"), seed=recipe.get("seed", 0))
     if recipe.get("kind") == "huggingface":
         from edgeformer.importers import rebuild_source as rebuild_imported
 
         return rebuild_imported(recipe, max_sequence)
     if recipe.get("kind") != "card":
         raise BundleError(f"this bundle's source kind {recipe.get('kind')!r} cannot be rebuilt")
-    card = parse_card(tomllib.loads(recipe["card"]), source="manifest card")
+    try:
+        card = parse_card(tomllib.loads(recipe.get("card", "")), source="manifest card")
+    except tomllib.TOMLDecodeError as exc:
+        raise BundleError(f"the manifest's card is not valid TOML ({exc})") from None
     if "checkpoint" in recipe:
+        if "checkpoint_sha256" not in recipe:
+            raise BundleError("the manifest's source names a checkpoint without its sha256")
         path = Path(recipe["checkpoint"])
         if not path.is_file():
             from edgeformer.zoo import resolve_card
@@ -127,7 +157,7 @@ def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None) ->
         card = ModelCard(card.name, card.config, card.description, path, recipe["checkpoint_sha256"], card.tokenizer)
     else:
         card = ModelCard(card.name, card.config, card.description, None, "", card.tokenizer)
-    return source_from_card(card, seed=int(recipe.get("seed", 0)), max_sequence=max_sequence)
+    return source_from_card(card, seed=recipe.get("seed", 0), max_sequence=max_sequence, memory_check=memory_check)
 
 
 def versions() -> dict[str, str]:
@@ -201,9 +231,43 @@ def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
     from edgeformer.runtime.errors import RuntimeBundleError
 
     try:
-        return read_bundle(bundle, verify=verify).manifest
+        manifest = read_bundle(bundle, verify=verify).manifest
     except RuntimeBundleError as exc:
         raise BundleError(str(exc)) from None
+    check_producer_fields(manifest, f"{bundle}/manifest.json")
+    return manifest
+
+
+# what the tools (check, fuse, quantize) read beyond the runtime's fields, and their types
+PRODUCER_FIELDS: dict[str, type] = {
+    "precision": str, "opset": int, "target": dict, "source": dict, "fusions": dict, "parity": dict,
+}  # fmt: skip
+RECIPE_FIELDS: dict[str, type] = {
+    "kind": str, "card": str, "seed": int, "checkpoint": str, "checkpoint_sha256": str, "factory": str, "io": dict,
+}  # fmt: skip
+
+
+_KINDS = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def _wrong_type(value: object, kind: type) -> bool:
+    return value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool))
+
+
+def check_producer_fields(manifest: dict[str, Any], where: str) -> None:
+    """Refuse (BundleError) a manifest whose fields for the tools have the wrong type, or whose
+    precision is unknown (a check against an unknown precision would judge nothing)."""
+    from edgeformer.config import PRECISIONS
+
+    for key, kind in PRODUCER_FIELDS.items():
+        if _wrong_type(manifest.get(key), kind):
+            raise BundleError(f"{where}: {key!r} must be {_KINDS[kind]}, got {manifest[key]!r:.60}")
+    if manifest.get("precision", "fp32") not in PRECISIONS:
+        raise BundleError(f"{where}: precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    recipe = manifest.get("source") or {}
+    for key, kind in RECIPE_FIELDS.items():
+        if _wrong_type(recipe.get(key), kind):
+            raise BundleError(f"{where}: source.{key} must be {_KINDS[kind]}, got {recipe[key]!r:.60}")
 
 
 def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[Path]:

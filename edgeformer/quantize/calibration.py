@@ -17,6 +17,7 @@ bundle's own float encoder.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def load_rows(
                     mask = (
                         np.asarray(data["attention_mask"], dtype=np.int64) if "attention_mask" in data.files else None
                     )
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise CalibrationError(f"{path}: not a readable .npz of arrays ({exc})") from None
             if ids.ndim != 2 or ids.shape[0] == 0:
                 raise CalibrationError(f"{path}: input_ids must be (rows, tokens), got shape {ids.shape}")

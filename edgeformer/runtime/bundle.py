@@ -118,13 +118,36 @@ def check_external_data(root: Path, graph_file: Path, listed: set[str] | None = 
     return found
 
 
+DTYPES = (  # numpy names of the ONNX tensor element types a manifest may use
+    "float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool",
+)  # fmt: skip
+
+
+def _spec(raw: object, where: str) -> Spec:
+    if not isinstance(raw, dict) or not {"name", "dtype", "shape"} <= set(raw):
+        raise BundleFormatError(f"{where}: a tensor spec must give name, dtype and shape, got {raw!r:.80}")
+    name, dtype, shape = raw["name"], raw["dtype"], raw["shape"]
+    if not isinstance(name, str) or not name:
+        raise BundleFormatError(f"{where}: a tensor name must be a non-empty string, got {name!r:.40}")
+    if dtype not in DTYPES:
+        raise BundleFormatError(f"{where}: {name} has dtype {dtype!r:.40}, not one of {', '.join(DTYPES)}")
+    dims_ok = isinstance(shape, list) and all(
+        (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d) for d in shape
+    )
+    if not dims_ok:
+        raise BundleFormatError(f"{where}: {name} has shape {shape!r:.60}, not a list of sizes and dimension names")
+    return Spec(name, dtype, tuple(shape))
+
+
 def _specs(raw: object, where: str) -> tuple[Spec, ...]:
     if not isinstance(raw, list):
         raise BundleFormatError(f"{where} is not a list of tensor specs")
-    try:
-        return tuple(Spec(str(s["name"]), str(s["dtype"]), tuple(s["shape"])) for s in raw)
-    except (KeyError, TypeError) as exc:
-        raise BundleFormatError(f"{where}: a tensor spec lacks name, dtype or shape ({exc})") from None
+    specs = tuple(_spec(s, where) for s in raw)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise BundleFormatError(f"{where}: a tensor name is listed twice")
+    return specs
 
 
 def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
@@ -145,6 +168,10 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"{manifest_path}: format_version {version!r} is not {FORMAT_VERSION}; "
             "this runtime reads bundles of format 1 (re-export with a matching edgeformer)"
         )
+    for key, kind, what in (("name", str, "a string"), ("tokenizer", str, "a string"), ("config", dict, "an object")):
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise BundleFormatError(f"{manifest_path}: {key!r} must be {what}, got {value!r:.60}")
     family = manifest.get("family", "custom")
     if family not in FAMILIES:
         raise BundleFormatError(f"{manifest_path}: family {family!r} is not one of {', '.join(FAMILIES)}")

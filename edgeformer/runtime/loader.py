@@ -51,8 +51,12 @@ def _check_graphs(bundle: Bundle) -> None:
         raise BundleFormatError(f"{bundle.path}: a {bundle.family} bundle's manifest needs its config")
 
 
+ORT_TYPES = {"float": "float32", "double": "float64"}  # onnxruntime's "tensor(x)" -> numpy name
+
+
 def _check_session(graph: Graph, session: object) -> None:
-    """The graph file must take and give what the manifest says."""
+    """The graph file must take and give what the manifest says: names, element types, ranks and
+    fixed sizes (the runtime builds its feeds from the manifest)."""
     got_in = [i.name for i in session.get_inputs()]  # type: ignore[attr-defined]
     got_out = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
     want_in = [s.name for s in graph.inputs]
@@ -61,6 +65,19 @@ def _check_session(graph: Graph, session: object) -> None:
             f"{graph.path.name} does not match manifest.json: the graph takes {got_in} and gives {got_out}, "
             f"the manifest says {want_in} and {graph.output_names()}"
         )
+    specs = {s.name: s for s in (*graph.inputs, *graph.outputs)}
+    for arg in [*session.get_inputs(), *session.get_outputs()]:  # type: ignore[attr-defined]
+        spec = specs[arg.name]
+        kind = arg.type.removeprefix("tensor(").removesuffix(")")
+        dtype = ORT_TYPES.get(kind, kind)
+        shape = list(arg.shape or [])
+        pairs = zip(shape, spec.shape, strict=False)
+        fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in pairs)
+        if dtype != spec.dtype or (shape and len(shape) != len(spec.shape)) or fixed_differ:
+            raise BundleFormatError(
+                f"{graph.path.name} does not match manifest.json: {arg.name} is {dtype} {shape} in the graph, "
+                f"{spec.dtype} {list(spec.shape)} in the manifest"
+            )
 
 
 def load(
