@@ -40,7 +40,7 @@ from edgeformer.config import (
 )
 from edgeformer.errors import CardError, ExportError
 from edgeformer.export.user import load_io, parse_io
-from edgeformer.zoo import cards_dir, resolve_card, resolve_target, targets_dir
+from edgeformer.zoo import card_names, cards_dir, resolve_card, resolve_target, target_names, targets_dir
 
 CHOICES = {
     "family": FAMILIES,
@@ -192,22 +192,34 @@ def test_damaged_card_files(data):
     _check_card(outcome("damaged card", lambda: load_card(_write(data)), CardError))
 
 
+TARGET_VALUES = {
+    "name": st.one_of(st.text(min_size=1, max_size=8), st.just("")),
+    "description": st.text(max_size=10),
+    "precision": st.one_of(st.sampled_from(PRECISIONS), st.sampled_from(["fp8", "int2", ""])),
+    "opset": st.one_of(st.integers(10, 30), st.booleans()),
+    "providers": st.lists(st.sampled_from(["cpu", "cuda", "xnnpack", "nope"]), max_size=3),
+    "fusions": st.one_of(st.sampled_from(FUSION_FORMS), st.text(max_size=6)),
+    "budget": st.dictionaries(
+        st.sampled_from(["cosine", "top1", "perplexity", "nope"]), st.one_of(st.floats(0, 2), scalars), max_size=2
+    ),
+}
+SHIPPED_TARGET_DICTS = [tomllib.loads(t) for t in SHIPPED_TARGETS]
+
+
 @st.composite
 def target_dicts(draw: st.DrawFn) -> dict:
-    values = {
-        "name": st.one_of(st.text(min_size=1, max_size=8), st.just("")),
-        "description": st.text(max_size=10),
-        "precision": st.one_of(st.sampled_from(PRECISIONS), st.sampled_from(["fp16", "int8", "int4", ""])),
-        "opset": st.one_of(st.integers(10, 30), st.booleans()),
-        "providers": st.one_of(st.lists(st.sampled_from(["cpu", "cuda", "xnnpack", "nope"]), max_size=3)),
-        "fusions": st.one_of(st.sampled_from(FUSION_FORMS), st.text(max_size=6)),
-    }
-    data = {}
-    for key in sorted(TARGET_KEYS):
-        if draw(st.integers(0, 3)):
-            data[key] = draw(st.one_of(values[key], values[key], toml_values))
-    if draw(st.integers(0, 9)) == 0:
-        data[draw(st.text(min_size=1, max_size=8))] = draw(toml_values)
+    """A shipped target with 0-3 changes: a key dropped, a value replaced (plausible or arbitrary;
+    keys added to targets later get arbitrary ones), an unknown key added."""
+    data = copy.deepcopy(draw(st.sampled_from(SHIPPED_TARGET_DICTS)))
+    for _ in range(draw(st.integers(0, 3))):
+        change = draw(st.sampled_from(["value", "value", "drop", "new"]))
+        if change == "value":
+            key = draw(st.sampled_from(sorted(TARGET_KEYS)))
+            data[key] = draw(st.one_of(TARGET_VALUES.get(key, toml_values), toml_values))
+        elif change == "drop" and data:
+            data.pop(draw(st.sampled_from(sorted(data))))
+        elif change == "new":
+            data[draw(st.text(min_size=1, max_size=8))] = draw(toml_values)
     return data
 
 
@@ -265,6 +277,7 @@ def test_random_io_files(data):
 
 
 names = st.one_of(
+    st.sampled_from(card_names() + target_names()),
     st.text(max_size=20),
     st.text(max_size=8).map(lambda t: t + ".toml"),
     st.sampled_from(["", ".", "..", "/", "/tmp", "a\x00b", "a\x00b.toml", "x" * 300, "x" * 5000 + ".toml", "~"]),
