@@ -205,3 +205,58 @@ def test_damaged_bundles_through_fuse(sources, data):
         graph = bundle / ("model.onnx" if (bundle / "model.onnx").exists() else "decoder.onnx")
         if graph.is_file():
             _command("damaged graph fuse", ["fuse", str(graph), "-o", str(Path(scratch.name) / "fused.onnx")])
+
+
+def _small_graph() -> bytes:
+    """A small model with an initializer, a Constant and an If branch, each kept in external data."""
+    import onnx
+    from onnx import helper as h
+
+    def external(name: str) -> onnx.TensorProto:
+        tensor = h.make_tensor(name, onnx.TensorProto.FLOAT, [1], [0.0])
+        tensor.ClearField("float_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value=f"{name}.data")
+        return tensor
+
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    branch = h.make_graph([h.make_node("Identity", ["b"], ["y"])], "then", [], [y], [external("b")])
+    nodes = [
+        h.make_node("Constant", [], ["c"], value=external("c")),
+        h.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [y], [external("a")])
+    return h.make_model(graph).SerializeToString()
+
+
+SMALL_GRAPH = _small_graph()
+
+
+@st.composite
+def graph_bytes(draw: st.DrawFn) -> bytes:
+    data = bytearray(SMALL_GRAPH)
+    how = draw(st.sampled_from(["truncate", "overwrite", "insert", "random"]))
+    if how == "truncate":
+        return bytes(data[: draw(st.integers(0, len(data)))])
+    if how == "overwrite":
+        for _ in range(draw(st.integers(1, 6))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+    if how == "insert":
+        at = draw(st.integers(0, len(data)))
+        return bytes(data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:])
+    return draw(st.binary(max_size=400))
+
+
+@fuzz(300)
+@given(graph_bytes())
+def test_the_external_data_reader_on_damaged_graphs(tmp_path_factory, data):
+    """The runtime's own protobuf reader: any bytes give the external references or
+    MalformedProtobuf, never another error and never a hang."""
+    from edgeformer.runtime.onnxfile import MalformedProtobuf, external_refs
+
+    path = tmp_path_factory.getbasetemp() / "reader.onnx"
+    path.write_bytes(data)
+    refs = outcome("onnx reader", lambda: external_refs(path), MalformedProtobuf)
+    if data == SMALL_GRAPH:
+        assert sorted(r.location for r in refs) == ["a.data", "b.data", "b.data", "c.data"]

@@ -210,3 +210,82 @@ def test_check_and_fuse_refuse_external_data_outside_the_bundle(external, opened
         assert ESCAPES[how] in result.output and "Traceback" not in result.output
     assert opened == [], "onnxruntime or onnx was handed the graph"
     assert not (tmp_path / "fused").exists() and not (tmp_path / "fused.onnx").exists()
+
+
+# ----- the external-data reader reaches every tensor ------------------------------------------------
+
+
+def _external_tensor(name: str, location: str) -> onnx.TensorProto:
+    tensor = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [1], [0.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    return tensor
+
+
+def _graph_with(where: str, location: str) -> onnx.ModelProto:
+    """A model whose one external tensor sits in an initializer, a Constant's attribute, the then
+    branch of an If, a sparse initializer or a function."""
+    h = onnx.helper
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    tensor = _external_tensor("w", location)
+    nodes, inits, sparse, functions = [h.make_node("Identity", ["x"], ["y"])], [], [], []
+    if where == "initializer":
+        inits = [tensor]
+    elif where == "constant":
+        nodes.append(h.make_node("Constant", [], ["c"], value=tensor))
+    elif where == "subgraph":
+        branch = h.make_graph([h.make_node("Identity", ["w"], ["b"])], "then", [], [y], [tensor])
+        other = h.make_graph([h.make_node("Identity", ["x"], ["b"])], "else", [], [y])
+        nodes.append(h.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=other))
+    elif where == "sparse":
+        indices = h.make_tensor("i", onnx.TensorProto.INT64, [1], [0])
+        sparse = [h.make_sparse_tensor(tensor, indices, [4])]
+    elif where == "function":
+        body = [h.make_node("Constant", [], ["c"], value=tensor)]
+        functions = [h.make_function("local", "f", [], ["c"], body, [h.make_opsetid("", 18)])]
+    graph = h.make_graph(nodes, "g", [x], [y], inits, sparse_initializer=sparse)
+    return h.make_model(graph, functions=functions, opset_imports=[h.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("where", ["initializer", "constant", "subgraph", "sparse", "function"])
+def test_external_data_is_found_wherever_a_tensor_can_be(tmp_path, where):
+    from edgeformer.runtime.bundle import check_external_data
+    from edgeformer.runtime.onnxfile import external_refs
+
+    (tmp_path / "inside.data").write_bytes(b"\0" * 4)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_graph_with(where, "inside.data").SerializeToString())
+    assert [(r.tensor, r.location) for r in external_refs(path)] == [("w", "inside.data")]
+    assert check_external_data(tmp_path, path, {"model.onnx", "inside.data"}) == ["inside.data"]
+    path.write_bytes(_graph_with(where, "../outside.data").SerializeToString())
+    with pytest.raises(runtime.BundleIntegrityError, match="outside"):
+        check_external_data(tmp_path, path)
+
+
+def test_malformed_graphs_are_named_not_crashed_on(tmp_path):
+    from edgeformer.runtime.bundle import check_external_data
+
+    data = _graph_with("subgraph", "inside.data").SerializeToString()
+    path = tmp_path / "model.onnx"
+    for broken in (data[: len(data) // 2], b"", b"\x3a\xff\xff\xff\x0f", b"\xff" * 11, b"\x0b\x0c"):
+        path.write_bytes(broken)
+        with pytest.raises(runtime.BundleFormatError, match="not a valid ONNX file"):
+            check_external_data(tmp_path, path)
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited protobuf field
+        length, size = b"", len(payload)
+        while True:
+            length += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+            size >>= 7
+            if not size:
+                return bytes([number << 3 | 2]) + length + payload
+
+    deep = b""
+    for _ in range(70):  # graphs nested 70 deep (node -> attribute -> graph): refused, no recursion error
+        deep = field(1, field(5, field(6, deep)))
+    path.write_bytes(field(7, deep))  # ModelProto.graph
+    with pytest.raises(runtime.BundleFormatError, match="nested deeper than 64"):
+        check_external_data(tmp_path, path)
