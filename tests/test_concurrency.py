@@ -3,30 +3,53 @@
 The models keep no per-call state on ``self`` (batches, caches, random generators and text
 decoders are local to each call) and onnxruntime's ``InferenceSession.run`` may be called from
 several threads at once; this test holds them to it, mixing encoder ``encode``, decoder
-``logits``, greedy and seeded sampled ``generate``, ``stream`` and encoder-decoder ``generate``.
+``logits``, greedy and seeded sampled ``generate``, ``stream``, encoder-decoder ``generate`` and
+text through a Hugging Face tokenizer.json, on models loaded fresh for the threads.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from edgeformer import runtime
+from edgeformer.io import sha256_file
 
 CALLS, THREADS, INPUTS = 1000, 8, 12
 
 
 @pytest.fixture(scope="module")
-def models(edge_bundle):
-    load = {"spinning": False}
-    return {
-        "encoder": runtime.load(edge_bundle("bert-mini"), **load),
-        "decoder": runtime.load(edge_bundle("gpt-mini"), **load),
-        "seq2seq": runtime.load(edge_bundle("transformer-mini"), **load),
+def bundles(edge_bundle, tmp_path_factory):
+    """The edge bundles, and gpt-mini with a Hugging Face tokenizer.json (text through the codec)
+    when the optional tokenizers library is installed (transformers, a test dependency, brings it)."""
+    out = {
+        "encoder": edge_bundle("bert-mini"),
+        "decoder": edge_bundle("gpt-mini"),
+        "seq2seq": edge_bundle("transformer-mini"),
     }
+    try:
+        import tokenizers
+    except ImportError:
+        return out
+    text = tmp_path_factory.mktemp("hf") / "gpt-mini-words"
+    shutil.copytree(edge_bundle("gpt-mini"), text)
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w0"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    words.save(str(text / "tokenizer.json"))
+    manifest = json.loads((text / "manifest.json").read_text())
+    manifest["tokenizer"] = "tokenizer.json"
+    manifest["files"]["tokenizer.json"] = sha256_file(text / "tokenizer.json")
+    (text / "manifest.json").write_text(json.dumps(manifest))
+    return {**out, "text": text}
+
+
+def _load(bundles) -> dict[str, runtime.RuntimeModel]:
+    return {name: runtime.load(path, spinning=False) for name, path in bundles.items()}
 
 
 def _inputs(seed: int) -> list[list[int]]:
@@ -36,8 +59,8 @@ def _inputs(seed: int) -> list[list[int]]:
 
 
 def _calls(models) -> dict[str, object]:
-    enc, dec, seq = models["encoder"], models["decoder"], models["seq2seq"]
-    return {
+    enc, dec, seq, text = models["encoder"], models["decoder"], models["seq2seq"], models.get("text")
+    calls = {
         "encode": lambda x: enc.encode(x)["embeddings"],
         "logits": lambda x: dec.logits(x),
         "greedy": lambda x: dec.generate(x, 6, stop_tokens=()),
@@ -45,6 +68,9 @@ def _calls(models) -> dict[str, object]:
         "stream": lambda x: [(s.row, s.token) for s in dec.stream(x, 4, temperature=0.7, seed=3, stop_tokens=())],
         "seq2seq": lambda x: seq.generate(x, 5),
     }
+    if text is not None:
+        calls["text"] = lambda x: text.generate(" ".join(f"w{i % 1000}" for i in x[0]), 4, stop_tokens=())
+    return calls
 
 
 def _same(a: object, b: object) -> bool:
@@ -53,10 +79,10 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-def test_eight_threads_give_the_serial_outputs(models):
-    calls = _calls(models)
+def test_eight_threads_give_the_serial_outputs(bundles):
     inputs = [_inputs(seed) for seed in range(INPUTS)]
-    serial = {(kind, i): fn(x) for kind, fn in calls.items() for i, x in enumerate(inputs)}
+    serial = {(kind, i): fn(x) for kind, fn in _calls(_load(bundles)).items() for i, x in enumerate(inputs)}
+    calls = _calls(_load(bundles))  # fresh models: their first calls (lazy tokenizer loading) race too
     rng = random.Random(0)
     jobs = [(rng.choice(list(calls)), rng.randrange(INPUTS)) for _ in range(CALLS)]
 
