@@ -3,15 +3,19 @@ cases tried (printed at the end of the run by conftest's terminal summary)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 
 from edgeformer.errors import EdgeformerError
+from edgeformer.io import sha256_file
 
 CASES: Counter[str] = Counter()  # test name -> examples run
 PASSED: Counter[str] = Counter()  # test name -> examples that returned (the rest raised a typed error)
@@ -45,3 +49,21 @@ def outcome(
         ) from exc
     PASSED[name] += 1
     return result
+
+
+def with_word_tokenizer(bundle: Path, dest: Path) -> Path | None:
+    """A copy of a decoder bundle that takes text through a Hugging Face tokenizer.json (words
+    w0 ... w999 are ids 0 ... 999), or None without the optional tokenizers library."""
+    try:
+        import tokenizers
+    except ImportError:
+        return None
+    shutil.copytree(bundle, dest)
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w0"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    words.save(str(dest / "tokenizer.json"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["tokenizer"] = "tokenizer.json"
+    manifest["files"]["tokenizer.json"] = sha256_file(dest / "tokenizer.json")
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest

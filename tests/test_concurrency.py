@@ -9,16 +9,14 @@ text through a Hugging Face tokenizer.json, on models loaded fresh for the threa
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from props import with_word_tokenizer
 
 from edgeformer import runtime
-from edgeformer.io import sha256_file
 
 CALLS, THREADS, INPUTS = 1000, 8, 12
 
@@ -32,19 +30,9 @@ def bundles(edge_bundle, tmp_path_factory):
         "decoder": edge_bundle("gpt-mini"),
         "seq2seq": edge_bundle("transformer-mini"),
     }
-    try:
-        import tokenizers
-    except ImportError:
+    text = with_word_tokenizer(edge_bundle("gpt-mini"), tmp_path_factory.mktemp("hf") / "gpt-mini-words")
+    if text is None:
         return out
-    text = tmp_path_factory.mktemp("hf") / "gpt-mini-words"
-    shutil.copytree(edge_bundle("gpt-mini"), text)
-    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w0"))
-    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    words.save(str(text / "tokenizer.json"))
-    manifest = json.loads((text / "manifest.json").read_text())
-    manifest["tokenizer"] = "tokenizer.json"
-    manifest["files"]["tokenizer.json"] = sha256_file(text / "tokenizer.json")
-    (text / "manifest.json").write_text(json.dumps(manifest))
     return {**out, "text": text}
 
 

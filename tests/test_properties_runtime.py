@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from props import fuzz, outcome
+from props import fuzz, outcome, with_word_tokenizer
 
 from edgeformer import runtime
 
@@ -28,18 +28,21 @@ DTYPES = ["int64", "int32", "int8", "uint8", "uint64", "float32", "float16", "fl
 
 @pytest.fixture(scope="module")
 def models(edge_bundle, tmp_path_factory):
-    """bert-mini, gpt-mini, transformer-mini, and gpt-mini relabelled as byte-level (text in)."""
+    """bert-mini, gpt-mini, transformer-mini, and gpt-mini relabelled as byte-level (text in) and
+    with a Hugging Face tokenizer.json (when the tokenizers library is installed)."""
     text_bundle = tmp_path_factory.mktemp("bytes") / "gpt-mini-bytes"
     shutil.copytree(edge_bundle("gpt-mini"), text_bundle)
     manifest = json.loads((text_bundle / "manifest.json").read_text())
     manifest["tokenizer"] = "bytes"  # ids 0-258 are inside gpt-mini's 1024: text runs through it
     (text_bundle / "manifest.json").write_text(json.dumps(manifest))
     load = {"spinning": False, "threads": 1}
+    words = with_word_tokenizer(edge_bundle("gpt-mini"), tmp_path_factory.mktemp("words") / "gpt-mini-words")
     return {
         "encoder": runtime.load(edge_bundle("bert-mini"), **load),
         "decoder": runtime.load(edge_bundle("gpt-mini"), **load),
         "seq2seq": runtime.load(edge_bundle("transformer-mini"), **load),
         "text": runtime.load(text_bundle, **load),
+        "words": runtime.load(words, **load) if words else None,
     }
 
 
@@ -235,13 +238,13 @@ def test_seq2seq_any_inputs(models, data):
 
 
 @fuzz(120)
-@given(text, st.integers(1, 3))
-def test_text_inputs(models, value, steps):
-    model = models["text"]
-    result = outcome("text generate", lambda: model.generate(value, steps, stop_tokens=()), INPUT_ERRORS)
+@given(text, st.integers(1, 3), st.sampled_from(["text", "words"]))
+def test_text_inputs(models, value, steps, tokenizer):
+    model = models[tokenizer] or models["text"]
+    result = outcome(f"{tokenizer} generate", lambda: model.generate(value, steps, stop_tokens=()), INPUT_ERRORS)
     if not isinstance(result, Exception):
         assert isinstance(result, str | list)
-    outcome("text logits", lambda: model.logits(value), INPUT_ERRORS)
+    outcome(f"{tokenizer} logits", lambda: model.logits(value), INPUT_ERRORS)
 
 
 @fuzz(80)

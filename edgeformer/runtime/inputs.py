@@ -65,18 +65,19 @@ def text_to_ids(text: str | bytes | bytearray, kind: str | Codec, *, bos: bool) 
         if bos and codec is None:
             hint = f" (to generate from nothing, pass the begin-of-text id [{tokenizer.BOS}] as token ids)"
         raise EmptyInputError(f"the text is empty; give at least one character{hint}")
-    if codec is not None:
-        ids = codec.encode(text, bos=bos)
-        if not ids:
-            raise EmptyInputError(f"the tokenizer gives no tokens for {text[:40]!r}")
-        return np.asarray(ids, dtype=np.int64)
     try:
-        return np.asarray(tokenizer.encode(text, bos=bos), dtype=np.int64)
+        text.encode("utf-8")  # every tokenizer takes valid Unicode only
     except UnicodeEncodeError as exc:
         raise TextEncodingError(
             f"the text holds {text[exc.start]!r} at offset {exc.start}, a lone surrogate that UTF-8 cannot "
             "encode (text decoded with errors='surrogateescape'?); pass valid text"
         ) from None
+    if codec is not None:
+        ids = codec.encode(text, bos=bos)
+        if not ids:
+            raise EmptyInputError(f"the tokenizer gives no tokens for {text[:40]!r}")
+        return np.asarray(ids, dtype=np.int64)
+    return np.asarray(tokenizer.encode(text, bos=bos), dtype=np.int64)
 
 
 def _as_int64(array: np.ndarray, name: str) -> np.ndarray:
