@@ -76,6 +76,22 @@ def test_planted_pickle_through_a_card_and_the_cli(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+def test_planted_pickle_through_edgeformer_import(tmp_path):
+    """A Hugging Face directory whose pytorch_model.bin carries the payload."""
+    if "import" not in main.commands:
+        pytest.skip("`edgeformer import` is not in this checkout")
+    marker, directory = tmp_path / "pwned", tmp_path / "bert"
+    directory.mkdir()
+    config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 100, "hidden_size": 32}
+    config |= {"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config |= {"max_position_embeddings": 64, "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}
+    (directory / "config.json").write_text(json.dumps(config))
+    _plant(directory / "pytorch_model.bin", marker, "torch.save")
+    result = CliRunner().invoke(main, ["import", str(directory), "-o", str(tmp_path / "card.toml")])
+    assert result.exit_code == 1 and "was refused: only plain tensors load" in result.output, result.output
+    assert not marker.exists() and not (tmp_path / "card.toml").exists()
+
+
 # ----- ONNX external data ---------------------------------------------------------------------------
 
 
