@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeformer import __version__
+from edgeformer.cli_errors import friendly
 from edgeformer.errors import EdgeformerError
 
 if TYPE_CHECKING:  # onnxruntime and numpy are imported when a benchmark runs, not with the CLI
@@ -346,17 +346,6 @@ def _click_list(value: str | None, option: str) -> tuple[int, ...] | None:
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdgeformerError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
 @click.command(name="bench")
 @click.argument("models", nargs=-1, required=True, metavar="BUNDLE|CARD [BUNDLE...]")
 @click.option(
@@ -394,7 +383,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per case.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG.")
-@_friendly
+@friendly
 def bench_command(
     models: tuple[str, ...],
     variants: str | None,

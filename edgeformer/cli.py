@@ -7,27 +7,13 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edgeformer import __version__
-from edgeformer.errors import EdgeformerError
-
-
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's typed errors into click messages (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdgeformerError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
+from edgeformer.cli_errors import friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

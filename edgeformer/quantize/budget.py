@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeformer.quantize.metrics import cosine_rows
-
 BUDGET_METRICS = ("cosine", "top1", "perplexity")
 HIGHER_IS_BETTER = {"cosine": True, "top1": True, "perplexity": False}
 
@@ -48,6 +46,13 @@ def parse_budget(items: Sequence[str]) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"budget {item!r}: {value!r} is not a number") from None
     return out
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64).reshape(-1, a.shape[-1])
+    b = b.astype(np.float64).reshape(-1, b.shape[-1])
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(denom > 0, (a * b).sum(1) / np.maximum(denom, 1e-30), 1.0)
 
 
 def _real(feeds: dict[str, np.ndarray], n: int) -> np.ndarray:

@@ -45,12 +45,9 @@ class MixedResult:
 
 
 def _session(path: Path, threads: int = 2) -> Any:
-    import onnxruntime as ort
+    from edgeformer.runtime.session import make_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return make_session(path, ("cpu",), threads=threads)
 
 
 def outputs_of(session: Any, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
