@@ -361,9 +361,10 @@ def check(
 )
 @click.option(
     "--form",
-    type=click.Choice(["contrib", "standard"]),
+    type=click.Choice(["contrib", "standard", "nnapi", "coreml", "qnn"]),
     help="Which fused ops to produce: onnxruntime's contrib ops (MultiHeadAttention, SkipLayerNormalization, "
-    "FastGelu...), or standard ONNX ops only (opset 23 Attention) for other runtimes. Default: contrib.",
+    "FastGelu...), standard ONNX ops only (opset 23 Attention) for other runtimes, or only the ops NNAPI, CoreML "
+    "or QNN take (form (c); fix static shapes first for NNAPI). Default: contrib.",
 )
 @click.option("--target", "target_name", help="Take the fused form from this target (e.g. portable-fp32).")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")

@@ -315,8 +315,14 @@ def render_card(card: ModelCard) -> str:
 
 PRECISIONS = ("fp32", "int8", "fp16", "int4")
 QUANTIZATION_MODES = ("dynamic", "static")
-TARGET_KEYS = {"name", "description", "precision", "opset", "providers", "fusions", "quantization", "budget"}
-FUSION_FORMS = ("none", "contrib", "standard")
+TARGET_KEYS = {
+    "name", "description", "precision", "opset", "providers", "fusions", "quantization", "budget",
+    "static_shapes", "ort_format", "ort_optimization",
+}  # fmt: skip
+# the bundle dimensions a static-shape target may fix (edgeformer.export.graphs)
+STATIC_DIMS = ("batch", "sequence", "encoder_sequence", "past_sequence", "total_sequence")
+ORT_OPTIMIZATIONS = ("basic", "extended", "all")  # onnxruntime's levels for the saved .ort graph
+FUSION_FORMS = ("none", "contrib", "standard", "nnapi", "coreml", "qnn")
 
 
 @dataclass(frozen=True)
@@ -331,12 +337,16 @@ class Target:
     fusions: str = "none"
     quantization: str = "dynamic"  # int8 only: dynamic, or static (QDQ, needs calibration data)
     budget: tuple[tuple[str, float], ...] = ()  # accuracy budget of a reduced precision, e.g. cosine 0.999
+    static_shapes: tuple[tuple[str, int], ...] = ()  # dimension name -> fixed size (NNAPI, CoreML, QNN)
+    ort_format: bool = False  # also write <graph>.ort and required_operators.config (onnxruntime mobile/web)
+    ort_optimization: str = "basic"  # onnxruntime's optimization level baked into the .ort graph
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["providers"] = list(self.providers)
         d["budget"] = dict(self.budget)
+        d["static_shapes"] = dict(self.static_shapes)
         d.pop("path")
         return d
 
@@ -371,8 +381,22 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
 
     unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
     if unknown_metrics:
+        raise CardError(f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}")
+    static = data.get("static_shapes", {})
+    if not isinstance(static, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in static.values()
+    ):
+        raise CardError(f"{source}: static_shapes must be a table of dimension = positive size, got {static!r:.80}")
+    unknown_dims = sorted(set(static) - set(STATIC_DIMS))
+    if unknown_dims:
+        raise CardError(f"{source}: static_shapes dimension {unknown_dims[0]!r} is not one of {', '.join(STATIC_DIMS)}")
+    ort_format = data.get("ort_format", False)
+    if not isinstance(ort_format, bool):
+        raise CardError(f"{source}: ort_format must be true or false, got {ort_format!r:.40}")
+    ort_optimization = data.get("ort_optimization", "basic")
+    if ort_optimization not in ORT_OPTIMIZATIONS:
         raise CardError(
-            f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}"
+            f"{source}: ort_optimization {ort_optimization!r:.40} is not one of {', '.join(ORT_OPTIMIZATIONS)}"
         )
     return Target(
         name=data["name"],
@@ -383,6 +407,9 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
         fusions=fusions,
         quantization=quantization,
         budget=tuple(sorted((k, float(v)) for k, v in budget.items())),
+        static_shapes=tuple(static.items()),
+        ort_format=ort_format,
+        ort_optimization=ort_optimization,
     )
 
 

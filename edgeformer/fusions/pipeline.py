@@ -34,7 +34,16 @@ from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
 
 from edgeformer.errors import ParityError
-from edgeformer.fusions import attention_output, gelu, mask_bias, standard_attention
+from edgeformer.fusions import (
+    attention_output,
+    erf_polynomial,
+    gelu,
+    layer_norm_decomposed,
+    mask_arithmetic,
+    mask_bias,
+    standard_attention,
+    static_reduce_sum,
+)
 from edgeformer.fusions.packed_weights import fold_packed_weights
 
 Feeds = dict[str, np.ndarray]
@@ -46,7 +55,8 @@ NORM_OPS = {
     "SkipSimplifiedLayerNormalization",
 }
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
-FORMS = ("contrib", "standard", "none")
+FORMS = ("contrib", "standard", "none", "nnapi", "coreml", "qnn")
+PROVIDER_FORMS = ("nnapi", "coreml", "qnn")  # form (c): only the ops that provider's list has
 
 
 @dataclass
@@ -168,6 +178,28 @@ STANDARD_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
     ("standard_attention", _standard_attention),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
+]
+
+
+# Form (c), for NNAPI, CoreML and QNN: none of them takes onnxruntime's contrib ops or the opset-23
+# Attention, so attention stays MatMul + Softmax; masks become finite additive biases. CoreML
+# (coreml_supported_mlprogram_ops.md) and QNN take LayerNormalization, Erf / Gelu, Where and And as
+# they are. NNAPI (nnapi_supported_ops.md) has none of these nor ReduceSum: they are rewritten into
+# ops on its list. Static shapes (the targets fix them before fusing) fold the shape subgraphs away.
+PROVIDER_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
+    ("cleanup", cleanup),
+    ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("share_mask_bias", _cse),
+    ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
+    ("final_cleanup", lambda m: (optimize(m), 0)[1]),
+]
+NNAPI_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
+    *PROVIDER_PASSES[:-1],
+    ("mask_arithmetic", mask_arithmetic.apply_to_model),
+    ("layer_norm_decomposed", layer_norm_decomposed.rules.apply_to_model),
+    ("erf_polynomial", erf_polynomial.rules.apply_to_model),
+    ("static_reduce_sum", static_reduce_sum.rules.apply_to_model),
+    PROVIDER_PASSES[-1],
 ]
 
 
@@ -327,7 +359,14 @@ def fuse_model(
         raise ValueError(f"fusion form {form!r} is not one of {', '.join(FORMS)}")
     report = FusionReport(form, len(list(model.graph.all_nodes())))
     reference = _run(model, feeds) if feeds else None
-    passes = {"contrib": CONTRIB_PASSES, "standard": STANDARD_PASSES, "none": CONTRIB_PASSES[:1]}[form]
+    passes = {
+        "contrib": CONTRIB_PASSES,
+        "standard": STANDARD_PASSES,
+        "none": CONTRIB_PASSES[:1],
+        "nnapi": NNAPI_PASSES,
+        "coreml": PROVIDER_PASSES,
+        "qnn": PROVIDER_PASSES,
+    }[form]
     if not packed_attention:
         # For int8: attention stays MultiHeadAttention with its projections as MatMuls, which the
         # quantizer turns into int8 MatMuls; the packed Attention op would keep them in float.
@@ -373,7 +412,7 @@ def fuse_model(
         },
         "gelu": {"blocks": before["gelu"], "fused": sum(ops[o] for o in GELU_OPS)},
     }
-    if form != "none":
+    if form not in ("none", *PROVIDER_FORMS):  # form (c) keeps attention and GELU as ops on the provider's list
         report.not_fused, report.debug = _why_not(model, debug)
         if form == "standard":
             report.not_fused = _standard_leftovers(model, report.not_fused)

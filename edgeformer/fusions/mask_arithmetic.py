@@ -1,0 +1,75 @@
+"""Boolean mask logic -> float arithmetic, for providers without Where and And (NNAPI).
+
+The attention bias ``Where(mask, 0, fill)`` (see mask_bias.py, fill made finite) is
+``(1 - float(mask)) * fill``, and a float of ``And(a, b)`` is ``float(a) * float(b)``; with
+static shapes the constant half of an And (a causal or all-true pattern) folds away.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import pattern
+
+FLOAT = int(ir.DataType.FLOAT)
+
+
+def _scalar(value) -> float | None:  # type: ignore[no-untyped-def]
+    const = value.const_value if value is not None else None
+    if const is None or const.numpy().size != 1:
+        return None
+    return float(const.numpy().reshape(()))
+
+
+class BiasFromMask(pattern.RewriteRuleClassBase):
+    """Where(mask, 0, fill) -> (1 - Cast(mask, float)) * fill, for a finite constant fill."""
+
+    def pattern(self, op, mask, zero, fill):  # type: ignore[no-untyped-def]
+        return op.Where(mask, zero, fill)
+
+    def check(self, context, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+        result = pattern.MatchResult()
+        if _scalar(zero) != 0.0:
+            return result.fail("the kept branch is not the constant 0", zero)
+        value = _scalar(fill)
+        if value is None or not math.isfinite(value):
+            return result.fail("the fill is not a finite constant (0 * inf would be NaN)", fill)
+        if fill.const_value.dtype != ir.DataType.FLOAT:
+            return result.fail("the fill is not float32", fill)
+        return result
+
+    def rewrite(self, op, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+        one = op.Constant(value=ir.tensor(np.array(1.0, dtype=np.float32)))
+        return op.Mul(op.Sub(one, op.Cast(mask, to=FLOAT)), fill)
+
+
+class FloatOfAnd(pattern.RewriteRuleClassBase):
+    """Cast(And(a, b), float) -> Cast(a, float) * Cast(b, float)."""
+
+    def pattern(self, op, a, b):  # type: ignore[no-untyped-def]
+        return op.Cast(op.And(a, b), _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, a, b, out, **_):  # type: ignore[no-untyped-def]
+        result = pattern.MatchResult()
+        to = out.producer().attributes.get("to")
+        if to is None or int(to.as_int()) != FLOAT:
+            return result.fail("the cast is not to float32", out)
+        return result
+
+    def rewrite(self, op, a, b, **_):  # type: ignore[no-untyped-def]
+        return op.Mul(op.Cast(a, to=FLOAT), op.Cast(b, to=FLOAT))
+
+
+bias_rules = pattern.RewriteRuleSet([BiasFromMask.rule()])
+and_rules = pattern.RewriteRuleSet([FloatOfAnd.rule()])
+
+
+def apply_to_model(model: ir.Model) -> int:
+    """The bias first (it writes the Cast that the And rule then matches); the replaced Where is
+    dropped in between, else it still counts as a user of the And."""
+    count = bias_rules.apply_to_model(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return count + and_rules.apply_to_model(model)
