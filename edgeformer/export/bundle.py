@@ -325,16 +325,20 @@ def export_bundle(
     """
     if target.precision != "fp32":
         return export_reduced(source, target, Path(out), force=force, check=check, log=log)
+    from edgeformer.export import mobile
     from edgeformer.parity import check_source
 
     out = Path(out)
     fusions: dict[str, Any] = {}
+    traced, source = source, mobile.fixed_source(source, target)  # static shapes: sizes in specs and checks
     with new_bundle_dir(out, force) as tmp:
         files: list[str] = []
-        for plan in source.plans:
+        for traced_plan, plan in zip(traced.plans, source.plans, strict=True):
             start = time.perf_counter()
             log(f"tracing {plan.file} (opset {target.opset}) ...")
-            model = trace(plan, target.opset, source.example_dims)
+            model = trace(traced_plan, target.opset, source.example_dims)
+            if target.static_shapes:
+                model = mobile.fix_shapes(model, dict(target.static_shapes))
             log(f"  {len(model.graph)} nodes, {time.perf_counter() - start:.1f} s")
             if target.fusions != "none":
                 fusions[plan.name] = fuse_graph(
@@ -358,9 +362,16 @@ def export_bundle(
             log("checking parity against the torch source ...")
             graphs = {p.name: tmp / p.file for p in source.plans}
             report = check_source(
-                source, graphs, target.precision, providers=target.providers, opset=target.opset, log=log
+                source,
+                graphs,
+                target.precision,
+                providers=mobile.runnable_providers(target.providers),
+                opset=target.opset,
+                log=log,
             )
             manifest["parity"] = report.to_dict()
+        if target.ort_format:
+            mobile.package(tmp, manifest, source, target, log, check=check)
         write_manifest(tmp, manifest)
     return manifest
 
@@ -376,7 +387,12 @@ def export_reduced(source: Source, target: Target, out: Path, *, force: bool, ch
 
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    float_target = dataclasses.replace(target, name=f"{target.name}(fp32 stage)", precision="fp32", budget=())
+    from edgeformer.export import mobile
+
+    float_target = dataclasses.replace(
+        target, name=f"{target.name}(fp32 stage)", precision="fp32", budget=(), ort_format=False
+    )
+    fixed = mobile.fixed_source(source, target)  # refuses what a static-shape target cannot take, before tracing
     with tempfile.TemporaryDirectory(
         prefix=".edgeformer-fp32-", dir=out.parent if out.parent.exists() else None
     ) as tmp:
@@ -390,9 +406,13 @@ def export_reduced(source: Source, target: Target, out: Path, *, force: bool, ch
                 log(f"checking {target.precision} parity against the torch source ...")
                 graphs = {name: directory / g["file"] for name, g in manifest["graphs"].items()}
                 report = check_source(
-                    source, graphs, target.precision, opset=target.opset, log=log, budget=manifest["target"]["budget"]
+                    fixed, graphs, target.precision, opset=target.opset, log=log, budget=manifest["target"]["budget"]
                 )
                 manifest["parity"] = report.to_dict()
+            if target.ort_format:
+                mobile.package(
+                    directory, manifest, fixed, target, log, check=check, budget=manifest["target"]["budget"]
+                )
 
         return quantize_bundle(
             float_bundle,

@@ -118,6 +118,21 @@ def _cache_shape(spec: Any, batch: int) -> tuple[int, ...]:
     return (batch, int(heads), 0, int(dim))
 
 
+def _fixed_sizes(graph: dict[str, Any]) -> tuple[int | None, int | None]:
+    spec = next((s for s in graph["inputs"] if s["name"] == "input_ids"), None)
+    shape = spec["shape"] if spec is not None else ["batch", "sequence"]
+    return tuple(d if isinstance(d, int) else None for d in shape[:2])  # type: ignore[return-value]
+
+
+def _fit(rows: np.ndarray, length: int | None) -> np.ndarray:
+    """Rows cut or zero-padded (pad id 0, mask 0) on the right to a fixed length."""
+    if length is None or rows.shape[1] == length:
+        return rows
+    if rows.shape[1] > length:
+        return rows[:, :length]
+    return np.pad(rows, ((0, 0), (0, length - rows.shape[1])))
+
+
 def graph_feeds(
     manifest: dict[str, Any], rows: Rows, batch: int = 8, encoder_session: Any = None
 ) -> dict[str, list[Feeds]]:
@@ -126,8 +141,13 @@ def graph_feeds(
     out: dict[str, list[Feeds]] = {}
     for name, graph in manifest["graphs"].items():
         feeds_list = []
-        for start in range(0, len(rows.ids), batch):
-            ids, mask = rows.ids[start : start + batch], rows.mask[start : start + batch]
+        fixed_batch, fixed_length = _fixed_sizes(graph)  # a static-shape graph takes rows of one size
+        step = fixed_batch or batch
+        for start in range(0, len(rows.ids) - (len(rows.ids) % step if fixed_batch else 0), step):
+            ids, mask = (
+                _fit(rows.ids[start : start + step], fixed_length),
+                _fit(rows.mask[start : start + step], fixed_length),
+            )
             b, t = ids.shape
             feeds: Feeds = {}
             cross: dict[str, np.ndarray] = {}

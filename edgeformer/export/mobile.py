@@ -1,0 +1,288 @@
+"""Mobile and web packaging: static shapes, the ORT format, the reduced-operator config, and
+onnxruntime's usability report for NNAPI and CoreML.
+
+A target with ``static_shapes`` fixes the named dimensions before fusion (NNAPI, CoreML and QNN
+compile a graph for one shape; fixed sizes also let the cleanup fold the shape subgraphs away).
+A target with ``ort_format`` gets, beside every ``<graph>.onnx``, ``<graph>.ort`` converted by
+onnxruntime itself at the target's optimization level (``basic`` for NNAPI, CoreML and QNN, so the
+saved graph holds no CPU-only fused ops), ``required_operators.config`` for a custom minimal
+onnxruntime build (``--include_ops_by_config``), and ``manifest["mobile"]``: the .ort files and
+their parity against torch on the CPU provider, and how the graph partitions on NNAPI and CoreML
+according to onnxruntime's checker (``onnxruntime.tools.check_onnx_model_mobile_usability``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from edgeformer.config import Target
+from edgeformer.errors import ExportError
+
+Log = Callable[[str], None]
+REDUCED_CONFIG = "required_operators.config"
+LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# the checker's lists, shipped in onnxruntime/tools/mobile_helpers/
+CHECKED = {
+    "nnapi": None,
+    "coreml_mlprogram": "coreml_supported_mlprogram_ops.md",
+    "coreml_neuralnetwork": "coreml_supported_neuralnetwork_ops.md",
+}
+
+
+def fixed_source(source: Any, target: Target) -> Any:
+    """The source with every graph's dimensions fixed to the target's sizes: the manifest's specs
+    hold the sizes and parity is checked at that one shape. A family whose graphs keep a dimension
+    the target does not fix (a decoder's growing KV cache) is refused, saying why and what to do."""
+    if not target.static_shapes:
+        return source
+    fixed = dict(target.static_shapes)
+    family = source.config.family if source.config is not None else "custom"
+    if family in ("decoder", "encoder-decoder"):
+        raise ExportError(
+            f"target {target.name!r} fixes the input shapes ({_dims(fixed)}) because its provider "
+            f"({', '.join(target.providers)}) compiles a graph for one shape; a {family} grows its KV cache by one "
+            "position per generated token (past_sequence), so it would need one graph per cache length, and a "
+            "fixed-length decode-step graph is not built by edgeformer. Export it with --target mobile-cpu "
+            "(dynamic shapes, onnxruntime's CPU / XNNPACK provider, .ort included), or use an encoder card here."
+        )
+    limit = source.config.max_positions if source.config is not None else None
+    for name in ("sequence", "encoder_sequence"):
+        if limit is not None and fixed.get(name, 0) > limit:
+            raise ExportError(
+                f"target {target.name!r} fixes {name} = {fixed[name]}, beyond the model's max_positions = {limit}; "
+                "copy the target file and lower static_shapes"
+            )
+    plans = []
+    for plan in source.plans:
+        dims = {d for s in (*plan.inputs, *plan.outputs) for d in s.shape if isinstance(d, str)}
+        left = sorted(dims - set(fixed))
+        if left:
+            raise ExportError(
+                f"target {target.name!r} fixes {_dims(fixed)}, but graph {plan.file} also has the dimension(s) "
+                f"{', '.join(left)}; add them to the target's [static_shapes]"
+            )
+        plans.append(
+            dataclasses.replace(
+                plan,
+                inputs=[_fix_spec(s, fixed) for s in plan.inputs],
+                outputs=[_fix_spec(s, fixed) for s in plan.outputs],
+                cases=[{d: fixed[d] for d in sorted(dims)}],
+            )
+        )
+    return dataclasses.replace(source, plans=plans)
+
+
+def _dims(fixed: dict[str, int]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in fixed.items())
+
+
+def _fix_spec(spec: Any, fixed: dict[str, int]) -> Any:
+    return dataclasses.replace(spec, shape=tuple(fixed.get(d, d) if isinstance(d, str) else d for d in spec.shape))
+
+
+def fix_shapes(model: ir.Model, fixed: dict[str, int]) -> ir.Model:
+    """The traced graph with the named dimensions fixed everywhere (onnxruntime's own
+    ``make_dim_param_fixed``); intermediate shapes are inferred again by the fusion cleanup."""
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    proto = ir.to_proto(model)
+    for name, size in fixed.items():
+        make_dim_param_fixed(proto.graph, name, size)
+    return ir.from_proto(proto)
+
+
+def runnable_providers(providers: tuple[str, ...]) -> tuple[str, ...]:
+    """The target's providers this onnxruntime has (parity runs there); the CPU provider when it has
+    none of them (NNAPI, CoreML, QNN and XNNPACK are not in the desktop CPU package)."""
+    from edgeformer.runtime.providers import PROVIDERS, installed
+
+    have = installed()
+    usable = tuple(p for p in providers if PROVIDERS.get(p.lower()) in have)
+    return usable or ("cpu",)
+
+
+def convert_to_ort(onnx_path: Path, ort_path: Path, level: str) -> None:
+    """onnxruntime's own conversion (as ``python -m onnxruntime.tools.convert_onnx_models_to_ort``):
+    a CPU session that saves its optimized graph in the ORT format."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = LEVELS[level]
+    opts.optimized_model_filepath = str(ort_path)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    opts.log_severity_level = 3
+    # like the converter: NCHWc layouts are x86-only and would not run on ARM devices
+    disabled = ["NchwcTransformer"] if level == "all" else None
+    try:
+        ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+        raise ExportError(f"onnxruntime could not convert {onnx_path.name} to the ORT format: {exc}") from None
+
+
+def write_reduced_config(ort_files: list[Path], out: Path) -> dict[str, list[str]]:
+    """``required_operators.config`` from the .ort files (onnxruntime's ``create_config_from_models``),
+    naming the files without this machine's paths; returns domain;opset -> operators."""
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    utils_log = logging.getLogger("ort_format_model.utils")  # onnxruntime logs the temporary path at INFO
+    level = utils_log.level
+    utils_log.setLevel(logging.WARNING)
+    try:
+        create_config_from_models(ort_files, out, enable_type_reduction=False)
+    finally:
+        utils_log.setLevel(level)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    lines = [f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line for line in lines]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ops = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            domain, opset, names = line.split(";", 2)
+            ops[f"{domain};{opset}"] = names.split(",")
+    return ops
+
+
+def _partitions(info: Any) -> dict[str, Any]:
+    return {
+        "partitions": info.num_partitions,
+        "nodes": info.num_nodes,
+        "supported_nodes": info.num_supported_nodes,
+        "partition_sizes": [len(g) for g in info.supported_groups],
+        "unsupported_ops": sorted(info.unsupported_ops),
+        "unsupported_by_op": info.nodes_unsupported_due_to_op,
+        "unsupported_by_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input,
+        "suitability": info.suitability().name,  # onnxruntime's verdict: YES, MAYBE or NO
+        "caveats": info.supported_ops_checker.get_caveats(),
+    }
+
+
+def usability(onnx_path: Path) -> dict[str, Any]:
+    """How the graph, optimized at onnxruntime's basic level as the checker does, partitions on NNAPI
+    and CoreML (MLProgram and NeuralNetwork): partitions, nodes supported, unsupported op types,
+    and whether dynamic shapes block it (then also the figures if the shapes were fixed)."""
+    from onnxruntime.tools.mobile_helpers import usability_checker as checker
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / onnx_path.name
+        optimize_model(onnx_path, optimized)
+        model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+    quiet = logging.getLogger("edgeformer.mobile.usability")
+    quiet.setLevel(logging.ERROR)
+    dynamic_inputs, dynamic_values = checker.check_shapes(model.graph, quiet)
+    report: dict[str, Any] = {
+        "dynamic_inputs": [i.name for i in dynamic_inputs],
+        "dynamic_values": dynamic_values,
+    }
+    for name, md in CHECKED.items():
+        check = (
+            (lambda fixed_only: checker.check_nnapi_partitions(model, fixed_only))
+            if md is None
+            else (lambda fixed_only, md=md: checker.check_coreml_partitions(model, fixed_only, md))
+        )
+        entry = _partitions(check(True))
+        if entry["unsupported_by_dynamic_shape"]:
+            entry["if_shapes_fixed"] = {k: v for k, v in _partitions(check(False)).items() if k != "caveats"}
+        report[name] = entry
+    return report
+
+
+def package(
+    directory: Path,
+    manifest: dict[str, Any],
+    source: Any,
+    target: Target,
+    log: Log,
+    *,
+    check: bool = True,
+    budget: dict[str, float] | None = None,
+) -> None:
+    """Add the .ort graphs, the reduced-operator config and the usability report to a bundle being
+    written in ``directory`` (before its manifest is written), and check the .ort graphs against
+    the torch source on the CPU provider as the .onnx graphs were."""
+    from edgeformer.export.bundle import file_hashes
+    from edgeformer.parity import check_source
+
+    mobile: dict[str, Any] = {
+        "static_shapes": dict(target.static_shapes),
+        "ort_optimization": target.ort_optimization,
+        "graphs": {},
+        "reduced_operator_config": REDUCED_CONFIG,
+    }
+    ort_files = []
+    for name, graph in manifest["graphs"].items():
+        onnx_path = directory / graph["file"]
+        ort_path = onnx_path.with_suffix(".ort")
+        log(f"converting {graph['file']} to {ort_path.name} (onnxruntime, {target.ort_optimization} optimizations) ...")
+        convert_to_ort(onnx_path, ort_path, target.ort_optimization)
+        graph["ort_file"] = ort_path.name
+        ort_files.append(ort_path)
+        report = usability(onnx_path)
+        mobile["graphs"][name] = {
+            "ort_file": ort_path.name,
+            "onnx_bytes": onnx_path.stat().st_size,
+            "ort_bytes": ort_path.stat().st_size,
+            "usability": report,
+        }
+    mobile["operators"] = write_reduced_config(ort_files, directory / REDUCED_CONFIG)
+    manifest["files"].update(file_hashes(directory, [p.name for p in ort_files] + [REDUCED_CONFIG]))
+    if check:
+        log("checking the .ort graphs against the torch source (CPU provider) ...")
+        graphs = {name: directory / g["ort_file"] for name, g in manifest["graphs"].items()}
+        parity = check_source(source, graphs, target.precision, opset=target.opset, log=log, budget=budget or None)
+        mobile["ort_parity"] = parity.to_dict()
+    manifest["mobile"] = mobile
+    for line in format_report(mobile):
+        log(line)
+
+
+def _line(label: str, entry: dict[str, Any]) -> str:
+    unsupported = ", ".join(entry["unsupported_ops"]) or "none"
+    text = (
+        f"    {label}: {entry['partitions']} partition(s), {entry['supported_nodes']}/{entry['nodes']} nodes "
+        f"supported ({entry['suitability']}); unsupported ops: {unsupported}"
+    )
+    if entry["unsupported_by_dynamic_shape"]:
+        fixed = entry.get("if_shapes_fixed", {})
+        text += (
+            f"; {entry['unsupported_by_dynamic_shape']} node(s) blocked by dynamic shapes "
+            f"(fixed: {fixed.get('partitions', '?')} partition(s), {fixed.get('supported_nodes', '?')} nodes)"
+        )
+    return text
+
+
+def format_report(mobile: dict[str, Any]) -> list[str]:
+    """The mobile section of a manifest, as lines for the screen."""
+    shapes = _dims(mobile.get("static_shapes") or {}) or "dynamic"
+    lines = [f"mobile: shapes {shapes}; .ort at {mobile.get('ort_optimization')} optimizations"]
+    for graph in (mobile.get("graphs") or {}).values():
+        lines.append(
+            f"  {graph['ort_file']}: {graph['ort_bytes'] / 1e6:.2f} MB (the .onnx: {graph['onnx_bytes'] / 1e6:.2f} MB)"
+        )
+        use = graph["usability"]
+        if use.get("dynamic_inputs"):
+            lines.append(f"    dynamic inputs: {', '.join(use['dynamic_inputs'])}")
+        for label in CHECKED:
+            lines.append(_line(label, use[label]))
+    ops = mobile.get("operators") or {}
+    count = sum(len(v) for v in ops.values())
+    lines.append(f"  {mobile.get('reduced_operator_config')}: {count} operators for a minimal onnxruntime build")
+    parity = mobile.get("ort_parity")
+    if parity:
+        outputs = [o for case in parity.get("cases", []) for o in case["outputs"]]
+        if parity.get("budget"):  # a reduced precision is judged by its budget (cosine), not by error
+            worst = f", worst cosine {min(o['cosine'] for o in outputs):.5f}" if outputs else ""
+        else:
+            worst = f", worst error {max(o['max_abs'] for o in outputs):.2e} (max abs)" if outputs else ""
+        lines.append(f"  .ort parity on the CPU provider: {'ok' if parity['ok'] else 'FAILED'}{worst}")
+    return lines
