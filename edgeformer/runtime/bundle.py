@@ -36,6 +36,7 @@ class Graph:
     path: Path
     inputs: tuple[Spec, ...]
     outputs: tuple[Spec, ...]
+    ort_path: Path | None = None  # the same graph in onnxruntime's ORT format (mobile and web targets)
 
     def input(self, name: str) -> Spec | None:
         return next((s for s in self.inputs if s.name == name), None)
@@ -200,6 +201,13 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if verify and entry["file"] not in files:
             raise BundleIntegrityError(f"{where}: {entry['file']} has no sha256 in the manifest's files")
         check_external_data(bundle, file, set(files) if verify else None)
+        ort_file = None
+        if entry.get("ort_file") is not None:
+            ort_file = safe_member(bundle, entry["ort_file"])
+            if not ort_file.is_file() or (verify and entry["ort_file"] not in files):
+                raise BundleIntegrityError(
+                    f"{where}: its ORT-format file {entry['ort_file']!r} is missing or has no sha256 in the manifest"
+                )
         inputs = _specs(entry.get("inputs"), f"{where} inputs")
-        graphs[gname] = Graph(gname, file, inputs, _specs(entry.get("outputs"), f"{where} outputs"))
+        graphs[gname] = Graph(gname, file, inputs, _specs(entry.get("outputs"), f"{where} outputs"), ort_file)
     return Bundle(bundle, manifest, graphs)

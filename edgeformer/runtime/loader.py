@@ -8,7 +8,7 @@ from typing import Any
 
 from edgeformer.runtime.bundle import Bundle, Graph, read_bundle
 from edgeformer.runtime.cuda import BoundSession
-from edgeformer.runtime.errors import BundleFormatError
+from edgeformer.runtime.errors import BundleFormatError, OptionError
 from edgeformer.runtime.models import DecoderModel, EncoderModel, RuntimeModel, Seq2SeqModel
 from edgeformer.runtime.session import open_session
 
@@ -49,6 +49,23 @@ def _check_graphs(bundle: Bundle) -> None:
             raise BundleFormatError(f"{bundle.path}: graph {graph!r} has no logits output to generate from")
     if bundle.family != "custom" and not bundle.config:
         raise BundleFormatError(f"{bundle.path}: a {bundle.family} bundle's manifest needs its config")
+
+
+FORMATS = ("auto", "onnx", "ort")
+
+
+def graph_file(bundle: Bundle, graph: Graph, format: str) -> Path:
+    """The file of ``graph`` to open in the given format (see ``load``)."""
+    if format == "ort" and graph.path.suffix != ".ort":
+        if graph.ort_path is None:
+            raise BundleFormatError(
+                f"{bundle.path}: graph {graph.name!r} has no .ort file; export with a mobile or web target "
+                "(mobile-cpu, android-nnapi, ios-coreml, qnn-int8, web-wasm) or load with format='onnx'"
+            )
+        return graph.ort_path
+    if format == "onnx" and graph.path.suffix != ".onnx":
+        raise BundleFormatError(f"{bundle.path}: graph {graph.name!r} is only in the ORT format ({graph.path.name})")
+    return graph.path
 
 
 ORT_TYPES = {"float": "float32", "double": "float64"}  # onnxruntime's "tensor(x)" -> numpy name
@@ -93,6 +110,7 @@ def load(
     verify: bool = True,
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     io_binding: bool = False,
+    format: str = "auto",
 ) -> RuntimeModel:
     """Open a bundle: read manifest.json, check every file's sha256 (``verify``), open one
     session per graph, and return the model of its family (EncoderModel, DecoderModel,
@@ -109,14 +127,19 @@ def load(
     (CUDA: device 0, no TF32 so that fp32 bundles keep their parity; see ``cuda.provider_options``).
     io_binding: run through onnxruntime's IO binding, the KV cache staying on the provider's device
     between generation steps (``cuda.BoundSession``); it works on every provider, CPU included.
+    format: which file of each graph to open: "onnx" (the manifest's ``file``), "ort" (its
+    ``ort_file``, written by the mobile and web targets: onnxruntime's ORT format, what a minimal
+    mobile build runs), or "auto" (the ``file``, whichever format it is).
     """
+    if format not in FORMATS:
+        raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     bundle = read_bundle(bundle_dir, verify=verify)
     _check_graphs(bundle)
     sessions = {}
     outcomes: dict[str, str] = {}
     for name, graph in bundle.graphs.items():
         session, graph_outcomes = open_session(
-            graph.path,
+            graph_file(bundle, graph, format),
             providers,
             strict=strict,
             threads=threads,
