@@ -1,0 +1,166 @@
+"""Mobile and web targets: static shapes, form (c) fusions, .ort files with parity, the reduced-operator
+config and onnxruntime's NNAPI / CoreML usability report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from edgeformer import runtime
+from edgeformer.config import parse_target
+from edgeformer.errors import CardError, ExportError
+from edgeformer.export import mobile
+from edgeformer.export.bundle import export_bundle, source_from_card
+from edgeformer.export.graphs import make_inputs
+from edgeformer.export.trace import trace
+from edgeformer.fusions.pipeline import fuse_model
+from edgeformer.runtime.providers import PROVIDERS
+from edgeformer.zoo import resolve_card, resolve_target
+
+MOBILE_TARGETS = ("mobile-cpu", "android-nnapi", "ios-coreml", "qnn-int8", "web-wasm")
+STATIC = {"batch": 1, "sequence": 128}
+
+
+@pytest.fixture(scope="module")
+def nnapi_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mobile") / "bert-nnapi"
+    source = source_from_card(resolve_card("bert-mini"))
+    manifest = export_bundle(source, resolve_target("android-nnapi"), out)
+    return out, manifest
+
+
+def test_targets_parse_with_their_mobile_fields():
+    for name in MOBILE_TARGETS:
+        target = resolve_target(name)
+        assert target.ort_format, name
+    for name in ("android-nnapi", "ios-coreml", "qnn-int8"):
+        assert dict(resolve_target(name).static_shapes) == STATIC
+    assert resolve_target("qnn-int8").quantization == "static"
+    assert not resolve_target("mobile-cpu").static_shapes  # decoders with a KV cache go here
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"static_shapes": {"batch": 0}}, "positive size"),
+        ({"static_shapes": {"tokens": 8}}, "'tokens' is not one of"),
+        ({"ort_format": "yes"}, "ort_format must be true or false"),
+        ({"ort_optimization": "max"}, "ort_optimization 'max' is not one of"),
+    ],
+)
+def test_bad_mobile_fields_are_refused_by_name(data, words):
+    with pytest.raises(CardError, match=words):
+        parse_target({"name": "t", **data})
+
+
+def test_static_target_refuses_a_decoder_saying_why_and_what_to_do():
+    source = source_from_card(resolve_card("gpt-mini"), parity=False, memory_check=False)
+    with pytest.raises(ExportError, match=r"KV cache.*--target mobile-cpu"):
+        mobile.fixed_source(source, resolve_target("android-nnapi"))
+
+
+def test_nnapi_bundle_holds_ort_config_and_report(nnapi_bundle):
+    out, manifest = nnapi_bundle
+    graph = manifest["graphs"]["model"]
+    assert graph["ort_file"] == "model.ort" and (out / "model.ort").is_file()
+    assert {"model.onnx", "model.ort", "required_operators.config"} <= set(manifest["files"])
+    # static shapes: in the manifest and in the graph itself
+    assert graph["inputs"][0]["shape"] == [1, 128]
+    dims = [d.dim_value for d in onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 128]
+    assert [c["dims"] for c in manifest["parity"]["cases"]] == [{"batch": 1, "sequence": 128, "total_sequence": 128}]
+    # the reduced-operator config names the ops of the .ort graph
+    config = (out / "required_operators.config").read_text()
+    assert "ai.onnx;" in config and "MatMul" in config and "ReduceMean" in config
+    assert "/tmp" not in config and "LayerNormalization" not in config
+    mob = manifest["mobile"]
+    assert mob["operators"] and mob["static_shapes"] == STATIC
+    # the .ort graph passed the same parity check as the .onnx
+    assert mob["ort_parity"]["ok"] and mob["ort_parity"]["worst_max_rel"] <= 1e-4
+    use = mob["graphs"]["model"]["usability"]
+    for ep in ("nnapi", "coreml_mlprogram", "coreml_neuralnetwork"):
+        assert {"partitions", "nodes", "supported_nodes", "unsupported_ops", "unsupported_by_dynamic_shape"} <= set(
+            use[ep]
+        )
+    assert use["dynamic_inputs"] == []
+    assert use["nnapi"]["partitions"] == 1 and use["nnapi"]["unsupported_ops"] == []
+    assert json.loads((out / "manifest.json").read_text())["mobile"] == mob
+
+
+def test_runtime_loads_the_ort_file_and_matches_the_onnx(nnapi_bundle):
+    out, _ = nnapi_bundle
+    ids = np.random.default_rng(0).integers(0, 1024, (1, 128))
+    from_onnx = runtime.load(out, format="onnx").encode(ids)
+    from_ort = runtime.load(out, format="ort").encode(ids)
+    for key, value in from_onnx.items():
+        np.testing.assert_allclose(from_ort[key], value, atol=1e-5)
+    with pytest.raises(runtime.OptionError, match="format must be one of"):
+        runtime.load(out, format="tflite")
+
+
+def test_bundle_without_ort_is_refused_for_format_ort(nnapi_bundle, tmp_path):
+    out, _ = nnapi_bundle
+    copy = tmp_path / "no-ort"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["graphs"]["model"]["ort_file"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(runtime.RuntimeBundleError, match="has no .ort file"):
+        runtime.load(copy, format="ort")
+
+
+@pytest.mark.parametrize("provider", ["nnapi", "coreml", "qnn"])
+def test_ort_file_on_the_device_provider(nnapi_bundle, provider):
+    if PROVIDERS[provider] not in ort.get_available_providers():
+        pytest.skip(
+            f"{provider} is not in this onnxruntime build ({', '.join(ort.get_available_providers())}); "
+            "the .ort graph is checked on the CPU provider here"
+        )
+    out, _ = nnapi_bundle
+    model = runtime.load(out, providers=(provider,), strict=True, format="ort")
+    assert model.provider == provider
+
+
+def test_form_c_lands_in_fewer_partitions_than_contrib(tmp_path):
+    """bert-mini at batch 1, sequence 128: onnxruntime's checker on the contrib-fused graph and on
+    form (c) for NNAPI and for CoreML (numbers in the README's Mobile and web section)."""
+    source = source_from_card(resolve_card("bert-mini"), parity=False, memory_check=False)
+    plan = mobile.fixed_source(source, resolve_target("android-nnapi")).plans[0]
+    traced = mobile.fix_shapes(trace(source.plans[0], 18), STATIC)
+    feeds = [make_inputs(plan, plan.cases[0])]
+    partitions = {}
+    for form in ("contrib", "nnapi", "coreml"):
+        model = ir.from_proto(ir.to_proto(traced))
+        report = fuse_model(model, form, feeds=feeds, strict=True)  # every pass within 1e-4 of the traced graph
+        assert not report.to_dict()["rolled_back"]
+        ir.save(model, tmp_path / f"{form}.onnx")
+        use = mobile.usability(tmp_path / f"{form}.onnx")
+        partitions[form] = {ep: use[ep]["partitions"] for ep in ("nnapi", "coreml_mlprogram")}
+    print(partitions)
+    assert partitions["nnapi"]["nnapi"] == 1 < partitions["contrib"]["nnapi"]
+    assert partitions["coreml"]["coreml_mlprogram"] == 1 < partitions["contrib"]["coreml_mlprogram"]
+
+
+def test_mobile_cpu_decoder_ort_generates_like_torch(tmp_path):
+    source = source_from_card(resolve_card("gpt-mini"), max_sequence=16)
+    manifest = export_bundle(source, resolve_target("mobile-cpu"), tmp_path / "gpt")
+    parity = manifest["mobile"]["ort_parity"]
+    assert parity["ok"] and parity["generation"]["identical"]
+    assert "com.microsoft;1;" in (tmp_path / "gpt" / "required_operators.config").read_text()
+    assert manifest["mobile"]["graphs"]["model"]["usability"]["dynamic_inputs"]  # dynamic shapes, reported
+
+
+def test_qnn_int8_static_qdq_bundle(tmp_path):
+    source = source_from_card(resolve_card("demo-encoder"))
+    manifest = export_bundle(source, resolve_target("qnn-int8"), tmp_path / "qnn")
+    assert manifest["precision"] == "int8" and manifest["quantization"]["mode"] == "static"
+    assert manifest["mobile"]["ort_parity"]["ok"]  # within the int8 budget, on the .ort graph
+    config = (tmp_path / "qnn" / "required_operators.config").read_text()
+    assert "QuantizeLinear" in config and "DequantizeLinear" in config
+    assert manifest["graphs"]["model"]["inputs"][0]["shape"] == [1, 128]
