@@ -41,6 +41,7 @@ from edgeformer.fusions import (
     layer_norm_decomposed,
     mask_arithmetic,
     mask_bias,
+    mha_bnsh_cache,
     standard_attention,
     static_reduce_sum,
 )
@@ -150,6 +151,7 @@ CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("attention", fuse_attention),
     ("bias_gelu", fuse_bias_gelu),
     ("sdpa_via_mha", replace_sdpa_by_mha),
+    ("mha_bnsh_cache", mha_bnsh_cache.rules.apply_to_model),
     ("packed_weights", fold_packed_weights),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
 ]
