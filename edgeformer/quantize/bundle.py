@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import onnx
 
 from edgeformer.errors import EdgeformerError
 from edgeformer.quantize import budget as budgets
-from edgeformer.quantize import calibration, int8, weights
+from edgeformer.quantize import calibration, int8, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
 
 Log = Callable[[str], None]
@@ -30,9 +30,18 @@ class QuantizeError(EdgeformerError):
     """A bundle that cannot be quantized as asked."""
 
 
-def _quantizer(precision: str, mode: str, method: str, feeds: list) -> Callable[..., Path]:
+def _quantizer(
+    precision: str, mode: str, method: str, feeds: list, heads: list[tied_head.TiedHead]
+) -> Callable[..., Path]:
     if precision == "int8" and mode == "dynamic":
-        return lambda m, o, exclude=(): int8.quantize_dynamic(m, o, exclude=exclude)
+        shared = [g for head in heads for g in head.gathers]  # they read the head's int8 table
+
+        def dynamic(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
+            int8.quantize_dynamic(m, o, exclude=[*exclude, *shared])
+            tied_head.share_quantized(o, heads)
+            return o
+
+        return dynamic
     if precision == "int8":
         return lambda m, o, exclude=(): int8.quantize_static(m, o, feeds, method=method, exclude=exclude)
     if precision == "int4":
@@ -109,8 +118,12 @@ def quantize_bundle(
             path = src / graph["file"]
             model = int8.name_nodes(onnx.load(str(path)))
             language_model = graph["file"] in ("model.onnx", "decoder.onnx") and manifest["family"] != "encoder"
-            candidates = int8.quantizable_nodes(model)
-            quantize = _quantizer(precision, mode, method, calib_feeds[name])
+            heads: list[tied_head.TiedHead] = []
+            if precision == "int8" and mode == "dynamic":  # a tied LM head becomes a quantizable MatMul
+                model, heads = tied_head.untie(model)
+            shared = {g for head in heads for g in head.gathers}
+            candidates = [c for c in int8.quantizable_nodes(model) if c not in shared]
+            quantize = _quantizer(precision, mode, method, calib_feeds[name], heads)
             trial = Path(scratch) / graph["file"]
             result = quantize_within_budget(
                 model,
