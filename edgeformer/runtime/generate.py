@@ -121,8 +121,9 @@ def _as_past(outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
 
 
-def _keep(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
-    return arrays if keep.all() else {n: v[keep] for n, v in arrays.items()}
+def _past_names(outs: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(present output, past input) name pairs, worked out once per generation."""
+    return [(n, n.replace("present.", "past_key_values.", 1)) for n in outs if n.startswith("present.")]
 
 
 RowToken = tuple[int, int, bool]  # (row of the batch, token, whether the row is finished)
@@ -130,6 +131,15 @@ RowToken = tuple[int, int, bool]  # (row of the batch, token, whether the row is
 
 def _emit(rows: np.ndarray, tokens: np.ndarray, done: np.ndarray) -> Iterator[RowToken]:
     yield from zip(rows.tolist(), tokens.tolist(), done.tolist(), strict=True)
+
+
+def _finished(tokens: np.ndarray, stop: set[int], last: bool) -> np.ndarray:
+    """(B,) bool: rows whose token is a stop token, or every row at the last step."""
+    if last:
+        return np.ones(tokens.shape, dtype=bool)
+    if not stop:
+        return np.zeros(tokens.shape, dtype=bool)
+    return np.fromiter((t in stop for t in tokens.tolist()), dtype=bool, count=tokens.shape[0])
 
 
 def decoder_steps(
@@ -146,23 +156,30 @@ def decoder_steps(
     The attention mask covers past and new tokens; position ids are cumsum(mask) - 1 clipped at 0.
     A row finishes after a stop token (which is yielded) or after ``steps`` tokens.
     """
-    rng = np.random.default_rng(sampling.seed)
+    rng = None if sampling.greedy else np.random.default_rng(sampling.seed)
     rows = np.arange(ids.shape[0])
-    stop_ids = np.asarray(sorted(stop), dtype=np.int64)
-    cache = empty_cache(specs, ids.shape[0])
+    stop_ids = {int(t) for t in stop}
     feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": left_padded_positions(mask)}
+    feeds.update(empty_cache(specs, ids.shape[0]))
+    positions = mask.sum(1, keepdims=True)  # (B, 1): the position of each row's next token
+    pairs: list[tuple[str, str]] = []
     for step in range(steps):
-        outs = run({**feeds, **cache})
+        outs = run(feeds)
         nxt = sample(outs["logits"][:, -1], sampling, rng)  # (B,)
-        done = np.isin(nxt, stop_ids) | (step == steps - 1)
+        done = _finished(nxt, stop_ids, step == steps - 1)
         yield from _emit(rows, nxt, done)
         if done.all():
             return
-        keep = ~done
-        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)[keep]  # (B, Tpast + 1)
-        cache = _keep(_as_past(outs), keep)
-        rows, nxt = rows[keep], nxt[keep]
-        feeds = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": mask.sum(1, keepdims=True) - 1}
+        pairs = pairs or _past_names(outs)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)  # (B, Tpast + 1)
+        feeds = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": positions}
+        for present, past in pairs:
+            feeds[past] = outs[present]
+        if done.any():  # finished rows leave the batch, with their cache rows
+            keep = ~done
+            feeds = {n: v[keep] for n, v in feeds.items()}
+            rows, positions, mask = rows[keep], positions[keep], feeds["attention_mask"]
+        positions = positions + 1
 
 
 def seq2seq_steps(
@@ -178,19 +195,26 @@ def seq2seq_steps(
 ) -> Iterator[RowToken]:
     """Generate up to ``steps`` tokens per (B, S) source with an encoder-decoder; the encoder and
     the cross-attention keys/values run once. Rows finish as in ``decoder_steps``."""
-    rng = np.random.default_rng(sampling.seed)
+    rng = None if sampling.greedy else np.random.default_rng(sampling.seed)
     rows = np.arange(source.shape[0])
-    stop_ids = np.asarray(sorted(stop), dtype=np.int64)
+    stop_ids = {int(t) for t in stop}
     cross = _as_past(run_encoder({"input_ids": source, "attention_mask": source_mask}))  # computed once
-    cache = empty_cache(specs, source.shape[0])
     nxt = np.full(source.shape[0], start, dtype=np.int64)
+    feeds = {"input_ids": nxt[:, None], "encoder_attention_mask": source_mask, **cross}
+    feeds.update(empty_cache(specs, source.shape[0]))
+    pairs: list[tuple[str, str]] = []
     for step in range(steps):
-        outs = run_decoder({"input_ids": nxt[:, None], "encoder_attention_mask": source_mask, **cross, **cache})
+        outs = run_decoder(feeds)
         nxt = sample(outs["logits"][:, -1], sampling, rng)
-        done = np.isin(nxt, stop_ids) | (step == steps - 1)
+        done = _finished(nxt, stop_ids, step == steps - 1)
         yield from _emit(rows, nxt, done)
         if done.all():
             return
-        keep = ~done
-        cache, cross = _keep(_as_past(outs), keep), _keep(cross, keep)
-        rows, nxt, source_mask = rows[keep], nxt[keep], source_mask[keep]
+        pairs = pairs or _past_names(outs)
+        feeds["input_ids"] = nxt[:, None]
+        for present, past in pairs:  # the self-attention cache (the cross cache is not an output)
+            feeds[past] = outs[present]
+        if done.any():  # finished rows leave the batch, with their cache and source rows
+            keep = ~done
+            feeds = {n: v[keep] for n, v in feeds.items()}
+            rows = rows[keep]

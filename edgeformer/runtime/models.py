@@ -68,6 +68,7 @@ class RuntimeModel:
         self.sessions = sessions
         self.provider_outcomes = provider_outcomes
         self.providers_tried = list(provider_outcomes)
+        self._output_names = {name: graph.output_names() for name, graph in bundle.graphs.items()}
         first = next(iter(sessions.values()))
         self.providers = [short_name(p) for p in first.get_providers()]
         self.provider = self.providers[0]
@@ -125,7 +126,7 @@ class RuntimeModel:
         return self._run(name, check_feeds(feeds, spec.inputs, name))
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.bundle.graphs[graph].output_names()
+        names = self._output_names[graph]
         try:
             outs = self.sessions[graph].run(names, feeds)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; keep the message

@@ -41,10 +41,13 @@ def greedy(logits: np.ndarray) -> np.ndarray:
     return logits.argmax(-1).astype(np.int64)
 
 
-def sample(logits: np.ndarray, how: Sampling, rng: np.random.Generator) -> np.ndarray:
-    """(B, V) logits -> (B,) int64 tokens, one draw per row from the filtered distribution."""
+def sample(logits: np.ndarray, how: Sampling, rng: np.random.Generator | None) -> np.ndarray:
+    """(B, V) logits -> (B,) int64 tokens, one draw per row from the filtered distribution
+    (``rng`` may be None for greedy)."""
     if how.greedy:
         return greedy(logits)
+    if rng is None:
+        rng = np.random.default_rng(how.seed)
     scores = logits.astype(np.float64) / how.temperature  # (B, V)
     order = np.argsort(-scores, axis=-1, kind="stable")  # best first; ties keep the lower id first
     ranked = np.take_along_axis(scores, order, axis=-1)
