@@ -45,6 +45,7 @@ from edgeformer.fusions import (
     standard_attention,
     static_reduce_sum,
 )
+from edgeformer.fusions.packed_projections import pack_projections
 from edgeformer.fusions.packed_weights import fold_packed_weights
 
 Feeds = dict[str, np.ndarray]
@@ -153,6 +154,7 @@ CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("sdpa_via_mha", replace_sdpa_by_mha),
     ("mha_bnsh_cache", mha_bnsh_cache.rules.apply_to_model),
     ("packed_weights", fold_packed_weights),
+    ("packed_projections", pack_projections),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
 ]
 
