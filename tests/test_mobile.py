@@ -104,6 +104,21 @@ def test_runtime_loads_the_ort_file_and_matches_the_onnx(nnapi_bundle):
         runtime.load(out, format="tflite")
 
 
+def test_runtime_pads_and_batches_inputs_to_a_static_bundle(nnapi_bundle, edge_bundle):
+    """A ragged batch of 3 on a batch-1 x 128 bundle: padded, run row by row, trimmed back; the
+    same outputs as the dynamic-shape fp32 bundle of the same card (same seed)."""
+    out, _ = nnapi_bundle
+    rows = [[5, 17, 42, 7], [9, 8], list(range(1, 60))]
+    static = runtime.load(out).encode(rows)
+    dynamic = runtime.load(edge_bundle("bert-mini")).encode(rows)
+    assert set(static) == set(dynamic)
+    for key, value in dynamic.items():
+        assert static[key].shape == value.shape
+        np.testing.assert_allclose(static[key], value, rtol=1e-4, atol=1e-4)
+    with pytest.raises(runtime.SequenceTooLongError):
+        runtime.load(out).encode([list(range(1, 130))])
+
+
 def test_bundle_without_ort_is_refused_for_format_ort(nnapi_bundle, tmp_path):
     out, _ = nnapi_bundle
     copy = tmp_path / "no-ort"
