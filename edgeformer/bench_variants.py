@@ -84,10 +84,19 @@ def cache_root() -> Path:
     return Path(base) / "edgeformer" / "bench"
 
 
+def code_digest() -> str:
+    """A digest of edgeformer's own source: a cached bundle from other code is exported anew."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_export(card: Any, variant: str, cache_dir: Path, *, seed: int, check: bool, log: Log) -> Path:
     """The bundle of ``card`` for ``variant``, exported once into ``cache_dir``: its directory
-    name carries a digest of the card, target, seed, checkpoint and edgeformer version, so any
-    change exports anew. A cached bundle is reused after its sha256 check."""
+    name carries a digest of the card, target, seed, checkpoint and edgeformer's version and
+    source, so any change exports anew. A cached bundle is reused after its sha256 check."""
     from edgeformer.config import render_card
     from edgeformer.export.bundle import export_bundle, source_from_card
     from edgeformer.runtime.bundle import read_bundle
@@ -100,6 +109,7 @@ def cached_export(card: Any, variant: str, cache_dir: Path, *, seed: int, check:
         "seed": seed,
         "checkpoint": card.checkpoint_sha256 if card.checkpoint else None,
         "edgeformer": __version__,
+        "code": code_digest(),
         "check": check,
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -371,6 +381,8 @@ def _click_list(value: str | None, option: str) -> tuple[int, ...] | None:
 @click.option("--gen-warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed generations.")
 @click.option("--gen-runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed generations.")
 @click.option("--loop", default="runtime,bare", show_default=True, help="ONNX generation loops: runtime, bare.")
+@click.option("--forward/--no-forward", default=True, show_default=True, help="Measure forward passes.")
+@click.option("--generate/--no-generate", default=True, show_default=True, help="Measure generation (decoders).")
 @click.option("--spinning/--no-spinning", default=True, show_default=True, help="Intra-op threads spin when idle.")
 @click.option("--providers", default="cpu", show_default=True, help="Execution providers of the ONNX variants.")
 @click.option("--limits/--no-limits", default=True, show_default=True, help="Measure MatMul peak and bandwidth.")
@@ -401,6 +413,8 @@ def bench_command(
     gen_warmup: int,
     gen_runs: int,
     loop: str,
+    forward: bool,
+    generate: bool,
     spinning: bool,
     providers: str,
     limits: bool,
@@ -441,6 +455,8 @@ def bench_command(
         gen_warmup=gen_warmup,
         gen_runs=gen_runs,
         loops=loops,
+        forward=forward,
+        generate=generate,
         spinning=spinning,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()) or ("cpu",),
     )

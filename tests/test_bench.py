@@ -345,10 +345,11 @@ def test_cli_bench_reuses_the_cache_and_bundles_without_torch(card_report, bundl
     result = _cli(
         "gpt-mini", "--variants", "unfused", "--no-torch", "--no-check", "--cache-dir", str(out / "cache"),
         "--repeats", "1", "--iterations", "2", "--sequence", "4", "--no-limits", "--threads", "1", "--loop", "bare",
-        "--prompt", "2", "--new-tokens", "2",
+        "--prompt", "2", "--new-tokens", "2", "--no-forward", "--json", str(out / "gen.json"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "unfused: cached bundle" in result.output and "exporting" not in result.output
+    assert {c["kind"] for c in rep.read_report(out / "gen.json")["runs"][0]["cases"]} == {"generate"}
     result = _cli(
         str(bundles("bert-mini")), "--repeats", "1", "--iterations", "2", "--sequence", "4", "--no-limits",
         "--threads", "1", "--baseline", "bert-mini", "--json", str(out / "bert.json"),

@@ -1,0 +1,187 @@
+"""int8 against fp32 and against onnxruntime's quantize_dynamic: accuracy, latency and size (issue #5).
+
+    python bench/int8.py                          # demo-encoder, demo-decoder, bert-base
+    python bench/int8.py bert-base --repeats 5
+
+For each card, three bundles of the same fused fp32 graph:
+
+  fp32        edgeformer's cpu-fp32 target
+  qdyn-int8   onnxruntime.quantization.quantize_dynamic(per_channel=True) of that graph (the baseline)
+  int8        edgeformer's cpu-int8 target: per-channel symmetric weights (7-bit where the CPU lacks
+              VNNI), the tied LM head as one int8 table, nodes kept in float until the budget holds
+
+Accuracy on held-out data, through onnxruntime: for the trained demo encoder its task (held-out
+stdlib docstrings: module, class or function?), accuracy and balanced accuracy; for the demo
+decoder, perplexity per byte on held-out docstrings and teacher-forced top-1 agreement with fp32.
+Latency: forward passes, batch 1, sequences 16 and 128, 2 threads, each variant in processes of its
+own, round-robin (``edgeformer bench``). Size: the graph file against fp32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from baselines import derived_bundle, quantize_dynamic_per_channel
+
+from edgeformer import bench_variants as bv
+from edgeformer.runtime import bench
+from edgeformer.runtime import bench_report as report_mod
+
+
+def log(msg: str) -> None:
+    print(f"[int8] {msg}", file=sys.stderr, flush=True)
+
+
+def _logits(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from edgeformer.runtime.generate import empty_cache, left_padded_positions
+
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if model.family == "decoder":
+        feeds["position_ids"] = left_padded_positions(mask)
+        feeds.update(empty_cache(model.graph("model").inputs, ids.shape[0]))
+    return model.run(feeds)["logits"]
+
+
+def encoder_accuracy(bundles: dict[str, Path]) -> dict[str, dict[str, float]]:
+    from edgeformer.data import KINDS, load_docstrings
+    from edgeformer.demo import encode_docstrings
+    from edgeformer.runtime import load
+
+    ids_t, mask_t, labels_t = encode_docstrings(load_docstrings("valid"), 128)
+    ids, mask, labels = ids_t.numpy(), mask_t.numpy(), labels_t.numpy()
+    out = {}
+    for name, path in bundles.items():
+        model = load(path, threads=2)
+        preds = np.concatenate(
+            [_logits(model, ids[i : i + 64], mask[i : i + 64]).argmax(-1) for i in range(0, len(ids), 64)]
+        )
+        recalls = [(preds[labels == c] == c).mean() for c in range(len(KINDS)) if (labels == c).any()]
+        out[name] = {
+            "accuracy": float((preds == labels).mean()),
+            "balanced_accuracy": float(np.mean(recalls)),
+            "examples": len(labels),
+        }
+    return out
+
+
+def decoder_accuracy(bundles: dict[str, Path], length: int = 128) -> dict[str, dict[str, float]]:
+    from edgeformer.data import load_docstrings
+    from edgeformer.demo import byte_stream
+    from edgeformer.runtime import load
+
+    stream = byte_stream(load_docstrings("valid")).numpy()
+    n = (len(stream) - 1) // length
+    inputs = stream[: n * length].reshape(n, length)
+    labels = stream[1 : n * length + 1].reshape(n, length)
+    mask = np.ones_like(inputs)
+    out: dict[str, dict[str, float]] = {}
+    reference = None
+    for name, path in bundles.items():  # fp32 first: the reference of top-1 agreement
+        model = load(path, threads=2)
+        nll, argmaxes = 0.0, []
+        for i in range(0, n, 32):
+            logits = _logits(model, inputs[i : i + 32], mask[i : i + 32]).astype(np.float64)
+            logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+            picked = np.take_along_axis(logits, labels[i : i + 32][..., None], -1)[..., 0]
+            nll += float((logz - picked).sum())
+            argmaxes.append(logits.argmax(-1))
+        top = np.concatenate(argmaxes)
+        reference = top if reference is None else reference
+        out[name] = {
+            "perplexity": math.exp(nll / labels.size),
+            "top1_vs_fp32": float((top == reference).mean()),
+            "bytes": int(labels.size),
+        }
+    return out
+
+
+def variants_of(card_name: str, work: Path) -> dict[str, Path]:
+    from edgeformer.zoo import resolve_card
+
+    card = resolve_card(card_name)
+    cache = work / "cache"
+    fp32 = bv.cached_export(card, "cpu-fp32", cache, seed=0, check=True, log=log)
+    int8 = bv.cached_export(card, "cpu-int8", cache, seed=0, check=True, log=log)
+    q = quantize_dynamic_per_channel(fp32 / "model.onnx", work / f"{fp32.name}-qdyn.onnx")
+    what = "edgeformer's fused fp32 graph + quantize_dynamic(per_channel=True)"
+    qdyn = derived_bundle(fp32, work / f"{card.name}-qdyn-int8", q, name="qdyn-int8", precision="int8", how=what)
+    return {"fp32": fp32, "qdyn-int8": qdyn, "int8": int8}
+
+
+def latency(bundles: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    variants = [bv.Variant(name, "onnx", bundle=path) for name, path in bundles.items()]
+    settings = bench.Settings(
+        threads=(args.threads,), sequences=tuple(args.sequence), generate=False, iterations=args.iterations
+    )
+    concrete = bv.resolve_for_all(variants, settings)
+    runs = bv.measure(variants, concrete, repeats=args.repeats, limits=bench.Limits(enabled=False), log=log)
+    return report_mod.new_report(runs, baseline="fp32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cards", nargs="*", default=["demo-encoder", "demo-decoder", "bert-base"])
+    parser.add_argument("--sequence", type=int, nargs="+", default=[16, 128])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=50, help="timed forward calls per process")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per variant, round-robin")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgeformer" / "int8")
+    parser.add_argument("--out", type=Path, help="directory for each card's JSON report")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    machine = report_mod.machine()
+    print(f"machine: {machine.get('cpu')}, {args.threads} threads; {report_mod.versions()}")
+    for card in args.cards:
+        bundles = variants_of(card, args.work)
+        sizes = {n: (p / "model.onnx").stat().st_size for n, p in bundles.items()}
+        accuracy: dict[str, Any] = {}
+        if card == "demo-encoder":
+            accuracy = encoder_accuracy(bundles)
+        elif card == "demo-decoder":
+            accuracy = decoder_accuracy(bundles)
+        report = latency(bundles, args)
+        rows = [r for r in report_mod.rows(report) if r["kind"] == "forward"]
+        p50 = {(r["series"], r["sequence"]): r["p50_ms"] for r in rows}
+        print(f"\n{card}")
+        print(
+            f"  {'variant':10s} {'size MB':>8s} {'vs fp32':>8s}"
+            + "".join(f" {'S=' + str(s) + ' ms':>10s}" for s in args.sequence)
+        )
+        for name in bundles:
+            cells = "".join(f" {p50[(name, s)]:10.3f}" for s in args.sequence)
+            print(f"  {name:10s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
+        for s in args.sequence:
+            print(
+                f"  S={s}: int8 / qdyn-int8 latency {p50[('int8', s)] / p50[('qdyn-int8', s)]:.3f}; "
+                f"int8 / fp32 {p50[('int8', s)] / p50[('fp32', s)]:.3f}; "
+                f"qdyn-int8 / fp32 {p50[('qdyn-int8', s)] / p50[('fp32', s)]:.3f}"
+            )
+        for name, metrics in accuracy.items():
+            print(
+                f"  accuracy {name:10s} "
+                + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            )
+        if card == "demo-encoder":
+            for name in ("int8", "qdyn-int8"):
+                d = 100 * (accuracy[name]["accuracy"] - accuracy["fp32"]["accuracy"])
+                print(f"  {name}: accuracy {d:+.2f} points against fp32")
+        if card == "demo-decoder":
+            for name in ("int8", "qdyn-int8"):
+                r = accuracy[name]["perplexity"] / accuracy["fp32"]["perplexity"]
+                print(
+                    f"  {name}: perplexity {r - 1:+.2%} against fp32, "
+                    f"top-1 agreement {accuracy[name]['top1_vs_fp32']:.2%}"
+                )
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            report["accuracy"], report["sizes"] = accuracy, sizes
+            report_mod.write_outputs(report, json_path=args.out / f"int8-{card}.json", csv_path=None, plot_path=None)
+
+
+if __name__ == "__main__":
+    main()
