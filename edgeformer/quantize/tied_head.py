@@ -59,6 +59,8 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
         ]
         if len(transposes) != 1 or not gathers or len(transposes) + len(gathers) != len(users):
             continue
+        if any(g.outputs[0].is_graph_output() for g in gathers):
+            continue  # an embedding that is itself an output keeps its table
         head_t = transposes[0].outputs[0]
         if not head_t.uses() or any(u.op_type != "MatMul" or i != 1 for u, i in head_t.uses()):
             continue  # the transposed table must only be a MatMul weight
@@ -82,8 +84,6 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
             )  # (*ids, C)
             graph.insert_before(gather, [columns, back])
             ir.convenience.replace_all_uses_with(gather.outputs[0], back.outputs[0])
-            if gather.outputs[0].is_graph_output():
-                back.outputs[0].name = gather.outputs[0].name
             graph.remove(gather, safe=True)
             names.append(columns.name)
         graph.initializers.pop(value.name)
@@ -127,8 +127,6 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
             graph.insert_after(back, [scaled])
             for user, index in uses:
                 user.replace_input_with(index, scaled.outputs[0])
-            if rows.is_graph_output():
-                raise ValueError(f"share_quantized: {rows.name} is a graph output")
             graph.remove(columns, safe=True)
             changed += 1
         fp32 = inits.get(head.table)
