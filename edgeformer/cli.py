@@ -226,6 +226,12 @@ def _progress(msg: str) -> None:
     show_default=True,
     help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
 )
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
+    "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -238,6 +244,7 @@ def export_cmd(
     max_sequence: int | None,
     io_file: Path | None,
     memory_check: bool,
+    calibration: Path | None,
     as_json: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
@@ -263,7 +270,7 @@ def export_cmd(
             resolve_card(model), seed=seed, max_sequence=max_sequence, memory_check=memory_check, parity=check
         )
     out = output or Path(f"{source.name}-{tgt.name}")
-    manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress)
+    manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress, calibration=calibration)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:

@@ -318,13 +318,18 @@ def export_bundle(
     check: bool = True,
     log: Log = lambda _msg: None,
     packed_attention: bool | None = None,
+    calibration: str | Path | None = None,
 ) -> dict[str, Any]:
     """Trace every graph, check parity, and write the bundle to ``out`` atomically.
 
     A failed check raises ParityError (its ``report`` attribute holds the details) and writes nothing.
+    ``calibration`` (an .npz of input_ids / attention_mask, or text for byte-level models) feeds
+    the quantizer of an int8 target: its accuracy budget and static activation ranges.
     """
     if target.precision != "fp32":
-        return export_reduced(source, target, Path(out), force=force, check=check, log=log)
+        return export_reduced(source, target, Path(out), force=force, check=check, log=log, calibration=calibration)
+    if calibration is not None:
+        raise ExportError(f"--calibration is for reduced-precision targets; {target.name!r} is fp32")
     from edgeformer.export import mobile
     from edgeformer.parity import check_source
 
@@ -376,7 +381,16 @@ def export_bundle(
     return manifest
 
 
-def export_reduced(source: Source, target: Target, out: Path, *, force: bool, check: bool, log: Log) -> dict[str, Any]:
+def export_reduced(
+    source: Source,
+    target: Target,
+    out: Path,
+    *,
+    force: bool,
+    check: bool,
+    log: Log,
+    calibration: str | Path | None = None,
+) -> dict[str, Any]:
     """An int8 / int4 / fp16 bundle: the fp32 bundle first (fused, checked against torch), then
     quantized within the target's budget, then checked against torch by that budget."""
     import dataclasses
@@ -387,6 +401,14 @@ def export_reduced(source: Source, target: Target, out: Path, *, force: bool, ch
 
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    static = target.precision == "int8" and target.quantization == "static"
+    if static and calibration is None and source.tokenizer != "bytes":
+        raise ExportError(
+            f"target {target.name!r} is static int8: its activation ranges come from calibration data. "
+            "Give --calibration FILE.npz (input_ids and attention_mask rows of real inputs)"
+        )
+    if calibration is not None and not Path(calibration).is_file():
+        raise ExportError(f"calibration file {calibration} does not exist")
     from edgeformer.export import mobile
 
     float_target = dataclasses.replace(
@@ -420,6 +442,7 @@ def export_reduced(source: Source, target: Target, out: Path, *, force: bool, ch
             precision=target.precision,
             mode=target.quantization,
             budget=dict(target.budget),
+            calibration_file=calibration,
             target_name=target.name,
             force=force,
             log=log,

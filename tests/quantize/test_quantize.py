@@ -143,3 +143,21 @@ def test_quantize_command_writes_a_bundle_with_the_report(tmp_path, fp32):
     assert read_manifest(out)["quantization"]["settings"]["ops"] == ["MatMul", "Gather"]
     again = CliRunner().invoke(main, ["quantize", str(out)])
     assert again.exit_code == 1 and "already int8" in again.output
+
+
+def test_export_takes_calibration_data_and_refuses_static_int8_without_it(tmp_path):
+    """`edgeformer export --calibration`: the int8 report names the file; a static int8 target
+    without it is refused before anything is traced."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input_ids=rng.integers(1, 1000, (8, 16)), attention_mask=np.ones((8, 16), dtype=np.int64))
+    runner = CliRunner()
+    out = tmp_path / "b"
+    result = runner.invoke(main, ["export", "bert-mini", "-t", "cpu-int8", "-o", str(out), "--calibration", str(npz)])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out)["quantization"]["calibration"] == "calib.npz (8 rows)"
+    static = runner.invoke(main, ["export", "bert-mini", "-t", "cpu-int8-static", "-o", str(tmp_path / "s")])
+    assert static.exit_code != 0 and "--calibration FILE.npz" in static.output and "tracing" not in static.output
+    assert not (tmp_path / "s").exists()
+    fp32 = runner.invoke(main, ["export", "bert-mini", "-o", str(tmp_path / "f"), "--calibration", str(npz)])
+    assert fp32.exit_code != 0 and "reduced-precision targets" in fp32.output
