@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=50, help="timed forward calls per process")
     parser.add_argument("--repeats", type=int, default=3, help="processes per variant, round-robin")
-    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgeformer" / "int8")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgeformer" / "bench-scripts")
     parser.add_argument("--out", type=Path, help="directory for each card's JSON report")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--gen-runs", type=int, default=3, help="timed generations per loop and process")
     parser.add_argument("--repeats", type=int, default=3, help="processes per variant, round-robin")
     parser.add_argument("--label", default=None)
-    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgeformer" / "toolchain")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edgeformer" / "bench-scripts")
     parser.add_argument("--out", type=Path, help="directory for the JSON, CSV and PNG of each model")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
