@@ -64,6 +64,12 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
         head_t = transposes[0].outputs[0]
         if not head_t.uses() or any(u.op_type != "MatMul" or i != 1 for u, i in head_t.uses()):
             continue  # the transposed table must only be a MatMul weight
+        ranks = [
+            g.inputs[1].shape.rank() if g.inputs[1] is not None and g.inputs[1].shape is not None else None
+            for g in gathers
+        ]
+        if None in ranks:
+            continue  # token ids of unknown rank: the columns could not be turned back into rows
         table = np.ascontiguousarray(value.const_value.numpy().T)  # (C, V)
         moved = ir.Value(name=f"{value.name}.T", shape=ir.Shape(table.shape), type=value.type)
         moved.const_value = ir.tensor(table, name=moved.name)
@@ -71,11 +77,8 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
         ir.convenience.replace_all_uses_with(head_t, moved)
         graph.remove(transposes[0], safe=True)
         names = []
-        for gather in gathers:
+        for gather, rank in zip(gathers, ranks, strict=True):
             ids = gather.inputs[1]
-            rank = ids.shape.rank() if ids is not None and ids.shape is not None else None
-            if rank is None:
-                raise ValueError(f"untie: the ids of {gather.name} have no known rank")
             columns = ir.node(
                 "Gather", [moved, ids], attributes={"axis": 1}, name=f"{gather.name}_columns", num_outputs=1
             )  # (C, *ids)
