@@ -37,16 +37,6 @@ def log(msg: str) -> None:
     print(f"[int8] {msg}", file=sys.stderr, flush=True)
 
 
-def _logits(model: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from edgeformer.runtime.generate import empty_cache, left_padded_positions
-
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    if model.family == "decoder":
-        feeds["position_ids"] = left_padded_positions(mask)
-        feeds.update(empty_cache(model.graph("model").inputs, ids.shape[0]))
-    return model.run(feeds)["logits"]
-
-
 def encoder_accuracy(bundles: dict[str, Path]) -> dict[str, dict[str, float]]:
     from edgeformer.data import KINDS, load_docstrings
     from edgeformer.demo import encode_docstrings
@@ -58,7 +48,7 @@ def encoder_accuracy(bundles: dict[str, Path]) -> dict[str, dict[str, float]]:
     for name, path in bundles.items():
         model = load(path, threads=2)
         preds = np.concatenate(
-            [_logits(model, ids[i : i + 64], mask[i : i + 64]).argmax(-1) for i in range(0, len(ids), 64)]
+            [model.logits(ids[i : i + 64], mask[i : i + 64]).argmax(-1) for i in range(0, len(ids), 64)]
         )
         recalls = [(preds[labels == c] == c).mean() for c in range(len(KINDS)) if (labels == c).any()]
         out[name] = {
@@ -85,7 +75,7 @@ def decoder_accuracy(bundles: dict[str, Path], length: int = 128) -> dict[str, d
         model = load(path, threads=2)
         nll, argmaxes = 0.0, []
         for i in range(0, n, 32):
-            logits = _logits(model, inputs[i : i + 32], mask[i : i + 32]).astype(np.float64)
+            logits = model.logits(inputs[i : i + 32], mask[i : i + 32]).astype(np.float64)
             logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
             picked = np.take_along_axis(logits, labels[i : i + 32][..., None], -1)[..., 0]
             nll += float((logz - picked).sum())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -84,6 +85,7 @@ def cache_root() -> Path:
     return Path(base) / "edgeformer" / "bench"
 
 
+@functools.cache
 def code_digest() -> str:
     """A digest of edgeformer's own source: a cached bundle from other code is exported anew."""
     root = Path(__file__).parent

@@ -117,13 +117,13 @@ def left_padded_positions(mask: np.ndarray) -> np.ndarray:
     return np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
 
 
-def _as_past(outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
-
-
 def _past_names(outs: dict[str, np.ndarray]) -> list[tuple[str, str]]:
     """(present output, past input) name pairs, worked out once per generation."""
     return [(n, n.replace("present.", "past_key_values.", 1)) for n in outs if n.startswith("present.")]
+
+
+def _as_past(outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {past: outs[present] for present, past in _past_names(outs)}
 
 
 RowToken = tuple[int, int, bool]  # (row of the batch, token, whether the row is finished)
