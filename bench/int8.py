@@ -14,7 +14,8 @@ Accuracy on held-out data, through onnxruntime: for the trained demo encoder its
 stdlib docstrings: module, class or function?), accuracy and balanced accuracy; for the demo
 decoder, perplexity per byte on held-out docstrings and teacher-forced top-1 agreement with fp32.
 Latency: forward passes, batch 1, sequences 16 and 128, 2 threads, each variant in processes of its
-own, round-robin (``edgeformer bench``). Size: the graph file against fp32's.
+own, round-robin (``edgeformer bench``); ratios are medians of the ratios within each repetition.
+Size: the graph file against fp32's.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def latency(bundles: dict[str, Path], args: argparse.Namespace) -> dict[str, Any
     return report_mod.new_report(runs, baseline="fp32")
 
 
+def latency_ratio(rows: dict[tuple[str, int], dict[str, Any]], a: str, b: str, seq: int) -> float:
+    """p50 latency of ``a`` over ``b`` at ``seq``: paired within repetitions (pooled with one)."""
+    paired = report_mod.paired_ratio(rows[a, seq], rows[b, seq])
+    return paired if paired is not None else rows[a, seq]["p50_ms"] / rows[b, seq]["p50_ms"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cards", nargs="*", default=["demo-encoder", "demo-decoder", "bert-base"])
@@ -137,6 +144,8 @@ def main() -> None:
         report = latency(bundles, args)
         rows = [r for r in report_mod.rows(report) if r["kind"] == "forward"]
         p50 = {(r["series"], r["sequence"]): r["p50_ms"] for r in rows}
+        by = {(r["series"], r["sequence"]): r for r in rows}
+
         print(f"\n{card}")
         print(
             f"  {'variant':10s} {'size MB':>8s} {'vs fp32':>8s}"
@@ -147,9 +156,9 @@ def main() -> None:
             print(f"  {name:10s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
         for s in args.sequence:
             print(
-                f"  S={s}: int8 / qdyn-int8 latency {p50[('int8', s)] / p50[('qdyn-int8', s)]:.3f}; "
-                f"int8 / fp32 {p50[('int8', s)] / p50[('fp32', s)]:.3f}; "
-                f"qdyn-int8 / fp32 {p50[('qdyn-int8', s)] / p50[('fp32', s)]:.3f}"
+                f"  S={s}: int8 / qdyn-int8 latency {latency_ratio(by, 'int8', 'qdyn-int8', s):.3f}; "
+                f"int8 / fp32 {latency_ratio(by, 'int8', 'fp32', s):.3f}; "
+                f"qdyn-int8 / fp32 {latency_ratio(by, 'qdyn-int8', 'fp32', s):.3f}"
             )
         for name, metrics in accuracy.items():
             print(

@@ -72,49 +72,52 @@ def run_card(card_name: str, args: argparse.Namespace, work: Path) -> dict[str, 
 
 
 def ratios(report: dict[str, Any]) -> list[str]:
-    """The figures the issues ask for, from the pooled medians of the report's rows."""
+    """The figures the issues ask for. Ratios are paired within each repetition (the variants of
+    one repetition run back to back; ``bench_report.paired_ratio``), falling back to the pooled
+    medians when there is one repetition."""
     rows = report_mod.rows(report)
     lines = []
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, field: str) -> float | None:
+        if not a or not b:
+            return None
+        paired = report_mod.paired_ratio(a, b)
+        return paired if paired is not None else (a[field] / b[field] if a[field] and b[field] else None)
+
     gen = {(r["series"], r["loop"]): r for r in rows if r["kind"] == "generate"}
     if gen:
-
-        def tps(series: str, loop: str = "bare") -> float | None:
-            r = gen.get((series, loop))
-            return r["tokens_per_s"] if r else None
-
         for series in ("torch", "toolchain-fp32", "toolchain-int8", "qdyn-int8", "edgeformer-fp32", "edgeformer-int8"):
             for loop in ("torch", "runtime", "bare"):
-                if tps(series, loop):
-                    lines.append(f"  {series:16s} {loop:8s} {tps(series, loop):7.1f} tokens/s")
-        fp32, int8, rt = tps("edgeformer-fp32"), tps("edgeformer-int8"), tps("edgeformer-fp32", "runtime")
-        limit = gen.get(("edgeformer-fp32", "bare"), {}).get("bandwidth_limit_tokens_per_s")
-        if fp32 and limit:
-            lines.append(
-                f"  edgeformer fp32 (bare loop) / weight-bandwidth limit {limit:.1f} tokens/s: {fp32 / limit:.1%}"
-            )
-        if rt and limit:
-            lines.append(f"  edgeformer fp32 (runtime generate) / weight-bandwidth limit: {rt / limit:.1%}")
-        if fp32 and rt:
-            lines.append(f"  runtime generate() / bare loop, fp32 tokens/s: {rt / fp32:.3f}")
+                if (series, loop) in gen:
+                    lines.append(f"  {series:16s} {loop:8s} {gen[series, loop]['tokens_per_s']:7.1f} tokens/s")
+        fp32, rt = gen.get(("edgeformer-fp32", "bare")), gen.get(("edgeformer-fp32", "runtime"))
+        for name, row in (("bare loop", fp32), ("runtime generate", rt)):
+            if row and row.get("bandwidth_fraction"):
+                paired = row.get("bandwidth_fraction_paired")
+                lines.append(
+                    f"  edgeformer fp32 ({name}) / weight-bandwidth limit "
+                    f"{row['bandwidth_limit_tokens_per_s']:.1f} tokens/s: {row['bandwidth_fraction']:.1%} "
+                    f"(pooled; paired within repetitions: {'-' if paired is None else format(paired, '.1%')})"
+                )
+        r = ratio(rt, fp32, "tokens_per_s")
+        if r:
+            lines.append(f"  runtime generate() / bare loop, fp32 tokens/s: {r:.3f}")
         for other in ("qdyn-int8", "toolchain-int8"):
-            if int8 and tps(other):
-                lines.append(f"  edgeformer int8 / {other} tokens/s (bare loops): {int8 / tps(other):.2f}x")
+            r = ratio(gen.get(("edgeformer-int8", "bare")), gen.get((other, "bare")), "tokens_per_s")
+            if r:
+                lines.append(f"  edgeformer int8 / {other} tokens/s (bare loops): {r:.2f}x")
     fwd = {(r["series"], r["sequence"]): r for r in rows if r["kind"] == "forward"}
+    pairs = (
+        ("edgeformer-fp32", "toolchain-fp32"),
+        ("edgeformer-int8", "edgeformer-fp32"),
+        ("edgeformer-int8", "qdyn-int8"),
+        ("edgeformer-int8", "toolchain-int8"),
+    )
     for seq in sorted({k[1] for k in fwd}):
-
-        def p50(series: str, seq: int = seq) -> float | None:
-            r = fwd.get((series, seq))
-            return r["p50_ms"] if r else None
-
-        pairs = (
-            ("edgeformer-fp32", "toolchain-fp32"),
-            ("edgeformer-int8", "edgeformer-fp32"),
-            ("edgeformer-int8", "qdyn-int8"),
-            ("edgeformer-int8", "toolchain-int8"),
-        )
         for a, b in pairs:
-            if p50(a) and p50(b):
-                lines.append(f"  S={seq}: {a} / {b} latency: {p50(a) / p50(b):.3f}")
+            r = ratio(fwd.get((a, seq)), fwd.get((b, seq)), "p50_ms")
+            if r:
+                lines.append(f"  S={seq}: {a} / {b} latency: {r:.3f}")
     return lines
 
 

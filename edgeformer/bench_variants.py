@@ -269,6 +269,9 @@ def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if [report_mod.case_key(c) for c in other["cases"]] != keys:
             raise BenchError(f"repetitions of {first['variant']} measured different cases; cannot pool them")
     for i, case in enumerate(first["cases"]):
+        # each repetition's own figure, for ratios paired within a repetition (see bench_report.rows)
+        figure = ("latency_s", "p50") if case["kind"] == "forward" else ("tokens_per_s",)
+        case["per_repetition"] = [_dig(r["cases"][i]["summary"], figure) for r in runs]
         if case["kind"] == "forward":
             case["samples_s"] = [s for r in runs for s in r["cases"][i]["samples_s"]]
             case["summary"] = report_mod.forward_summary(case["samples_s"], case["batch"], case["sequence"])
@@ -285,8 +288,15 @@ def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
+def _dig(d: dict[str, Any], keys: Sequence[str]) -> Any:
+    for k in keys:
+        d = d[k]
+    return d
+
+
 def best_limits(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The limits of several processes: per thread count and measure, the best figure, all samples."""
+    """The limits of several processes: per thread count and measure, the best figure, all samples,
+    and each process's own figure (``per_repetition``, in the order of the runs)."""
     out: dict[str, Any] = {}
     for run in runs:
         for threads, found in run["limits"].items():
@@ -294,10 +304,11 @@ def best_limits(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 unit = next(k for k in ("gflops", "gops", "gbs") if k in lim)
                 have = out.setdefault(threads, {}).get(name)
                 if have is None:
-                    out[threads][name] = copy.deepcopy(lim)
+                    out[threads][name] = copy.deepcopy(lim) | {"per_repetition": [lim[unit]]}
                 else:
                     have["samples_s"] += lim["samples_s"]
                     have[unit] = max(have[unit], lim[unit])
+                    have["per_repetition"].append(lim[unit])
     return out
 
 

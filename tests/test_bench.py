@@ -336,8 +336,25 @@ def test_cli_bench_card_variants_side_by_side(card_report):
     fwd = {(r["variant"], r["sequence"]): r for r in rows if r["kind"] == "forward"}
     fused, eager = fwd[("gpt-mini", 8)], fwd[("torch", 8)]
     assert fused["speedup"] == pytest.approx(eager["p50_ms"] / fused["p50_ms"])
+    # each repetition's own figure is kept, and ratios are also taken within each repetition
+    assert len(fused["per_repetition"]) == 2
+    assert len(report["runs"][0]["limits"]["1"]["bandwidth"]["per_repetition"]) == 2
+    within = [e / f for e, f in zip(eager["per_repetition"], fused["per_repetition"], strict=True)]
+    assert fused["speedup_paired"] == pytest.approx(sum(within) / 2)  # the median of two
+    assert all(r["bandwidth_fraction_paired"] > 0 for r in rows if r["kind"] == "generate")
     assert "speedup vs torch" in output and "unfused [bare]" in output and "rep 2/2: gpt-mini" in output
     assert (out / "r.png").read_bytes()[:8] == PNG and len(list(csv.DictReader((out / "r.csv").open()))) == len(rows)
+
+
+def test_paired_ratios_follow_the_machine_drift_that_pooled_medians_miss():
+    # variant b is 2x faster than a in every repetition, but the machine was 4x slower during the
+    # second repetition: pooling the samples blurs that, pairing within repetitions does not
+    a = {"run": "m", "kind": "forward", "per_repetition": [1.0, 4.0, 1.1]}
+    b = {"run": "m", "kind": "forward", "per_repetition": [0.5, 2.0, 0.55]}
+    assert rep.paired_ratio(a, b) == pytest.approx(2.0)
+    assert rep.paired_ratio(a, {**b, "run": "other machine"}) is None  # repetitions pair within a run
+    assert rep.paired_ratio(a, {**b, "per_repetition": [0.5, 2.0]}) is None
+    assert rep.paired_ratio({**a, "per_repetition": [1.0]}, {**b, "per_repetition": [0.5]}) is None  # one: pooled
 
 
 def test_cli_bench_reuses_the_cache_and_bundles_without_torch(card_report, bundles):

@@ -246,9 +246,11 @@ CSV_FIELDS = (
     "aggregate_tokens_per_s",
     "bandwidth_limit_tokens_per_s",
     "bandwidth_fraction",
+    "bandwidth_fraction_paired",
     "overhead_vs_bare",
     "tokens_match_baseline",
     "speedup",
+    "speedup_paired",
 )
 
 
@@ -291,12 +293,46 @@ def _case_row(run: dict[str, Any], case: dict[str, Any], series: str) -> dict[st
         limit = _bandwidth_limit(run, case["threads"])
         row["bandwidth_limit_tokens_per_s"] = limit
         row["bandwidth_fraction"] = s["tokens_per_s"] / limit if limit and s["tokens_per_s"] else None
+        row["bandwidth_fraction_paired"] = _paired_bandwidth_fraction(run, case)
+    row["per_repetition"] = case.get("per_repetition")
     return row
+
+
+def paired_ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """Median over repetitions of row ``a``'s figure over row ``b``'s (p50 latency for forward
+    cases, tokens/s for generation), each ratio taken within one repetition; None unless both rows
+    come from the same run with the same number (>= 2) of repetitions."""
+    pairs = _paired(a.get("per_repetition"), b.get("per_repetition")) if a.get("run") == b.get("run") else None
+    return float(np.median([x / y for x, y in pairs])) if pairs else None
+
+
+def _paired(mine: Any, theirs: Any) -> list[tuple[float, float]] | None:
+    """(mine, theirs) per repetition, when both were measured in the same repetitions."""
+    if not isinstance(mine, list) or not isinstance(theirs, list) or len(mine) != len(theirs) or len(mine) < 2:
+        return None
+    pairs = [(a, b) for a, b in zip(mine, theirs, strict=True) if a and b]
+    return pairs if len(pairs) == len(mine) else None
+
+
+def _paired_bandwidth_fraction(run: dict[str, Any], case: dict[str, Any]) -> float | None:
+    """Median over repetitions of tokens/s over the limit measured in the same repetition (the
+    limits process runs just before the variants of its repetition, so they share its drift)."""
+    limit = (run.get("limits") or {}).get(str(case["threads"]), {}).get("bandwidth") or {}
+    weight = (run.get("model") or {}).get("weight_bytes")
+    pairs = _paired(case.get("per_repetition"), limit.get("per_repetition"))
+    if not pairs or not weight:
+        return None
+    return float(np.median([tps * weight / (gbs * 1e9) for tps, gbs in pairs]))
 
 
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Flat rows of every run's cases, with the runtime's overhead over the bare loop and the
-    speedup against the report's baseline series (when it has one)."""
+    speedup against the report's baseline series (when it has one).
+
+    ``speedup`` compares the pooled medians. ``speedup_paired`` (runs of several repetitions)
+    is the median over repetitions of the ratio within each repetition: the variants of one
+    repetition run back to back, so a slow spell of the machine slows both sides of a ratio
+    instead of one. On a shared VM it is the steadier figure; the table shows it when it exists."""
     runs = report["runs"]
     multi = len({r["label"] for r in runs}) > 1
     out = []
@@ -323,6 +359,9 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 row["speedup"] = base["p50_ms"] / row["p50_ms"]
             elif base.get("tokens_per_s") and row.get("tokens_per_s"):
                 row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+            paired = paired_ratio(base, row) if row["kind"] == "forward" else paired_ratio(row, base)
+            if paired:
+                row["speedup_paired"] = paired
             mine, theirs = tokens.get((row["series"], case_key(row))), tokens.get((base["series"], case_key(base)))
             if mine is not None and theirs is not None:
                 row["tokens_match_baseline"] = mine == theirs
@@ -467,7 +506,8 @@ def table(report: dict[str, Any]) -> str:
     )
     body, last = [], None
     for r in ordered:
-        speed = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+        ratio = r.get("speedup_paired") or r.get("speedup")
+        speed = "-" if ratio is None else f"{ratio:.2f}x"
         if r.get("tokens_match_baseline") is False:
             speed += " (tokens differ)"
         body.append(
@@ -478,7 +518,7 @@ def table(report: dict[str, Any]) -> str:
                 _fmt(r["p90_ms"]),
                 _fmt(r.get("ttft_p50_ms")),
                 _fmt(r.get("tokens_per_s"), ".1f"),
-                "-" if r.get("bandwidth_fraction") is None else f"{r['bandwidth_fraction']:.1%}",
+                _fmt(r.get("bandwidth_fraction_paired") or r.get("bandwidth_fraction"), ".1%"),
                 "-" if r.get("overhead_vs_bare") is None else f"{r['overhead_vs_bare']:+.1%}",
                 speed,
             )
@@ -486,10 +526,16 @@ def table(report: dict[str, Any]) -> str:
         last = describe(r)
     if not base:
         header, body = header[:-1], [b[:-1] for b in body]
+    if any(r.get("speedup_paired") or r.get("bandwidth_fraction_paired") for r in report["rows"]):
+        note = "speedups and bandwidth fractions: medians of the ratios within each repetition"
+    else:
+        note = ""
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for b in body:
         lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
+    if note:
+        lines.append(f"({note})")
     return "\n".join(lines)
 
 
