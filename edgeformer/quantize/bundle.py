@@ -19,7 +19,7 @@ import onnx
 
 from edgeformer.errors import EdgeformerError
 from edgeformer.quantize import budget as budgets
-from edgeformer.quantize import calibration, int8, tied_head, weights
+from edgeformer.quantize import calibration, half_storage, int8, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
 
 Log = Callable[[str], None]
@@ -39,11 +39,18 @@ def _quantizer(
         def dynamic(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
             int8.quantize_dynamic(m, o, exclude=[*exclude, *shared])
             tied_head.share_quantized(o, heads)
+            half_storage.store_half(o)  # what stayed in float, at half the bytes on disk
             return o
 
         return dynamic
     if precision == "int8":
-        return lambda m, o, exclude=(): int8.quantize_static(m, o, feeds, method=method, exclude=exclude)
+
+        def static(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
+            int8.quantize_static(m, o, feeds, method=method, exclude=exclude)
+            half_storage.store_half(o)
+            return o
+
+        return static
     if precision == "int4":
         return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude))
     return lambda m, o, exclude=(): weights.to_fp16(m, o)
@@ -102,7 +109,7 @@ def quantize_bundle(
         "precision": precision,
         "mode": mode if precision == "int8" else "weight-only",
         "method": method if precision == "int8" and mode == "static" else None,
-        "settings": int8.settings() if precision == "int8" else {},
+        "settings": int8.settings() | {"float_weights": half_storage.DESCRIPTION} if precision == "int8" else {},
         "budget": budget,
         "budget_applied": None,
         "calibration": calib.source,
