@@ -114,12 +114,6 @@ def latency(bundles: dict[str, Path], args: argparse.Namespace) -> dict[str, Any
     return report_mod.new_report(runs, baseline="fp32")
 
 
-def latency_ratio(rows: dict[tuple[str, int], dict[str, Any]], a: str, b: str, seq: int) -> float:
-    """p50 latency of ``a`` over ``b`` at ``seq``: paired within repetitions (pooled with one)."""
-    paired = report_mod.paired_ratio(rows[a, seq], rows[b, seq])
-    return paired if paired is not None else rows[a, seq]["p50_ms"] / rows[b, seq]["p50_ms"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cards", nargs="*", default=["demo-encoder", "demo-decoder", "bert-base"])
@@ -143,22 +137,20 @@ def main() -> None:
             accuracy = decoder_accuracy(bundles)
         report = latency(bundles, args)
         rows = [r for r in report_mod.rows(report) if r["kind"] == "forward"]
-        p50 = {(r["series"], r["sequence"]): r["p50_ms"] for r in rows}
         by = {(r["series"], r["sequence"]): r for r in rows}
-
         print(f"\n{card}")
         print(
             f"  {'variant':10s} {'size MB':>8s} {'vs fp32':>8s}"
             + "".join(f" {'S=' + str(s) + ' ms':>10s}" for s in args.sequence)
         )
         for name in bundles:
-            cells = "".join(f" {p50[(name, s)]:10.3f}" for s in args.sequence)
+            cells = "".join(f" {by[name, s]['p50_ms']:10.3f}" for s in args.sequence)
             print(f"  {name:10s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
         for s in args.sequence:
             print(
-                f"  S={s}: int8 / qdyn-int8 latency {latency_ratio(by, 'int8', 'qdyn-int8', s):.3f}; "
-                f"int8 / fp32 {latency_ratio(by, 'int8', 'fp32', s):.3f}; "
-                f"qdyn-int8 / fp32 {latency_ratio(by, 'qdyn-int8', 'fp32', s):.3f}"
+                f"  S={s}: int8 / qdyn-int8 latency {report_mod.ratio(by['int8', s], by['qdyn-int8', s]):.3f}; "
+                f"int8 / fp32 {report_mod.ratio(by['int8', s], by['fp32', s]):.3f}; "
+                f"qdyn-int8 / fp32 {report_mod.ratio(by['qdyn-int8', s], by['fp32', s]):.3f}"
             )
         for name, metrics in accuracy.items():
             print(

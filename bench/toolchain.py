@@ -73,16 +73,13 @@ def run_card(card_name: str, args: argparse.Namespace, work: Path) -> dict[str, 
 
 def ratios(report: dict[str, Any]) -> list[str]:
     """The figures the issues ask for. Ratios are paired within each repetition (the variants of
-    one repetition run back to back; ``bench_report.paired_ratio``), falling back to the pooled
-    medians when there is one repetition."""
+    one repetition run back to back; ``bench_report.ratio``), falling back to the pooled medians
+    when there is one repetition."""
     rows = report_mod.rows(report)
     lines = []
 
-    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, field: str) -> float | None:
-        if not a or not b:
-            return None
-        paired = report_mod.paired_ratio(a, b)
-        return paired if paired is not None else (a[field] / b[field] if a[field] and b[field] else None)
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        return report_mod.ratio(a, b) if a and b else None
 
     gen = {(r["series"], r["loop"]): r for r in rows if r["kind"] == "generate"}
     if gen:
@@ -99,11 +96,11 @@ def ratios(report: dict[str, Any]) -> list[str]:
                     f"{row['bandwidth_limit_tokens_per_s']:.1f} tokens/s: {row['bandwidth_fraction']:.1%} "
                     f"(pooled; paired within repetitions: {'-' if paired is None else format(paired, '.1%')})"
                 )
-        r = ratio(rt, fp32, "tokens_per_s")
+        r = ratio(rt, fp32)
         if r:
             lines.append(f"  runtime generate() / bare loop, fp32 tokens/s: {r:.3f}")
         for other in ("qdyn-int8", "toolchain-int8"):
-            r = ratio(gen.get(("edgeformer-int8", "bare")), gen.get((other, "bare")), "tokens_per_s")
+            r = ratio(gen.get(("edgeformer-int8", "bare")), gen.get((other, "bare")))
             if r:
                 lines.append(f"  edgeformer int8 / {other} tokens/s (bare loops): {r:.2f}x")
     fwd = {(r["series"], r["sequence"]): r for r in rows if r["kind"] == "forward"}
@@ -115,7 +112,7 @@ def ratios(report: dict[str, Any]) -> list[str]:
     )
     for seq in sorted({k[1] for k in fwd}):
         for a, b in pairs:
-            r = ratio(fwd.get((a, seq)), fwd.get((b, seq)), "p50_ms")
+            r = ratio(fwd.get((a, seq)), fwd.get((b, seq)))
             if r:
                 lines.append(f"  S={seq}: {a} / {b} latency: {r:.3f}")
     return lines

@@ -270,8 +270,9 @@ def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             raise BenchError(f"repetitions of {first['variant']} measured different cases; cannot pool them")
     for i, case in enumerate(first["cases"]):
         # each repetition's own figure, for ratios paired within a repetition (see bench_report.rows)
-        figure = ("latency_s", "p50") if case["kind"] == "forward" else ("tokens_per_s",)
-        case["per_repetition"] = [_dig(r["cases"][i]["summary"], figure) for r in runs]
+        summaries = [r["cases"][i]["summary"] for r in runs]
+        forward = case["kind"] == "forward"
+        case["per_repetition"] = [x["latency_s"]["p50"] if forward else x["tokens_per_s"] for x in summaries]
         if case["kind"] == "forward":
             case["samples_s"] = [s for r in runs for s in r["cases"][i]["samples_s"]]
             case["summary"] = report_mod.forward_summary(case["samples_s"], case["batch"], case["sequence"])
@@ -286,12 +287,6 @@ def combine(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first["memory"]["peak_rss_bytes_per_process"] = peaks
     first["memory"]["peak_rss_bytes"] = max((p for p in peaks if p is not None), default=None)
     return first
-
-
-def _dig(d: dict[str, Any], keys: Sequence[str]) -> Any:
-    for k in keys:
-        d = d[k]
-    return d
 
 
 def best_limits(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

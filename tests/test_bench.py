@@ -355,6 +355,9 @@ def test_paired_ratios_follow_the_machine_drift_that_pooled_medians_miss():
     assert rep.paired_ratio(a, {**b, "run": "other machine"}) is None  # repetitions pair within a run
     assert rep.paired_ratio(a, {**b, "per_repetition": [0.5, 2.0]}) is None
     assert rep.paired_ratio({**a, "per_repetition": [1.0]}, {**b, "per_repetition": [0.5]}) is None  # one: pooled
+    assert rep.ratio(a, b) == pytest.approx(2.0)
+    one = {"run": "m", "kind": "forward", "per_repetition": [1.0], "p50_ms": 3.0}
+    assert rep.ratio(one, {**one, "p50_ms": 1.5}) == pytest.approx(2.0)  # one repetition: the pooled medians
 
 
 def test_cli_bench_reuses_the_cache_and_bundles_without_torch(card_report, bundles):

@@ -306,6 +306,16 @@ def paired_ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     return float(np.median([x / y for x, y in pairs])) if pairs else None
 
 
+def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """Row ``a``'s figure over row ``b``'s (p50 latency for forward cases, tokens/s for generation):
+    paired within repetitions when they allow it (``paired_ratio``), else of the pooled medians."""
+    paired = paired_ratio(a, b)
+    if paired is not None:
+        return paired
+    field = "p50_ms" if a["kind"] == "forward" else "tokens_per_s"
+    return a[field] / b[field] if a.get(field) and b.get(field) else None
+
+
 def _paired(mine: Any, theirs: Any) -> list[tuple[float, float]] | None:
     """(mine, theirs) per repetition, when both were measured in the same repetitions."""
     if not isinstance(mine, list) or not isinstance(theirs, list) or len(mine) != len(theirs) or len(mine) < 2:
