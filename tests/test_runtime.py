@@ -123,6 +123,18 @@ def test_left_padded_batch_gives_each_prompt_its_own_tokens(decoder):
         np.testing.assert_allclose(logits[i, -len(row) :], decoder.logits(row)[0], atol=1e-4, rtol=0)
 
 
+def test_stepwise_logits_equal_the_whole_sequence_pass(decoder):
+    """One token per call through the KV cache (as generate runs) gives the prefill's logits."""
+    ids = _ids(PROMPTS)
+    stepwise, whole = decoder.stepwise_logits(ids), decoder.logits(ids)  # left-padded batch
+    assert stepwise.shape == whole.shape
+    for i, row in enumerate(ids):  # the real tokens' positions (padding's logits mean nothing)
+        np.testing.assert_allclose(stepwise[i, -len(row) :], whole[i, -len(row) :], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(decoder.stepwise_logits(PROMPTS[0]), decoder.logits(PROMPTS[0]), atol=1e-4, rtol=0)
+    with pytest.raises(runtime.SequenceTooLongError):
+        decoder.stepwise_logits([1] * 129)
+
+
 def test_random_decoder_left_padding_matches_alone(bundles):
     model = runtime.load(bundles("gpt-mini"), spinning=False)
     rng = np.random.default_rng(2)

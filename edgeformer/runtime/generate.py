@@ -182,6 +182,25 @@ def decoder_steps(
         positions = positions + 1
 
 
+def teacher_forced_logits(run: Run, specs: tuple[Spec, ...], ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, T, V) logits of left-padded (B, T) rows fed one token per step through the KV cache,
+    the way generation runs them: step t sees token t and the cache of tokens 0..t-1 (teacher
+    forcing). Equal to one whole-sequence pass in exact arithmetic; int8 graphs differ, because
+    their activations are quantized per call (one token here, the whole batch in a prefill)."""
+    positions = left_padded_positions(mask)
+    feeds = empty_cache(specs, ids.shape[0])
+    steps = []
+    pairs: list[tuple[str, str]] = []
+    for t in range(ids.shape[1]):
+        feeds.update(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=positions[:, t : t + 1])
+        outs = run(feeds)
+        steps.append(outs["logits"][:, -1])
+        pairs = pairs or _past_names(outs)
+        for present, past in pairs:
+            feeds[past] = outs[present]
+    return np.stack(steps, axis=1)
+
+
 def seq2seq_steps(
     run_encoder: Run,
     run_decoder: Run,

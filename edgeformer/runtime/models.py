@@ -2,7 +2,7 @@
 
 RuntimeModel      any bundle: its manifest, one session per graph, ``run(feeds)`` checked against the specs
 EncoderModel      ``encode(ids or text)`` -> last_hidden_state [, embeddings | logits]; ``logits(...)``
-DecoderModel      ``logits(...)``; ``generate(prompts, ...)`` / ``stream(prompts, ...)`` with the KV cache
+DecoderModel      ``logits(...)``, ``stepwise_logits(...)``; ``generate(prompts, ...)`` / ``stream(...)``, KV cache
 Seq2SeqModel      ``encode(sources)``; ``generate(sources, ...)`` / ``stream(sources, ...)``
 
 Inputs are text (byte-level bundles), one sequence of token ids, or a batch of them (lists of
@@ -30,7 +30,14 @@ from edgeformer.runtime.errors import (
     InputShapeError,
     OptionError,
 )
-from edgeformer.runtime.generate import RowToken, decoder_steps, empty_cache, left_padded_positions, seq2seq_steps
+from edgeformer.runtime.generate import (
+    RowToken,
+    decoder_steps,
+    empty_cache,
+    left_padded_positions,
+    seq2seq_steps,
+    teacher_forced_logits,
+)
 from edgeformer.runtime.inputs import Batch, check_feeds, check_mask, check_rows, pad, token_batch
 from edgeformer.runtime.providers import short_name
 from edgeformer.runtime.sampling import Sampling
@@ -282,6 +289,13 @@ class DecoderModel(_Generating):
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": left_padded_positions(mask)}
         feeds.update(empty_cache(self.graph("model").inputs, ids.shape[0]))
         return self._run("model", feeds)["logits"]
+
+    def stepwise_logits(self, inputs: Any, attention_mask: Any = None) -> np.ndarray:
+        """(B, T, V) logits like ``logits``, computed one token per call through the KV cache, as
+        ``generate`` runs the graph: what a reduced-precision bundle predicts while generating."""
+        batch = self._batch(inputs, bos=True, max_len=self.max_positions)
+        ids, mask = self._ids_and_mask(batch, attention_mask, left=True)
+        return teacher_forced_logits(functools.partial(self._run, "model"), self.graph("model").inputs, ids, mask)
 
     def stream(
         self,
