@@ -19,7 +19,7 @@ import onnx
 
 from edgeformer.errors import EdgeformerError
 from edgeformer.quantize import budget as budgets
-from edgeformer.quantize import calibration, half_storage, int8, tied_head, weights
+from edgeformer.quantize import calibration, half_storage, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
 
 Log = Callable[[str], None]
@@ -31,13 +31,20 @@ class QuantizeError(EdgeformerError):
 
 
 def _quantizer(
-    precision: str, mode: str, method: str, feeds: list, heads: list[tied_head.TiedHead]
+    precision: str,
+    mode: str,
+    method: str,
+    feeds: list,
+    heads: list[tied_head.TiedHead],
+    attention: list[qattention.Block],
 ) -> Callable[..., Path]:
     if precision == "int8" and mode == "dynamic":
         shared = [g for head in heads for g in head.gathers]  # they read the head's int8 table
+        reduce_range = int8.needs_reduce_range()
 
         def dynamic(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
-            int8.quantize_dynamic(m, o, exclude=[*exclude, *shared])
+            m, _ = qattention.apply(m, attention, exclude=exclude, reduce_range=reduce_range)
+            int8.quantize_dynamic(m, o, exclude=[*exclude, *shared], reduce_range=reduce_range)
             tied_head.share_quantized(o, heads)
             half_storage.store_half(o)  # what stayed in float, at half the bytes on disk
             return o
@@ -109,7 +116,13 @@ def quantize_bundle(
         "precision": precision,
         "mode": mode if precision == "int8" else "weight-only",
         "method": method if precision == "int8" and mode == "static" else None,
-        "settings": int8.settings() | {"float_weights": half_storage.DESCRIPTION} if precision == "int8" else {},
+        "settings": (
+            int8.settings()
+            | {"float_weights": half_storage.DESCRIPTION}
+            | ({"attention": qattention.DESCRIPTION} if mode == "dynamic" else {})
+            if precision == "int8"
+            else {}
+        ),
         "budget": budget,
         "budget_applied": None,
         "calibration": calib.source,
@@ -130,7 +143,10 @@ def quantize_bundle(
                 model, heads = tied_head.untie(model)
             shared = {g for head in heads for g in head.gathers}
             candidates = [c for c in int8.quantizable_nodes(model) if c not in shared]
-            quantize = _quantizer(precision, mode, method, calib_feeds[name], heads)
+            attention = qattention.plan(model, calib_feeds[name]) if precision == "int8" and mode == "dynamic" else []
+            if attention:
+                log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
+            quantize = _quantizer(precision, mode, method, calib_feeds[name], heads, attention)
             trial = Path(scratch) / graph["file"]
             result = quantize_within_budget(
                 model,
@@ -158,6 +174,7 @@ def quantize_bundle(
                 "bytes_before": size_before,
                 "bytes_after": size_after,
                 "size_ratio": round(size_after / size_before, 4),
+                "int8_attention_blocks": qattention.count(tmp / graph["file"]),
             }
             report["graphs"][name] = entry
             kept = len(result.kept_in_float)

@@ -7,7 +7,8 @@ on ARM) the full 8 bits are safe. Static (QDQ): activation ranges from calibrati
 Percentile or Entropy), QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into integer
 kernels and that the NNAPI and QNN providers need.
 
-Both run after fusion: attention stays MultiHeadAttention, its projections become int8 MatMuls.
+Both run after fusion: attention stays MultiHeadAttention, its projections become int8 MatMuls;
+in dynamic int8 an encoder's self-attention becomes one QAttention (``qattention``).
 """
 
 from __future__ import annotations

@@ -46,8 +46,11 @@ def test_the_int8_target_exports_checks_and_shrinks_every_family(tmp_path, card)
         assert graph["size_ratio"] <= 0.45, (name, graph["size_ratio"])
         ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / f"{name}.onnx")).graph.node}
         assert "MatMulInteger" in ops, ops
-        if card != "bert-mini":
-            assert "MultiHeadAttention" in ops  # attention stays fused; its projections are int8
+        # attention stays fused: an encoder's self-attention as one int8 QAttention, a decoder's
+        # (with its KV cache) as MultiHeadAttention behind int8 projections
+        self_attention_only = card == "bert-mini" or name == "encoder"
+        assert ("QAttention" if self_attention_only else "MultiHeadAttention") in ops, ops
+        assert graph["int8_attention_blocks"] == (manifest["config"]["n_layers"] if self_attention_only else 0)
     assert check_bundle(tmp_path / "b").ok  # the stored budget judges it again
 
 
