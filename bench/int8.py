@@ -8,7 +8,10 @@ For each card, three bundles of the same fused fp32 graph:
   fp32        edgeformer's cpu-fp32 target
   qdyn-int8   onnxruntime.quantization.quantize_dynamic(per_channel=True) of that graph (the baseline)
   int8        edgeformer's cpu-int8 target: per-channel symmetric weights (7-bit where the CPU lacks
-              VNNI), the tied LM head as one int8 table, nodes kept in float until the budget holds
+              VNNI), the tied LM head as one int8 table, an encoder's self-attention as QAttention,
+              nodes kept in float until the budget (cosine, perplexity, top-1 >= 99%) holds
+  int8-ppl    (trained decoders) cpu-int8 with the budget issue #5 sets decoders: perplexity within
+              2% of fp32 (and cosine), no top-1 term
 
 Accuracy on held-out data, through onnxruntime: for the trained demo encoder its task (held-out
 stdlib docstrings: module, class or function?), accuracy and balanced accuracy; for the demo
@@ -24,6 +27,7 @@ Size: the graph file against fp32's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -102,8 +106,11 @@ def decoder_accuracy(
     return out
 
 
+PERPLEXITY_ONLY = "int8-ppl"  # cpu-int8 with the budget of issue #5 for decoders: perplexity only
+
+
 def variants_of(card_name: str, work: Path) -> dict[str, Path]:
-    from edgeformer.zoo import resolve_card
+    from edgeformer.zoo import resolve_card, resolve_target
 
     card = resolve_card(card_name)
     cache = work / "cache"
@@ -112,7 +119,15 @@ def variants_of(card_name: str, work: Path) -> dict[str, Path]:
     q = quantize_dynamic_per_channel(fp32 / "model.onnx", work / f"{fp32.name}-qdyn.onnx")
     what = "edgeformer's fused fp32 graph + quantize_dynamic(per_channel=True)"
     qdyn = derived_bundle(fp32, work / f"{card.name}-qdyn-int8", q, name="qdyn-int8", precision="int8", how=what)
-    return {"fp32": fp32, "qdyn-int8": qdyn, "int8": int8}
+    variants = {"fp32": fp32, "qdyn-int8": qdyn, "int8": int8}
+    if card.config.family == "decoder" and card.checkpoint:
+        # issue #5 asks a decoder for perplexity within 2% of fp32; the cpu-int8 target's budget
+        # also asks top-1 agreement >= 99%, which keeps nodes in float. Both, side by side:
+        target = dataclasses.replace(
+            resolve_target("cpu-int8"), name="cpu-int8-perplexity", budget=(("top1", 0.0), ("perplexity", 1.02))
+        )
+        variants[PERPLEXITY_ONLY] = bv.cached_export(card, target, cache, seed=0, check=True, log=log)
+    return variants
 
 
 def latency(bundles: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -157,11 +172,15 @@ def main() -> None:
         for name in bundles:
             cells = "".join(f" {by[name, s]['p50_ms']:10.3f}" for s in args.sequence)
             print(f"  {name:10s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
+        ours = [n for n in bundles if n.startswith("int8")]
         for s in args.sequence:
             print(
-                f"  S={s}: int8 / qdyn-int8 latency {report_mod.ratio(by['int8', s], by['qdyn-int8', s]):.3f}; "
-                f"int8 / fp32 {report_mod.ratio(by['int8', s], by['fp32', s]):.3f}; "
-                f"qdyn-int8 / fp32 {report_mod.ratio(by['qdyn-int8', s], by['fp32', s]):.3f}"
+                f"  S={s}: "
+                + "; ".join(
+                    f"{n} / qdyn-int8 latency {report_mod.ratio(by[n, s], by['qdyn-int8', s]):.3f}" for n in ours
+                )
+                + "; "
+                + "; ".join(f"{n} / fp32 {report_mod.ratio(by[n, s], by['fp32', s]):.3f}" for n in [*ours, "qdyn-int8"])
             )
         for name, metrics in accuracy.items():
             print(
@@ -169,11 +188,11 @@ def main() -> None:
                 + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
             )
         if card == "demo-encoder":
-            for name in ("int8", "qdyn-int8"):
+            for name in [*ours, "qdyn-int8"]:
                 d = 100 * (accuracy[name]["accuracy"] - accuracy["fp32"]["accuracy"])
                 print(f"  {name}: accuracy {d:+.2f} points against fp32")
         if card == "demo-decoder":
-            for name in ("int8", "qdyn-int8"):
+            for name in [*ours, "qdyn-int8"]:
                 r = accuracy[name]["perplexity"] / accuracy["fp32"]["perplexity"]
                 print(
                     f"  {name}: perplexity {r - 1:+.2%} against fp32, "

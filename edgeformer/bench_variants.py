@@ -95,16 +95,18 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def cached_export(card: Any, variant: str, cache_dir: Path, *, seed: int, check: bool, log: Log) -> Path:
-    """The bundle of ``card`` for ``variant``, exported once into ``cache_dir``: its directory
-    name carries a digest of the card, target, seed, checkpoint and edgeformer's version and
-    source, so any change exports anew. A cached bundle is reused after its sha256 check."""
+def cached_export(card: Any, variant: Any, cache_dir: Path, *, seed: int, check: bool, log: Log) -> Path:
+    """The bundle of ``card`` for ``variant`` (a variant name, or a Target), exported once into
+    ``cache_dir``: its directory name carries a digest of the card, target, seed, checkpoint and
+    edgeformer's version and source, so any change exports anew. A cached bundle is reused after
+    its sha256 check."""
     from edgeformer.config import render_card
     from edgeformer.export.bundle import export_bundle, source_from_card
     from edgeformer.runtime.bundle import read_bundle
     from edgeformer.runtime.errors import RuntimeBundleError
 
-    target = variant_target(variant)
+    target = variant_target(variant) if isinstance(variant, str) else variant
+    variant = variant if isinstance(variant, str) else target.name
     recipe = {
         "card": render_card(card),
         "target": target.to_dict(),

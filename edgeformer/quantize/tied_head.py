@@ -8,10 +8,11 @@ slowest MatMul of every generated token. Quantizing a transposed copy would add 
 
 ``untie`` stores the table once, transposed (C, V), where the MatMul wants it, and makes the
 embedding read its columns: ``Transpose(Gather(E.T, ids, axis=1))``, exactly the fp32 values. The
-head is then an ordinary quantizable MatMul. The quantizer is told to leave those Gathers alone and
-``share_quantized`` points them at the head's int8 table: ``Gather`` of int8 columns, ``Cast``,
-the same ``Transpose``, times the head's per-channel scales gathered by token. The bundle keeps one
-int8 table; a head kept in float (mixed precision) leaves the Gathers on the fp32 table.
+head is then an ordinary quantizable MatMul. The quantizer is told to leave those Gathers alone.
+After it, ``share_quantized`` stores the head's table as rows again, int8 if the head was
+quantized: the embedding is ``Gather`` of int8 rows, ``Cast``, times the row's per-channel scale,
+and the head reads ``Transpose(rows)``, a constant that onnxruntime folds at load. The bundle keeps
+one int8 table; a head kept in float (mixed precision) shares the float rows the same way.
 """
 
 from __future__ import annotations
@@ -95,46 +96,71 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
 
 
 def share_quantized(path: Path, heads: list[TiedHead]) -> int:
-    """Point the Gathers of ``heads`` at their head's int8 table, if the quantizer made one (per
-    output channel, symmetric: scales (V,), zero points all 0). Rewrites ``path``; returns how many
-    Gathers now read int8."""
+    """Store each of ``heads``' tables as rows (V, C) that the embedding gathers and the head reads
+    through a ``Transpose`` of a constant, which onnxruntime folds when the session loads (the
+    quantized product then finds its weight constant, as before). A head the quantizer made int8
+    (per output channel, symmetric: scales (V,), zero points all 0) shares its int8 rows: the
+    embedding is ``Gather`` of int8 rows, ``Cast``, times the row's scale. A head kept in float
+    shares the float rows. Gathering rows rather than columns matters for prompts: onnxruntime
+    gathers along the last axis element by element. Rewrites ``path``; returns how many Gathers
+    now read int8."""
     model = ir.load(path)
     graph = model.graph
     inits = graph.initializers
-    changed = 0
     nodes = {n.name: n for n in graph}
+    int8_gathers = 0
+    changed = False
     for head in heads:
         q, scale, zero = (inits.get(f"{head.table}_{s}") for s in ("quantized", "scale", "zero_point"))
-        if q is None or scale is None or scale.shape is None or len(scale.shape) != 1:
-            continue  # the head stayed in float (or was quantized per tensor): the Gathers stay on fp32
-        if zero is not None and zero.const_value is not None and np.any(zero.const_value.numpy()):
+        quantized = q is not None and scale is not None and scale.shape is not None and len(scale.shape) == 1
+        if quantized and zero is not None and zero.const_value is not None and np.any(zero.const_value.numpy()):
+            continue  # asymmetric: leave this head as the quantizer wrote it
+        table = q if quantized else inits.get(head.table)
+        if table is None or table.const_value is None:
             continue
+        pairs = []  # (Gather of columns, Transpose back to rows) of each embedding
         for name in head.gathers:
             columns = nodes.get(name)
-            if columns is None:
+            if columns is None or len(columns.outputs[0].uses()) != 1:
                 continue
-            back = columns.outputs[0].uses()[0][0]  # the Transpose to (*ids, C)
+            back = columns.outputs[0].uses()[0][0]
+            if back.op_type != "Transpose":
+                continue
+            pairs.append((columns, back))
+        if not pairs:
+            continue
+        rows = ir.Value(name=f"{table.name}_rows", shape=ir.Shape(list(table.shape)[::-1]), type=table.type)
+        rows.const_value = ir.tensor(np.ascontiguousarray(table.const_value.numpy().T), name=rows.name)
+        graph.register_initializer(rows)
+        columns_again = ir.node("Transpose", [rows], attributes={"perm": [1, 0]}, name=f"{table.name}_columns")
+        head_users = [(u, i) for u, i in table.uses() if u not in {c for c, _ in pairs}]
+        graph.insert_before(next(iter(graph)), [columns_again])
+        for user, index in head_users:  # the head's product: a constant, folded at load
+            user.replace_input_with(index, columns_again.outputs[0])
+        for columns, back in pairs:
             ids = columns.inputs[1]
-            int_columns = ir.node("Gather", [q, ids], attributes={"axis": 1}, name=f"{name}_int8")
-            as_float = ir.node("Cast", int_columns.outputs, attributes={"to": ir.DataType.FLOAT}, name=f"{name}_cast")
-            scales = ir.node("Gather", [scale, ids], attributes={"axis": 0}, name=f"{name}_scales")  # (*ids,)
-            axes = ir.Value(name=f"{name}_axes", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
-            axes.const_value = ir.tensor(np.array([-1], dtype=np.int64), name=axes.name)
-            graph.register_initializer(axes)
-            column = ir.node("Unsqueeze", [scales.outputs[0], axes], name=f"{name}_scale_column")  # (*ids, 1)
-            graph.insert_before(columns, [int_columns, as_float, scales, column])
-            back.replace_input_with(0, as_float.outputs[0])
-            rows = back.outputs[0]
-            uses = list(rows.uses())
-            scaled = ir.node("Mul", [rows, column.outputs[0]], name=f"{name}_scaled")
-            graph.insert_after(back, [scaled])
-            for user, index in uses:
-                user.replace_input_with(index, scaled.outputs[0])
-            graph.remove(columns, safe=True)
-            changed += 1
-        fp32 = inits.get(head.table)
-        if fp32 is not None and not fp32.uses():
-            inits.pop(head.table)
+            gather = ir.node("Gather", [rows, ids], attributes={"axis": 0}, name=f"{columns.name}_rows")  # (*ids, C)
+            added = [gather]
+            out = gather.outputs[0]
+            if quantized:
+                as_float = ir.node("Cast", [out], attributes={"to": ir.DataType.FLOAT}, name=f"{columns.name}_cast")
+                scales = ir.node("Gather", [scale, ids], attributes={"axis": 0}, name=f"{columns.name}_scales")
+                axes = ir.Value(name=f"{columns.name}_axes", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
+                axes.const_value = ir.tensor(np.array([-1], dtype=np.int64), name=axes.name)
+                graph.register_initializer(axes)
+                column = ir.node("Unsqueeze", [scales.outputs[0], axes], name=f"{columns.name}_scale_column")
+                scaled = ir.node("Mul", [as_float.outputs[0], column.outputs[0]], name=f"{columns.name}_scaled")
+                added += [as_float, scales, column, scaled]
+                out = scaled.outputs[0]
+                int8_gathers += 1
+            graph.insert_before(columns, added)
+            for user, index in list(back.outputs[0].uses()):
+                user.replace_input_with(index, out)
+            graph.remove([back, columns], safe=True)
+        for value in (table, inits.get(head.table)):
+            if value is not None and not value.uses() and value.name in inits:
+                inits.pop(value.name)
+        changed = True
     if changed:
         ir.save(model, path)
-    return changed
+    return int8_gathers

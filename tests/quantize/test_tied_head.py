@@ -71,24 +71,35 @@ def test_the_quantized_head_and_the_embedding_share_one_int8_table(tmp_path):
     q = onnx.load(str(out))
     inits = _inits(q)
     tables = {n: a for n, a in inits.items() if a.size == V * C}
-    assert list(tables) == ["table.T_quantized"] and tables["table.T_quantized"].dtype == np.int8  # one table
+    rows = "table.T_quantized_rows"
+    assert list(tables) == [rows] and tables[rows].dtype == np.int8 and tables[rows].shape == (V, C)  # one table
     ops = {n.op_type for n in q.graph.node}
     assert "MatMulInteger" in ops
+    assert all(a.i == 0 for n in q.graph.node if n.op_type == "Gather" for a in n.attribute if a.name == "axis")
     logits, h = _run(str(out), FEEDS)
-    # the embedding rows are exactly the head's int8 columns times their per-channel scales
-    table, scale = inits["table.T_quantized"].astype(np.float32), inits["table.T_scale"]
-    want = (table[:, FEEDS["ids"]].transpose(1, 2, 0) * scale[FEEDS["ids"]][..., None]) + FEEDS["x"]
+    # the embedding rows are exactly the head's int8 rows times their per-channel scales
+    table, scale = inits[rows].astype(np.float32), inits["table.T_scale"]
+    want = (table[FEEDS["ids"]] * scale[FEEDS["ids"]][..., None]) + FEEDS["x"]
     np.testing.assert_allclose(h, want, rtol=0, atol=1e-6)
+    # onnxruntime folds the head's Transpose of the rows and still fuses the int8 product
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    loaded = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "DynamicQuantizeMatMul" in loaded and "Transpose" not in loaded and "MatMulInteger" not in loaded, loaded
     ref_logits, ref_h = _run(_tied_model(), FEEDS)
     cos = (logits * ref_logits).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(ref_logits, axis=-1)
     assert cos.min() > 0.98 and np.abs(h - ref_h).max() < 0.05  # 16 channels: coarse activation steps
 
 
-def test_a_head_kept_in_float_leaves_the_embedding_on_the_float_table(tmp_path):
+def test_a_head_kept_in_float_shares_the_float_rows(tmp_path):
     untied, heads = tied_head.untie(int8.name_nodes(_tied_model()))
     out = tmp_path / "q.onnx"
     int8.quantize_dynamic(untied, out, exclude=["head", *heads[0].gathers])
-    assert tied_head.share_quantized(out, heads) == 0
+    assert tied_head.share_quantized(out, heads) == 0  # no Gather reads int8
+    q = onnx.load(str(out))
+    assert [(n, a.shape) for n, a in _inits(q).items() if a.size == V * C] == [("table.T_rows", (V, C))]
+    assert all(a.i == 0 for n in q.graph.node if n.op_type == "Gather" for a in n.attribute if a.name == "axis")
     for got, want in zip(_run(str(out), FEEDS), _run(_tied_model(), FEEDS), strict=True):
         np.testing.assert_array_equal(got, want)
 
