@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
+from edgeformer.io import json_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +71,7 @@ def models(as_json: bool) -> None:
             }
         )
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows))
         return
     header = ("name", "family", "layers", "width", "heads", "attention", "params", "size fp32", "weights")
     table = [
@@ -134,9 +134,8 @@ def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path
     updated = dataclasses.replace(card, checkpoint=ckpt, checkpoint_sha256=sha, metrics=metrics, training=training)
     write_text_atomic(target_dir / card.path.name, render_card(updated))
     click.echo(
-        json.dumps(
-            {"card": str(target_dir / card.path.name), "checkpoint": str(ckpt), "sha256": sha, "metrics": metrics},
-            indent=2,
+        json_text(
+            {"card": str(target_dir / card.path.name), "checkpoint": str(ckpt), "sha256": sha, "metrics": metrics}
         )
     )
 
@@ -177,7 +176,7 @@ def import_cmd(directory: Path, output: Path | None, name: str | None, force: bo
         "ignored": imported.ignored,
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
         return
     for tensor, why in imported.ignored.items():
         click.echo(f"ignored {tensor}: {why}", err=True)
@@ -272,7 +271,7 @@ def export_cmd(
     out = output or Path(f"{source.name}-{tgt.name}")
     manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress, calibration=calibration)
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json_text(manifest))
     else:
         files = ", ".join(manifest["files"])
         click.echo(f"wrote {out}/ ({files}); parity {'ok' if manifest.get('parity', {}).get('ok') else 'not checked'}")
@@ -344,10 +343,10 @@ def check(
         )
     except ParityError as exc:
         if as_json:
-            click.echo(json.dumps(exc.report.to_dict(), indent=2))  # type: ignore[attr-defined]
+            click.echo(json_text(exc.report.to_dict()))  # type: ignore[attr-defined]
         raise
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json_text(report.to_dict()))
     else:
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
@@ -417,7 +416,7 @@ def fuse(
         if debug and report.debug:
             echo(report.debug)
     if as_json:
-        click.echo(json.dumps(reports, indent=2))
+        click.echo(json_text(reports))
         return
     for name, report_dict in reports.items():
         click.echo(f"{name}:")
@@ -516,7 +515,7 @@ def quantize(
     )
     report = manifest["quantization"]
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
         return
     for name, graph in report["graphs"].items():
         verdict = "within budget" if graph["within_budget"] else "BUDGET NOT MET"

@@ -1,5 +1,5 @@
-"""Atomic writes (a file or directory appears complete under its final name, or not at all) and
-file digests. Standard library only: the device runtime uses it too.
+"""Atomic writes (a file or directory appears complete under its final name, or not at all), file
+digests and standard JSON. Standard library only: the device runtime uses it too.
 
 Temporary siblings are named ``.<name>.<pid>.<random>.tmp`` (and ``.old`` while a directory is
 being replaced), so the next write to the same path can tell the leftovers of a killed process
@@ -18,6 +18,8 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
+import math
 import os
 import shutil
 import sys
@@ -177,3 +179,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: object, indent: int | None = 2) -> str:
+    """Standard JSON, which every parser reads (JavaScript's ``JSON.parse`` refuses Python's
+    ``Infinity`` and ``NaN``): a non-finite float is written as null ("no such number")."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)

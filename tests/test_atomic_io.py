@@ -7,6 +7,7 @@ caught between its two renames is put back), live writers' files are left alone.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,12 @@ def test_pause_point_is_inert_unless_named(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEFORMER_PAUSE_SECONDS", "0")
     io.pause_point("here")
     assert signal.read_text().split() == [str(os.getpid()), "here"]
+
+
+def test_json_text_is_standard_json():
+    """Manifests and --json output are read by JavaScript too: no Infinity or NaN, null instead."""
+    from edgeformer.io import json_text
+
+    text = json_text({"tolerance": float("inf"), "values": [float("nan"), -float("inf"), 1.5], "n": (1, 2)})
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"tolerance": None, "values": [None, None, 1.5], "n": [1, 2]}

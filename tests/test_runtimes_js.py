@@ -98,6 +98,20 @@ def models(edge_bundle):
     return {card: (edge_bundle(card), runtime.load(edge_bundle(card), spinning=False)) for card in cards}
 
 
+@pytest.fixture(scope="module")
+def int8_models(tmp_path_factory):
+    """int8 bundles (cpu-int8: the encoder's attention as QAttention, the decoder's tied table shared)."""
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_card, resolve_target
+
+    root = tmp_path_factory.mktemp("int8")
+    out = {}
+    for card in ("demo-encoder", "demo-decoder"):
+        export_bundle(source_from_card(resolve_card(card)), resolve_target("cpu-int8"), root / card, check=False)
+        out[card] = (root / card, runtime.load(root / card, spinning=False))
+    return out
+
+
 # ----- numbers: every runner computes what the Python runtime computes ------------------------------
 
 
@@ -280,3 +294,17 @@ def test_missing_tools_fail_under_ci_unless_ci_said_why(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match=r"Chromium is not installed \(not root\)"):
         _need(False, "Chromium is not installed", "not root")
     _need(True, "present", None)  # nothing to say
+
+
+@pytest.mark.parametrize("runner", ["node", "web-node"])
+def test_int8_bundles_run_the_same_in_javascript(int8_models, runner):
+    """The manifest is standard JSON (JSON.parse refuses Infinity) and onnxruntime-node and -web
+    (WASM) run the contrib ops int8 uses (QAttention, DynamicQuantizeMatMul) as Python does."""
+    bundle, model = int8_models["demo-encoder"]
+    text = "Return the absolute value of x."
+    got = _json(runner, str(bundle), text)
+    mean = model.encode(text)["last_hidden_state"][0].mean(0)
+    assert np.abs(np.array(got["embedding"]) - mean).max() <= TOLERANCE
+    bundle, model = int8_models["demo-decoder"]
+    got = _json(runner, str(bundle), "Return the", "--max-new-tokens", str(TOKENS))
+    assert got["tokens"] == model.generate(tokenizer.encode("Return the", bos=True), TOKENS)

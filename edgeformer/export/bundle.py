@@ -8,7 +8,6 @@ file; how to rebuild the torch source; the parity summary.
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import shutil
 import time
@@ -27,7 +26,7 @@ from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render
 from edgeformer.errors import BundleError, EdgeformerError, ExportError
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
-from edgeformer.io import atomic_dir, pause_point, sha256_file
+from edgeformer.io import atomic_dir, json_text, pause_point, sha256_file
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
 
@@ -195,7 +194,7 @@ def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (directory / "manifest.json").write_text(json_text(manifest) + "\n", encoding="utf-8")
 
 
 def build_manifest(source: Source, target: Target, files: list[str], directory: Path) -> dict[str, Any]:

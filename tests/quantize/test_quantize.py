@@ -53,6 +53,11 @@ def test_the_int8_target_exports_checks_and_shrinks_every_family(tmp_path, card)
         assert graph["int8_attention_blocks"] == (manifest["config"]["n_layers"] if self_attention_only else 0)
     assert check_bundle(tmp_path / "b").ok  # the stored budget judges it again
 
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"manifest.json holds {constant}, which JavaScript's JSON.parse refuses")
+
+    json.loads((tmp_path / "b" / "manifest.json").read_text(), parse_constant=refuse)
+
 
 def test_a_budget_that_int8_breaks_keeps_the_most_sensitive_nodes_in_float(tmp_path, fp32):
     """The trained demo decoder on real text: all-int8 misses a 99.9% top-1 budget; keeping a few
