@@ -32,6 +32,7 @@ import onnx_ir as ir
 
 Feeds = dict[str, np.ndarray]
 MASK_INPUT = "attention_mask"
+ATTRIBUTES = ("num_heads", "scale", "mask_filter_value", "unidirectional")  # MultiHeadAttention's, QAttention's too
 PADDED = -1e4  # at or below this an additive bias removes a key (QAttention's mask_filter_value is -10000)
 
 
@@ -79,6 +80,8 @@ def _projection(mha: ir.Node) -> tuple[ir.Node, ir.Node, ir.Node | None] | None:
         return None  # (the packing pass may order the parts K, V, Q: ``_qkv_order`` puts them back)
     axis = split.attributes["axis"].as_int() if "axis" in split.attributes else 0
     sizes = _const(_input(split, 1))
+    if sizes is None and _input(split, 1) is not None:
+        return None  # split sizes computed at run time: the parts might not be equal
     source = _input(split, 0)
     if source is None or source.producer() is None:
         return None
@@ -115,6 +118,8 @@ def _attention_blocks(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Node |
     for node in graph:
         if node.op_type != "MultiHeadAttention" or node.domain != "com.microsoft":
             continue
+        if set(node.attributes) - set(ATTRIBUTES):
+            continue  # an attribute QAttention does not share
         if any(_input(node, i) is not None for i in range(6, len(node.inputs))):
             continue  # a KV cache (past key/value) or other extras: QAttention's past has another layout
         if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
@@ -255,9 +260,7 @@ def apply(
                 graph.insert_before(next(iter(graph)), [cast])
                 mask32 = cast.outputs[0]
             mask = mask32
-        attrs: dict[str, object] = {"num_heads": mha.attributes["num_heads"].as_int()}
-        if "scale" in mha.attributes:
-            attrs["scale"] = mha.attributes["scale"].as_float()
+        attrs = {name: mha.attributes[name].value for name in ATTRIBUTES if name in mha.attributes}
         yq, ys, yz = quantize.outputs
         fused = ir.node(
             "QAttention",
