@@ -16,6 +16,8 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from edgeformer.initializers import add_initializer
+
 
 def _weight(node: ir.Node) -> np.ndarray | None:
     if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
@@ -42,13 +44,6 @@ def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
     return (add, b) if b.ndim == 1 and b.dtype == np.float32 else None
 
 
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    value.const_value = ir.tensor(array, name=name)
-    graph.register_initializer(value)
-    return value
-
-
 def pack_projections(model: ir.Model) -> int:
     graph = model.graph
     order = {node: i for i, node in enumerate(graph)}
@@ -68,12 +63,12 @@ def pack_projections(model: ir.Model) -> int:
         first = nodes[0]
         sizes = [w.shape[1] for w in weights]  # type: ignore[union-attr]
         stem = f"{first.name or 'proj'}_packed"
-        w_all = _const(graph, f"{stem}.weight", np.concatenate(weights, axis=1))  # type: ignore[arg-type]
+        w_all = add_initializer(graph, f"{stem}.weight", np.concatenate(weights, axis=1))  # type: ignore[arg-type]
         new = [ir.node("MatMul", [x, w_all], name=stem)]
         if with_bias:
-            b_all = _const(graph, f"{stem}.bias", np.concatenate([b[1] for b in biases]))  # type: ignore[index]
+            b_all = add_initializer(graph, f"{stem}.bias", np.concatenate([b[1] for b in biases]))  # type: ignore[index]
             new.append(ir.node("Add", [new[-1].outputs[0], b_all], name=f"{stem}_bias"))
-        split_sizes = _const(graph, f"{stem}.split", np.asarray(sizes, dtype=np.int64))
+        split_sizes = add_initializer(graph, f"{stem}.split", np.asarray(sizes, dtype=np.int64))
         split = ir.node(
             "Split",
             [new[-1].outputs[0], split_sizes],

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgeformer.initializers import add_initializer
+
 
 def fold_packed_weights(model: ir.Model) -> int:
     graph = model.graph
@@ -28,10 +30,7 @@ def fold_packed_weights(model: ir.Model) -> int:
         axis = node.attributes["axis"].as_int()
         packed = np.concatenate([p.const_value.numpy() for p in parts], axis=axis)  # type: ignore[union-attr]
         out = node.outputs[0]
-        dtype = ir.DataType.from_numpy(packed.dtype)
-        value = ir.Value(name=f"{out.name}_packed", shape=ir.Shape(packed.shape), type=ir.TensorType(dtype))
-        value.const_value = ir.tensor(packed, name=value.name)
-        graph.register_initializer(value)
+        value = add_initializer(graph, f"{out.name}_packed", packed)
         ir.convenience.replace_all_uses_with(out, value)
         graph.remove(node, safe=True)
         for p in parts:

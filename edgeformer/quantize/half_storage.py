@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from edgeformer.initializers import add_initializer
+
 MIN_ELEMENTS = 4096  # below this the saving is noise next to the graph's own bytes
 FP16_MAX = float(np.finfo(np.float16).max)
 DESCRIPTION = "weights kept in float are stored as float16, widened to float32 when the session loads"
@@ -41,9 +43,7 @@ def store_half(path: Path, *, min_elements: int = MIN_ELEMENTS) -> int:
         array = tensor.numpy()
         if not np.isfinite(array).all() or float(np.abs(array).max(initial=0.0)) > FP16_MAX:
             continue
-        half = ir.Value(name=f"{value.name}_fp16", shape=value.shape, type=ir.TensorType(ir.DataType.FLOAT16))
-        half.const_value = ir.tensor(array.astype(np.float16), name=half.name)
-        graph.register_initializer(half)
+        half = add_initializer(graph, f"{value.name}_fp16", array.astype(np.float16))
         cast = ir.node("Cast", [half], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_widen")
         ir.convenience.replace_all_uses_with(value, cast.outputs[0])
         graph.initializers.pop(value.name)

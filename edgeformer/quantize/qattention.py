@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgeformer.initializers import add_initializer
+
 Feeds = dict[str, np.ndarray]
 MASK_INPUT = "attention_mask"
 ATTRIBUTES = ("num_heads", "scale", "mask_filter_value", "unidirectional")  # MultiHeadAttention's, QAttention's too
@@ -100,10 +102,15 @@ def _projection(mha: ir.Node) -> tuple[ir.Node, ir.Node, ir.Node | None] | None:
     if axis not in (-1, 2) or w.shape[1] % 3 or (sizes is not None and len(set(sizes.tolist())) != 1):
         return None
     if add is not None:
-        b = next((_const(x) for x in add.inputs if _const(x) is not None), None)
+        b = _add_bias(add)
         if b is None or b.shape != (w.shape[1],):
             return None
     return split, matmul, add
+
+
+def _add_bias(add: ir.Node) -> np.ndarray | None:
+    """The constant operand of a bias Add."""
+    return next((c for c in (_const(x) for x in add.inputs) if c is not None), None)
 
 
 def _qkv_order(mha: ir.Node, split: ir.Node, columns: np.ndarray) -> np.ndarray:
@@ -240,16 +247,16 @@ def apply(
         w = matmul.inputs[1].const_value.numpy()  # type: ignore[union-attr]
         bias = np.zeros(w.shape[1], dtype=np.float32)
         if add is not None:
-            bias = bias + next(_const(x) for x in add.inputs if _const(x) is not None)  # type: ignore[operator]
+            bias = bias + _add_bias(add)  # type: ignore[operator]
         w, bias = _qkv_order(mha, split, w), _qkv_order(mha, split, bias)  # the Add's bias: the Split's order
         if _input(mha, 3) is not None:
             bias = bias + _const(mha.inputs[3])  # type: ignore[operator]  (MultiHeadAttention's own: Q, K, V)
         q, scale = _quantize_columns(w, reduce_range)
         name = mha.name or f"attention_{done}"
-        weight = _value(graph, f"{name}_qkv_int8", q)
-        scales = _value(graph, f"{name}_qkv_scale", scale)
-        zeros = _value(graph, f"{name}_qkv_zero_point", np.zeros(q.shape[1], dtype=np.int8))
-        packed_bias = _value(graph, f"{name}_qkv_bias", bias.astype(np.float32))
+        weight = add_initializer(graph, f"{name}_qkv_int8", q)
+        scales = add_initializer(graph, f"{name}_qkv_scale", scale)
+        zeros = add_initializer(graph, f"{name}_qkv_zero_point", np.zeros(q.shape[1], dtype=np.int8))
+        packed_bias = add_initializer(graph, f"{name}_qkv_bias", bias.astype(np.float32))
         quantize = ir.node("DynamicQuantizeLinear", [matmul.inputs[0]], num_outputs=3, name=f"{name}_quantize_input")
         mask: ir.Value | None = None
         if block.mask == "key_padding_mask":
@@ -287,10 +294,3 @@ def apply(
         RemoveUnusedNodesPass()(model_ir)
     model_ir.opset_imports.setdefault("com.microsoft", 1)
     return ir.serde.serialize_model(model_ir), done
-
-
-def _value(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    value.const_value = ir.tensor(array, name=name)
-    graph.register_initializer(value)
-    return value

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgeformer.initializers import add_initializer
+
 
 @dataclass(frozen=True)
 class TiedHead:
@@ -71,10 +73,7 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
         ]
         if None in ranks:
             continue  # token ids of unknown rank: the columns could not be turned back into rows
-        table = np.ascontiguousarray(value.const_value.numpy().T)  # (C, V)
-        moved = ir.Value(name=f"{value.name}.T", shape=ir.Shape(table.shape), type=value.type)
-        moved.const_value = ir.tensor(table, name=moved.name)
-        graph.register_initializer(moved)
+        moved = add_initializer(graph, f"{value.name}.T", np.ascontiguousarray(value.const_value.numpy().T))  # (C, V)
         ir.convenience.replace_all_uses_with(head_t, moved)
         graph.remove(transposes[0], safe=True)
         names = []
@@ -129,9 +128,7 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
             pairs.append((columns, back))
         if not pairs:
             continue
-        rows = ir.Value(name=f"{table.name}_rows", shape=ir.Shape(list(table.shape)[::-1]), type=table.type)
-        rows.const_value = ir.tensor(np.ascontiguousarray(table.const_value.numpy().T), name=rows.name)
-        graph.register_initializer(rows)
+        rows = add_initializer(graph, f"{table.name}_rows", np.ascontiguousarray(table.const_value.numpy().T))
         columns_again = ir.node("Transpose", [rows], attributes={"perm": [1, 0]}, name=f"{table.name}_columns")
         head_users = [(u, i) for u, i in table.uses() if u not in {c for c, _ in pairs}]
         graph.insert_before(next(iter(graph)), [columns_again])
@@ -145,9 +142,7 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
             if quantized:
                 as_float = ir.node("Cast", [out], attributes={"to": ir.DataType.FLOAT}, name=f"{columns.name}_cast")
                 scales = ir.node("Gather", [scale, ids], attributes={"axis": 0}, name=f"{columns.name}_scales")
-                axes = ir.Value(name=f"{columns.name}_axes", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64))
-                axes.const_value = ir.tensor(np.array([-1], dtype=np.int64), name=axes.name)
-                graph.register_initializer(axes)
+                axes = add_initializer(graph, f"{columns.name}_axes", np.array([-1], dtype=np.int64))
                 column = ir.node("Unsqueeze", [scales.outputs[0], axes], name=f"{columns.name}_scale_column")
                 scaled = ir.node("Mul", [as_float.outputs[0], column.outputs[0]], name=f"{columns.name}_scaled")
                 added += [as_float, scales, column, scaled]
