@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from edgeformer.export.graphs import GraphPlan
+from edgeformer.probe import probe_session
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
@@ -63,17 +63,7 @@ def _torch_outputs(plan: GraphPlan, inputs: dict[str, np.ndarray]) -> list[tuple
 
 def _all_values(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every node output of the graph (made graph outputs), run without graph optimizations."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    existing = {o.name for o in model.graph.output}
-    for node in model.graph.node:
-        for name in node.output:
-            if name and name not in existing:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-                existing.add(name)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = probe_session(model, (name for node in model.graph.node for name in node.output))
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs), strict=True))
 

@@ -189,19 +189,10 @@ def plan(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[Block]:
 
 def _check_biases(model: onnx.ModelProto, feed: Feeds, names: Sequence[str]) -> dict[str, bool]:
     """Which of the attention biases ``names`` equal the key-padding mask of ``attention_mask``."""
-    import onnxruntime as ort
+    from edgeformer.probe import probe_session
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in present:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every output named
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = probe_session(model, names, threads=2)
     except Exception:  # noqa: BLE001 - a graph that cannot be probed keeps its attention as it is
         return {}
     wanted = {i.name for i in session.get_inputs()}
