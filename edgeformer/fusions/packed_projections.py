@@ -38,8 +38,8 @@ def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
         return None
     other = add.inputs[1 - index]
-    if other is None or not other.is_initializer() or other.const_value is None or len(other.uses()) != 1:
-        return None
+    if other is None or not other.is_initializer() or other.const_value is None:
+        return None  # a bias shared with other nodes (deduplicated zeros, say) is copied into the packed one
     b = other.const_value.numpy()
     return (add, b) if b.ndim == 1 and b.dtype == np.float32 else None
 
@@ -82,10 +82,10 @@ def pack_projections(model: ir.Model) -> int:
             last = bias[0] if with_bias and bias is not None else node
             old = last.outputs[0]
             part.shape, part.type = old.shape, old.type
-            ir.convenience.replace_all_uses_with(old, part)
-            if old.is_graph_output():
-                graph.outputs[graph.outputs.index(old)] = part
-                part.name = old.name
+            if old.is_graph_output():  # the graph output keeps its name
+                name, old.name = old.name, None
+                part.name = name
+            ir.convenience.replace_all_uses_with(old, part, replace_graph_outputs=True)
             dead = [last, node] if last is not node else [node]
             for n in dead:
                 inputs = [v for v in n.inputs if v is not None and v.is_initializer()]

@@ -52,6 +52,33 @@ def test_projections_of_one_input_become_one_matmul(bias):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_a_projection_that_is_a_graph_output_keeps_its_name():
+    model = _model(bias=False)
+    m0 = next(v for n in model.graph for v in n.outputs if v.name == "m0")
+    model.graph.outputs.append(m0)
+    before = run(model, _feeds())
+    assert pack_projections(model) == 1
+    assert [v.name for v in model.graph.outputs] == ["r0", "r1", "r2", "m0"]
+    assert model.graph.outputs[-1].producer().op_type == "Split"
+    for got, want in zip(run(model, _feeds()), before, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_bias_shared_by_the_projections_is_packed_too():
+    """Cleanup merges equal initializers (all-zero biases of a fresh model): one bias, three uses."""
+    model = _model(bias=True, count=2)  # SIZES 4 and 4: one bias can serve both
+    b0 = model.graph.initializers["b0"]
+    add1 = next(n for n in model.graph if n.op_type == "Add" and n.inputs[1].name == "b1")
+    add1.replace_input_with(1, b0)
+    model.graph.initializers.pop("b1")
+    before = run(model, _feeds())
+    assert pack_projections(model) == 1
+    ops = op_types(model)
+    assert ops.count("MatMul") == 1 and ops.count("Add") == 1 and "b0" not in model.graph.initializers
+    for got, want in zip(run(model, _feeds()), before, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_a_weight_used_elsewhere_is_not_packed():
     model = _model(shared=True)
     before = run(model, _feeds(shared=True))
