@@ -372,7 +372,16 @@ def check(
     "FastGelu...), standard ONNX ops only (opset 23 Attention) for other runtimes, or only the ops NNAPI, CoreML "
     "or QNN take (form (c); fix static shapes first for NNAPI). Default: contrib.",
 )
-@click.option("--target", "target_name", help="Take the fused form from this target (e.g. portable-fp32).")
+@click.option(
+    "--target", "target_name", help="Take the fused form and providers from this target (e.g. portable-fp32)."
+)
+@click.option(
+    "--providers",
+    "provider_list",
+    help="Where the graph will run, in order of preference, e.g. cuda,cpu: on onnxruntime's CPU kernels (cpu, "
+    "xnnpack) layer norms stay LayerNormalization + Add, faster there than SkipLayerNormalization. "
+    "Default: the target's, else the bundle's, else cpu.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
@@ -382,6 +391,7 @@ def fuse(
     output: Path | None,
     form: str | None,
     target_name: str | None,
+    provider_list: str | None,
     force: bool,
     debug: bool,
     as_json: bool,
@@ -394,10 +404,22 @@ def fuse(
     """
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
 
+    providers = tuple(p.strip() for p in provider_list.split(",") if p.strip()) if provider_list else None
+    if provider_list is not None:
+        from edgeformer.runtime.providers import PROVIDERS
+
+        unknown = [p for p in providers or () if p not in PROVIDERS]
+        if not providers or unknown:
+            raise click.UsageError(
+                f"--providers {provider_list!r}: {'unknown ' + unknown[0] if unknown else 'no provider named'}; "
+                f"give names from {', '.join(PROVIDERS)}, e.g. cuda,cpu"
+            )
     if target_name is not None:
         from edgeformer.zoo import resolve_target
 
-        target_form = resolve_target(target_name).fusions
+        target = resolve_target(target_name)
+        target_form = target.fusions
+        providers = providers or target.providers
         if form is not None and form != target_form:
             raise click.UsageError(f"--form {form} contradicts target {target_name}, whose form is {target_form}")
         if target_form == "none":
@@ -407,11 +429,11 @@ def fuse(
     echo = functools.partial(click.echo, err=True)
     if source.is_dir():
         out = output or source.with_name(source.name + "-fused")
-        manifest = fuse_bundle(source, out, form, force=force, debug=debug, log=echo)
+        manifest = fuse_bundle(source, out, form, providers=providers, force=force, debug=debug, log=echo)
         reports = manifest["fusions"]
     else:
         out = output or source.with_suffix(".fused.onnx")
-        report = fuse_file(source, out, form, debug=debug, log=echo)
+        report = fuse_file(source, out, form, providers=providers or ("cpu",), debug=debug, log=echo)
         reports = {source.name: report.to_dict()}
         if debug and report.debug:
             echo(report.debug)

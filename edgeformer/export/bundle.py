@@ -277,7 +277,13 @@ def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[
 
 
 def fuse_graph(
-    model: ir.Model, plan: GraphPlan, form: str, log: Log, *, packed_attention: bool = True
+    model: ir.Model,
+    plan: GraphPlan,
+    form: str,
+    log: Log,
+    *,
+    packed_attention: bool = True,
+    providers: tuple[str, ...] = ("cpu",),
 ) -> dict[str, Any]:
     """Fuse one traced graph in place, checking parity against the unfused graph after every pass
     on two of the plan's shapes (a padded batch, and a step with a cache where there is one)."""
@@ -296,7 +302,7 @@ def fuse_graph(
         # memory than the machine may have. The final check against torch still runs.
         log("  (large graph: per-pass parity skipped; the bundle is still checked against torch)")
         feeds = None
-    report = fuse_model(model, form, feeds=feeds, log=log, packed_attention=packed_attention)
+    report = fuse_model(model, form, feeds=feeds, log=log, packed_attention=packed_attention, providers=providers)
     cov = report.coverage
     log(
         "  coverage: "
@@ -351,6 +357,7 @@ def export_bundle(
                     target.fusions,
                     log,
                     packed_attention=target.precision == "fp32" if packed_attention is None else packed_attention,
+                    providers=target.providers,
                 )
             files += save_graph(model, tmp / plan.file)
             pause_point("export:graph-saved")

@@ -47,6 +47,7 @@ from edgeformer.fusions import (
 )
 from edgeformer.fusions.packed_projections import pack_projections
 from edgeformer.fusions.packed_weights import fold_packed_weights
+from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
 
 Feeds = dict[str, np.ndarray]
 ATTENTION_OPS = {"MultiHeadAttention", "Attention", "GroupQueryAttention"}
@@ -58,6 +59,10 @@ NORM_OPS = {
 }
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
 FORMS = ("contrib", "standard", "none", "nnapi", "coreml", "qnn")
+# Providers whose layer norms run on onnxruntime's CPU kernels (XNNPACK takes no layer norm). For
+# them the contrib form keeps LayerNormalization: onnxruntime's CPU SkipLayerNormalization is
+# 3-4x slower than Add + LayerNormalization (see split_skip_norm.py).
+CPU_KERNEL_PROVIDERS = ("cpu", "xnnpack")
 PROVIDER_FORMS = ("nnapi", "coreml", "qnn")  # form (c): only the ops that provider's list has
 
 
@@ -155,6 +160,7 @@ CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("mha_bnsh_cache", mha_bnsh_cache.rules.apply_to_model),
     ("packed_weights", fold_packed_weights),
     ("packed_projections", pack_projections),
+    ("split_skip_layer_norm", split_skip_layer_norm),  # only for CPU_KERNEL_PROVIDERS, see fuse_model
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
 ]
 
@@ -352,11 +358,14 @@ def fuse_model(
     debug: bool = False,
     strict: bool = False,
     packed_attention: bool = True,
+    providers: tuple[str, ...] = ("cpu",),
     log: Callable[[str], None] = lambda _m: None,
 ) -> FusionReport:
     """Fuse ``model`` in place. With ``feeds``, parity against the unfused graph is checked after
     every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError.
-    ``packed_attention=False`` keeps attention as MultiHeadAttention with separate projections."""
+    ``packed_attention=False`` keeps attention as MultiHeadAttention with separate projections.
+    ``providers`` (the target's, in order of preference) choose among forms: SkipLayerNormalization
+    is split back into Add + LayerNormalization unless the first one is a GPU provider."""
     # A pass whose graph no longer runs or no longer matches the unfused numbers is undone and
     # named in the report (rolled_back); the blocks it would have fused are then listed as not fused.
     if form not in FORMS:
@@ -375,6 +384,8 @@ def fuse_model(
         # For int8: attention stays MultiHeadAttention with its projections as MatMuls, which the
         # quantizer turns into int8 MatMuls; the packed Attention op would keep them in float.
         passes = [p for p in passes if p[0] != "attention"]
+    if not providers or providers[0] not in CPU_KERNEL_PROVIDERS:
+        passes = [p for p in passes if p[0] != "split_skip_layer_norm"]
     before = None
     for name, fn in passes:
         start = time.perf_counter()

@@ -62,32 +62,50 @@ def load_onnx(path: Path) -> ir.Model:
         raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
 
 
-def fuse_file(src: Path, out: Path, form: str = "contrib", *, debug: bool = False, log: Any = print) -> FusionReport:
+def fuse_file(
+    src: Path,
+    out: Path,
+    form: str = "contrib",
+    *,
+    providers: tuple[str, ...] = ("cpu",),
+    debug: bool = False,
+    log: Any = print,
+) -> FusionReport:
     from edgeformer.runtime.bundle import check_external_data
 
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
-    report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, log=log)
+    report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, providers=providers, log=log)
     with atomic_path(out) as tmp:
         ir.save(model, tmp)
     return report
 
 
 def fuse_bundle(
-    src: Path, out: Path, form: str = "contrib", *, force: bool = False, debug: bool = False, log: Any = print
+    src: Path,
+    out: Path,
+    form: str = "contrib",
+    *,
+    providers: tuple[str, ...] | None = None,
+    force: bool = False,
+    debug: bool = False,
+    log: Any = print,
 ) -> dict[str, Any]:
-    """Fuse every graph of a bundle into a new bundle; the manifest records the reports."""
+    """Fuse every graph of a bundle into a new bundle; the manifest records the reports.
+    ``providers`` default to the bundle target's (cpu where it names none)."""
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, save_graph, write_manifest
 
     manifest = read_manifest(src)
     if manifest.get("fusions"):
         raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")
+    if providers is None:
+        providers = tuple((manifest.get("target") or {}).get("providers") or ("cpu",))
     with new_bundle_dir(out, force) as tmp:
         reports, files = {}, []
         for name, graph in manifest["graphs"].items():
             log(f"fusing {graph['file']} ({form}) ...")
             model = load_onnx(src / graph["file"])
-            report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, log=log)
+            report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, providers=providers, log=log)
             reports[name] = report.to_dict()
             files += save_graph(model, tmp / graph["file"])
         for name in manifest["files"]:

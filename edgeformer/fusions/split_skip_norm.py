@@ -1,0 +1,78 @@
+"""For onnxruntime's CPU kernels: SkipLayerNormalization -> Add, Add(bias), LayerNormalization.
+
+onnxruntime's CPU SkipLayerNormalization (contrib_ops/cpu/skip_layer_norm.cc) normalises each row
+in a scalar loop with a division per element; the opset-17 LayerNormalization kernel does not.
+Measured on onnxruntime 1.32 (bench/fusion_latency.py's machine, 2 threads, hidden size 768), one
+SkipLayerNormalization takes 50 / 268 / 779 us at 16 / 128 / 384 rows, the three ops below
+14 / 90 / 175 us. On GPUs the fused kernel is the fast one, so this pass runs only for targets
+whose first provider runs onnxruntime's CPU kernels.
+
+onnxruntime fuses ``LayerNormalization(Add(a, b))`` (a and b 3-D of the same shape) back into
+SkipLayerNormalization when a session is created (core/optimizer/skip_layer_norm_fusion.cc), and
+also ``Add(Add(a, bias), b)`` and ``Add(a, Add(b, bias))``. It does not fuse
+``Add(Add(a, b), bias)``: its first Add must have two 3-D inputs. So the sum is taken in that
+order, and a SkipLayerNormalization without a bias gets a zero bias (one cheap Add; it still
+beats the fused kernel 3x). tests/fusions/test_split_skip_norm.py checks that a session keeps the
+split form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeformer.initializers import add_initializer
+
+LAYER_NORM_OPSET = 17
+
+
+def _hidden_size(gamma: ir.Value) -> int | None:
+    if gamma.shape is None or gamma.shape.rank() != 1 or not isinstance(gamma.shape[0], int):
+        return None
+    return gamma.shape[0]
+
+
+def split_skip_layer_norm(model: ir.Model) -> int:
+    """Rewrite every SkipLayerNormalization whose mean / inverse-std outputs are unused; returns the count."""
+    graph = model.graph
+    if model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < LAYER_NORM_OPSET:
+        return 0  # no LayerNormalization op before opset 17
+    split = 0
+    for node in list(graph):
+        if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.inputs) + [None] * (5 - len(node.inputs))
+        x, skip, gamma, beta, bias = inputs[:5]
+        outputs = list(node.outputs) + [None] * (4 - len(node.outputs))
+        if any(v is not None and (v.uses() or v.is_graph_output()) for v in outputs[1:3]):
+            continue  # mean and inverse std have no counterpart in LayerNormalization's outputs here
+        if x is None or skip is None or gamma is None or gamma.dtype is None:
+            continue
+        hidden = _hidden_size(gamma)
+        if hidden is None:
+            continue
+        stem = node.name or "skip_layer_norm"
+        if bias is None:
+            zeros = np.zeros(hidden, dtype=gamma.dtype.numpy())
+            bias = add_initializer(graph, f"{stem}.zero_bias", zeros)
+        add = ir.node("Add", [x, skip], name=f"{stem}_add")
+        add_bias = ir.node("Add", [add.outputs[0], bias], name=f"{stem}_add_bias")
+        epsilon = node.attributes.get("epsilon")
+        attributes: dict[str, object] = {"axis": -1}
+        if epsilon is not None:
+            attributes["epsilon"] = epsilon.as_float()
+        norm_inputs = [add_bias.outputs[0], gamma] + ([beta] if beta is not None else [])
+        norm = ir.node("LayerNormalization", norm_inputs, attributes=attributes, name=f"{stem}_norm")
+        graph.insert_before(node, [add, add_bias, norm])
+        for old, new in ((outputs[0], norm.outputs[0]), (outputs[3], add_bias.outputs[0])):
+            if old is None:
+                continue
+            new.shape, new.type = old.shape, old.type
+            if old.is_graph_output():  # the graph output keeps its name
+                name, old.name = old.name, None
+                new.name = name
+            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+        add.outputs[0].shape, add.outputs[0].type = x.shape, x.type
+        graph.remove(node, safe=True)
+        split += 1
+    return split
