@@ -18,6 +18,16 @@ machine's drift; onnxruntime's intra-op spinning is off in every session. A vari
 fails to build, or whose outputs differ from torch's (max abs error > 1e-3 of the output scale),
 is reported as such and left out of the comparison. The figure of merit is edgeformer's median
 latency over the best median of the others, per shape (target: <= 0.95).
+
+One more worker, not a competitor, runs in the same round-robin:
+
+    gemm-floor    the card's matrix products alone: every MatMul of the unfused export with a
+                  constant weight (projections, FFNs, LM head) and each attention block's two
+                  batched products (scores, context), each on its own input, in onnxruntime's
+                  kernels. Every variant runs these same products, so no graph rewrite can take
+                  a variant below this floor; "x floor" rows say how far above it each one is.
+                  (On edge-sized cards per-call overhead, not products, dominates: the floor
+                  means something on base-sized ones.)
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("torch", "unfused", "ort-optimizer", "onnxscript", "edgeformer")
+FLOOR = "gemm-floor"
 ORT_MODEL_TYPE = {"encoder": "bert", "decoder": "gpt2"}
 
 
@@ -73,9 +84,19 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
         opts.log_severity_level = 3
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
+        by_length: dict[int, dict] = {}
 
         def call(feeds):  # noqa: ANN001, ANN202
-            return session.run(None, {n: feeds[n] for n in names})
+            if kind != FLOOR:
+                return session.run(None, {n: feeds[n] for n in names})
+            length = feeds["input_ids"].shape[1]  # the products take their own inputs, at the request's length
+            if length not in by_length:
+                rng = np.random.default_rng(length)
+                by_length[length] = {
+                    i.name: rng.standard_normal([length if d == "S" else d for d in i.shape]).astype(np.float32)
+                    for i in session.get_inputs()
+                }
+            return session.run(None, by_length[length])
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -161,7 +182,58 @@ def prepare(card_name: str, work: Path, log) -> tuple[dict[str, str], dict[str, 
             failed["ort-optimizer"] = f"optimize_model raised {type(exc).__name__}: {str(exc)[:200]}"
     if ort_out.is_file():
         paths["ort-optimizer"] = str(ort_out)
+    floor = work / f"{card_name}-{FLOOR}.onnx"
+    if not floor.is_file():
+        log("gemm floor graph ...")
+        floor_graph(paths["unfused"], cfg, floor)
+    paths[FLOOR] = str(floor)
     return paths, failed, card
+
+
+def floor_graph(unfused: str, cfg, out: Path) -> None:  # noqa: ANN001
+    """Write the gemm-floor graph of a card (see the module docstring) to ``out``."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    if cfg.family not in ORT_MODEL_TYPE:
+        raise ValueError(f"the floor graph is written for encoder and decoder cards, not {cfg.family}")
+    folded = out.with_suffix(".folded.onnx")  # constant Transposes of weights folded, as at session load
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(folded)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", folded.name + ".data")
+    opts.log_severity_level = 3
+    ort.InferenceSession(unfused, opts, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(folded))
+    weights = {i.name: i for i in model.graph.initializer if len(i.dims) == 2}
+    nodes, inputs, inits = [], [], []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights:
+            w = numpy_helper.to_array(weights[node.input[1]])
+            if any(a.name == "transB" and a.i for a in node.attribute):
+                w = w.T
+            name = f"w{len(nodes)}"
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w), name))
+            rows = [1, "S"] if node.op_type == "MatMul" else [1]  # a Gemm is 2-D: the pooler's one row
+            inputs.append(helper.make_tensor_value_info(f"x{len(nodes)}", TensorProto.FLOAT, [*rows, w.shape[0]]))
+            nodes.append(helper.make_node("MatMul", [f"x{len(nodes)}", name], [f"y{len(nodes)}"]))
+    heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+    for layer in range(cfg.n_layers):  # scores = q k^T, context = p v
+        for a, b in (([heads, "S", head_dim], [heads, head_dim, "S"]), ([heads, "S", "S"], [heads, "S", head_dim])):
+            i = len(nodes)
+            inputs += [
+                helper.make_tensor_value_info(f"a{i}", TensorProto.FLOAT, [1, *a]),
+                helper.make_tensor_value_info(f"b{i}", TensorProto.FLOAT, [1, *b]),
+            ]
+            nodes.append(helper.make_node("MatMul", [f"a{i}", f"b{i}"], [f"y{i}"], name=f"attention{layer}_{i}"))
+    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
+    graph = helper.make_graph(nodes, "gemm_floor", inputs, outputs, inits)
+    floor = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(floor, str(out), save_as_external_data=True, location=out.name + ".data")
+    folded.unlink()
+    (folded.parent / (folded.name + ".data")).unlink(missing_ok=True)
 
 
 def ops_of(path: str) -> dict[str, int]:
@@ -188,7 +260,7 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         np.savez(feeds_files[s], **feeds)
 
     workers: dict[str, Worker] = {}
-    for variant in VARIANTS:
+    for variant in (*VARIANTS, FLOOR):
         if variant in failed:
             continue
         try:
@@ -200,6 +272,8 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
     check_s = seqs[0]
     outs = {}
     for variant, worker in workers.items():
+        if variant == FLOOR:
+            continue
         save = work / f"{card_name}-{variant}-out.npz"
         worker.measure(feeds_files[check_s], 0, 0, save=save)
         outs[variant] = [v for _, v in sorted(np.load(save).items(), key=lambda kv: int(kv[0].split("_")[1]))]
@@ -226,17 +300,22 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         worker.close()
 
     medians = {v: {s: statistics.median(t) for s, t in by_s.items()} for v, by_s in samples.items()}
-    ratios = {}
+    ratios, best, over_floor = {}, {}, {}
     for s in seqs:
-        others = [medians[v][s] for v in medians if v != "edgeformer"]
+        others = {v: medians[v][s] for v in medians if v not in ("edgeformer", FLOOR)}
         if "edgeformer" in medians and others:
-            ratios[s] = medians["edgeformer"][s] / min(others)
+            best[s] = min(others, key=others.__getitem__)
+            ratios[s] = medians["edgeformer"][s] / others[best[s]]
+        if FLOOR in medians:  # how far above the products alone each variant runs
+            over_floor[s] = {v: round(by_s[s] / medians[FLOOR][s], 3) for v, by_s in medians.items() if v != FLOOR}
     return {
         "card": card_name,
         "failed": failed,
         "max_rel_error_vs_torch": errors,
         "median_ms": {v: {s: round(m * 1e3, 3) for s, m in by_s.items()} for v, by_s in medians.items()},
         "edgeformer_over_best_other": {s: round(r, 3) for s, r in ratios.items()},
+        "best_other": best,
+        "over_gemm_floor": over_floor,
         "ops": {v: ops_of(p) for v, p in paths.items() if p},
         "samples_s": samples,
     }
@@ -298,14 +377,25 @@ def main() -> None:
             print(f"{card}: median latency, ms")
             header = "  variant        " + "".join(f"S={s:<9}" for s in args.seq)
             print(header)
-            for variant in VARIANTS:
+            for variant in (*VARIANTS, FLOOR):
                 if variant in result["median_ms"]:
                     row = "".join(f"{result['median_ms'][variant][s]:<11.2f}" for s in args.seq)
                     print(f"  {variant:<15}{row}")
                 elif variant in result["failed"]:
                     print(f"  {variant:<15}not measured: {result['failed'][variant]}")
             ratio = "".join(f"{result['edgeformer_over_best_other'].get(s, float('nan')):<11.3f}" for s in args.seq)
-            print(f"  {'ratio':<15}{ratio}  (edgeformer / best other; target <= 0.95)\n")
+            print(f"  {'ratio':<15}{ratio}  (edgeformer / best other; target <= 0.95)")
+            floor = result["over_gemm_floor"]
+            if floor:
+                for label, pick in (("edgeformer", lambda s: "edgeformer"), ("best other", result["best_other"].get)):
+                    row = "".join(f"{floor[s].get(pick(s) or '', float('nan')):<11.3f}" for s in args.seq)
+                    print(f"  {'x floor':<15}{row}  ({label} / gemm floor)")
+                need = "".join(
+                    f"{0.95 * floor[s][result['best_other'][s]]:<11.3f}" if s in result["best_other"] else f"{'-':<11}"
+                    for s in args.seq
+                )
+                print(f"  {'target x floor':<15}{need}  (where edgeformer must be for 0.95; 1.000 = products alone)")
+            print()
     if args.json:
         from edgeformer.io import write_text_atomic
 

@@ -398,3 +398,34 @@ def test_cli_bench_bad_input_is_a_message(bundles, tmp_path):
     result = _cli(str(bundles("bert-mini")), "--prompt", "4", "--no-torch")
     assert result.exit_code == 1 and "does not generate" in result.output
     assert "Traceback" not in result.output
+
+
+def test_fusion_latency_floor_graph_holds_every_product_of_the_card(tmp_path):
+    """bench/fusion_latency.py's gemm floor: the card's weight products and two per attention block."""
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from fusion_latency import floor_graph
+
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_card, resolve_target
+
+    card = resolve_card("bert-mini")
+    export_bundle(source_from_card(card), resolve_target("unfused-fp32"), tmp_path / "plain", check=False)
+    floor_graph(str(tmp_path / "plain" / "model.onnx"), card.config, tmp_path / "floor.onnx")
+    model = onnx.load(str(tmp_path / "floor.onnx"))
+    d, ff = card.config.d_model, card.config.d_ff or 4 * card.config.d_model
+    weights = sorted(tuple(i.dims) for i in model.graph.initializer)
+    layers = card.config.n_layers
+    assert weights == sorted([(d, d)] * 4 * layers + [(d, ff), (ff, d)] * layers)  # q, k, v, out; FFN
+    assert [n.op_type for n in model.graph.node] == ["MatMul"] * (6 * layers + 2 * layers)
+    session = ort.InferenceSession(str(tmp_path / "floor.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {
+        i.name: rng.standard_normal([5 if d == "S" else d for d in i.shape]).astype(np.float32)
+        for i in session.get_inputs()
+    }
+    out = session.run(None, feeds)
+    scores = out[6 * layers]  # the first attention block's q k^T: (1, heads, S, S)
+    assert scores.shape == (1, card.config.n_heads, 5, 5)
