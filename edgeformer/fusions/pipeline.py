@@ -365,7 +365,8 @@ def fuse_model(
     every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError.
     ``packed_attention=False`` keeps attention as MultiHeadAttention with separate projections.
     ``providers`` (the target's, in order of preference) choose among forms: SkipLayerNormalization
-    is split back into Add + LayerNormalization unless the first one is a GPU provider."""
+    is split back into Add + LayerNormalization when the first one runs onnxruntime's CPU kernels
+    (CPU_KERNEL_PROVIDERS); GPU providers keep the fused op."""
     # A pass whose graph no longer runs or no longer matches the unfused numbers is undone and
     # named in the report (rolled_back); the blocks it would have fused are then listed as not fused.
     if form not in FORMS:

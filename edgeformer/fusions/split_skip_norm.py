@@ -3,8 +3,8 @@
 onnxruntime's CPU SkipLayerNormalization (contrib_ops/cpu/skip_layer_norm.cc) normalises each row
 in a scalar loop with a division per element; the opset-17 LayerNormalization kernel does not.
 Measured on onnxruntime 1.32 (bench/fusion_latency.py's machine, 2 threads, hidden size 768), one
-SkipLayerNormalization takes 50 / 268 / 779 us at 16 / 128 / 384 rows, the three ops below
-14 / 90 / 175 us. On GPUs the fused kernel is the fast one, so this pass runs only for targets
+SkipLayerNormalization takes 50 / 268 / 779 us at 16 / 128 / 384 rows, the three ops it becomes
+here 14 / 90 / 175 us. On GPUs the fused kernel is the fast one, so this pass runs only for targets
 whose first provider runs onnxruntime's CPU kernels.
 
 onnxruntime fuses ``LayerNormalization(Add(a, b))`` (a and b 3-D of the same shape) back into

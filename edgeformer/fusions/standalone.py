@@ -114,7 +114,7 @@ def fuse_bundle(
                 files.append(name)
         manifest["fusions"] = reports
         manifest["files"] = file_hashes(tmp, files)
-        manifest["target"] = {**(manifest.get("target") or {}), "fusions": form}
+        manifest["target"] = {**(manifest.get("target") or {}), "fusions": form, "providers": list(providers)}
         manifest.pop("parity", None)  # parity was measured on the unfused graphs; `check` measures it again
         write_manifest(tmp, manifest)
     return manifest

@@ -3,6 +3,7 @@ numbers, and onnxruntime does not fuse the split form back when it creates a ses
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -134,5 +135,11 @@ def test_fuse_command_takes_the_providers(tmp_path):
         ops = Counter(op_types(ir.load(out)))
         assert ops["SkipLayerNormalization" if skip_norms else "LayerNormalization"] == 5  # 2 layers x 2 + embedding
         assert ops["LayerNormalization" if skip_norms else "SkipLayerNormalization"] == 0
+    result = runner.invoke(main, ["fuse", str(plain), "-o", str(tmp_path / "gpu"), "--providers", "cuda,cpu"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "gpu" / "manifest.json").read_text())
+    assert manifest["target"]["providers"] == ["cuda", "cpu"]
+    assert manifest["fusions"]["model"]["counts"]["skip_layer_norm"] == 5
+    assert "split_skip_layer_norm" not in manifest["fusions"]["model"]["counts"]
     result = runner.invoke(main, ["fuse", str(plain / "model.onnx"), "--providers", "gpu"])
     assert result.exit_code == 2 and "unknown gpu" in result.output and "cuda" in result.output
