@@ -7,6 +7,7 @@ the precision's tolerance), then behaviour (identical greedy tokens through the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -272,6 +273,7 @@ def check_source(
     sessions = {name: make_session(path, providers, precision=precision) for name, path in graphs.items()}
     real = complete_inputs(source.plans[0], real_inputs) if real_inputs is not None else None
     for plan in source.plans:
+        checked = Path(graphs[plan.name]).name  # model.onnx, or the .ort file of a mobile bundle
         cases = check_graph(
             plan,
             sessions[plan.name],
@@ -285,12 +287,12 @@ def check_source(
             inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
             report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims)
             if report.divergence:
-                report.divergence["graph"] = plan.file
+                report.divergence["graph"] = checked
         worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
         verdict = "ok" if all(c.ok for c in cases) else "FAILED"
         if budget is None:
             log(
-                f"  {plan.file}: {len(cases)} shapes, worst error {worst:.2e} of output scale "
+                f"  {checked}: {len(cases)} shapes, worst error {worst:.2e} of output scale "
                 f"({verdict}, tolerance {report.tolerance:g})"
             )
         else:
@@ -300,7 +302,7 @@ def check_source(
             if real_metrics:
                 top1 = f", top-1 agreement on the real inputs {min(m['top1'] for m in real_metrics):.4f}"
             log(
-                f"  {plan.file}: {len(cases)} shapes, worst cosine {cosine:.5f}{top1} "
+                f"  {checked}: {len(cases)} shapes, worst cosine {cosine:.5f}{top1} "
                 f"({verdict}, {precision} budget {budget})"
             )
     if source.config is not None and source.config.family != "encoder":

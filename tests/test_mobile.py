@@ -164,7 +164,10 @@ def test_form_c_lands_in_fewer_partitions_than_contrib(tmp_path):
 
 def test_mobile_cpu_decoder_ort_generates_like_torch(tmp_path):
     source = source_from_card(resolve_card("gpt-mini"), max_sequence=16)
-    manifest = export_bundle(source, resolve_target("mobile-cpu"), tmp_path / "gpt")
+    lines: list[str] = []
+    manifest = export_bundle(source, resolve_target("mobile-cpu"), tmp_path / "gpt", log=lines.append)
+    checked = lines[lines.index("checking the .ort graphs against the torch source (CPU provider) ...") + 1]
+    assert checked.startswith("  model.ort: ") and "shapes, worst error" in checked, checked  # the file checked
     parity = manifest["mobile"]["ort_parity"]
     assert parity["ok"] and parity["generation"]["identical"]
     assert "com.microsoft;1;" in (tmp_path / "gpt" / "required_operators.config").read_text()
