@@ -149,6 +149,8 @@ def prepare(card_name: str, work: Path, log) -> tuple[dict[str, str], dict[str, 
 
     card = resolve_card(card_name)
     cfg = card.config
+    if cfg.family not in ORT_MODEL_TYPE:
+        raise SystemExit(f"{card_name} is an {cfg.family} card; this benchmark measures encoder and decoder cards")
     paths: dict[str, str] = {"torch": ""}
     failed: dict[str, str] = {}
     for variant, target in (("unfused", "unfused-fp32"), ("edgeformer", "cpu-fp32")):
@@ -197,8 +199,6 @@ def floor_graph(unfused: str, cfg, out: Path) -> None:  # noqa: ANN001
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    if cfg.family not in ORT_MODEL_TYPE:
-        raise ValueError(f"the floor graph is written for encoder and decoder cards, not {cfg.family}")
     folded = out.with_suffix(".folded.onnx")  # constant Transposes of weights folded, as at session load
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
