@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer, remove_nodes, replace_value
 
 
 def _weight(node: ir.Node) -> np.ndarray | None:
@@ -80,18 +80,7 @@ def pack_projections(model: ir.Model) -> int:
         graph.insert_before(first, new)
         for node, bias, part in zip(nodes, biases, split.outputs, strict=True):
             last = bias[0] if with_bias and bias is not None else node
-            old = last.outputs[0]
-            part.shape, part.type = old.shape, old.type
-            if old.is_graph_output():  # the graph output keeps its name
-                name, old.name = old.name, None
-                part.name = name
-            ir.convenience.replace_all_uses_with(old, part, replace_graph_outputs=True)
-            dead = [last, node] if last is not node else [node]
-            for n in dead:
-                inputs = [v for v in n.inputs if v is not None and v.is_initializer()]
-                graph.remove(n, safe=True)
-                for v in inputs:
-                    if not v.uses() and v.name in graph.initializers:
-                        graph.initializers.pop(v.name)
+            replace_value(last.outputs[0], part)
+            remove_nodes(graph, [last, node] if last is not node else [node])
         packed += 1
     return packed

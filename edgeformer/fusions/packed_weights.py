@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer, remove_nodes
 
 
 def fold_packed_weights(model: ir.Model) -> int:
@@ -32,9 +32,6 @@ def fold_packed_weights(model: ir.Model) -> int:
         out = node.outputs[0]
         value = add_initializer(graph, f"{out.name}_packed", packed)
         ir.convenience.replace_all_uses_with(out, value)
-        graph.remove(node, safe=True)
-        for p in parts:
-            if not p.uses():
-                graph.initializers.pop(p.name, None)
+        remove_nodes(graph, [node])
         folded += 1
     return folded

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer, replace_value
 
 LAYER_NORM_OPSET = 17
 
@@ -65,13 +65,8 @@ def split_skip_layer_norm(model: ir.Model) -> int:
         norm = ir.node("LayerNormalization", norm_inputs, attributes=attributes, name=f"{stem}_norm")
         graph.insert_before(node, [add, add_bias, norm])
         for old, new in ((outputs[0], norm.outputs[0]), (outputs[3], add_bias.outputs[0])):
-            if old is None:
-                continue
-            new.shape, new.type = old.shape, old.type
-            if old.is_graph_output():  # the graph output keeps its name
-                name, old.name = old.name, None
-                new.name = name
-            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+            if old is not None:
+                replace_value(old, new)
         add.outputs[0].shape, add.outputs[0].type = x.shape, x.type
         graph.remove(node, safe=True)
         split += 1

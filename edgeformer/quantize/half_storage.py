@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer
 
 MIN_ELEMENTS = 4096  # below this the saving is noise next to the graph's own bytes
 FP16_MAX = float(np.finfo(np.float16).max)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer, remove_nodes, replace_value
 
 Feeds = dict[str, np.ndarray]
 MASK_INPUT = "attention_mask"
@@ -268,16 +268,9 @@ def apply(
             name=f"{name}_int8",
         )
         graph.insert_before(mha, [quantize, fused])
-        out_name = mha.outputs[0].name
-        ir.convenience.replace_all_uses_with(mha.outputs[0], fused.outputs[0])
-        old = [mha, split, *([add] if add is not None else []), matmul]
-        dropped = [v for n in old for v in n.inputs if v is not None and v.is_initializer()]
-        for node in old:
-            graph.remove(node, safe=True)
-        fused.outputs[0].name = out_name
-        for value in dropped:  # the float weight, bias and split sizes, now unused
-            if not value.uses() and value.name in graph.initializers:
-                graph.initializers.pop(value.name)
+        replace_value(mha.outputs[0], fused.outputs[0])
+        # with the float weight, bias and split sizes they alone read
+        remove_nodes(graph, [mha, split, *([add] if add is not None else []), matmul])
         done += 1
     if done:  # the attention bias the blocks read is now computed for nothing
         from onnx_ir.passes.common import RemoveUnusedNodesPass

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgeformer.initializers import add_initializer
+from edgeformer.graph_edits import add_initializer
 
 
 @dataclass(frozen=True)
