@@ -429,3 +429,43 @@ def test_fusion_latency_floor_graph_holds_every_product_of_the_card(tmp_path):
     out = session.run(None, feeds)
     scores = out[6 * layers]  # the first attention block's q k^T: (1, heads, S, S)
     assert scores.shape == (1, card.config.n_heads, 5, 5)
+
+
+@pytest.mark.parametrize("card_name", ["bert-mini", "gpt-mini"])
+def test_fusion_latency_headroom_graphs_cut_one_kind_of_work_each(tmp_path, card_name):
+    """bench/fusion_headroom.py: each ablation removes every op of its kind and still runs."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from fusion_headroom import ABLATIONS, ablated_graph
+
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.graphs import make_inputs
+    from edgeformer.zoo import resolve_card, resolve_target
+
+    card = resolve_card(card_name)
+    export_bundle(source_from_card(card), resolve_target("cpu-fp32"), tmp_path / "fused", check=False)
+    fused = str(tmp_path / "fused" / "model.onnx")
+    before = Counter(n.op_type for n in onnx.load(fused, load_external_data=False).graph.node)
+    attention = before["Attention"] + before["MultiHeadAttention"]
+    assert before["LayerNormalization"] and before["BiasGelu"] and attention
+    feeds = make_inputs(source_from_card(card).plans[0], {"batch": 1, "sequence": 6, "past_sequence": 0}, seed=0)
+    full = ort.InferenceSession(fused, providers=["CPUExecutionProvider"])
+    reference = full.run(None, {i.name: feeds[i.name] for i in full.get_inputs()})
+    gone = {
+        "cut-norms": ("LayerNormalization",),
+        "cut-gelu": ("BiasGelu",),
+        "cut-attention": ("Attention", "MultiHeadAttention"),
+    }
+    for ablation in ABLATIONS:
+        out = tmp_path / f"{ablation}.onnx"
+        cut = ablated_graph(fused, ablation, out)
+        after = Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
+        assert cut == sum(before[op] for op in gone[ablation]) and not any(after[op] for op in gone[ablation])
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+        assert [o.shape for o in outputs] == [r.shape for r in reference]  # same interface, other numbers
+        assert not np.allclose(outputs[0], reference[0])
