@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 ABLATIONS = ("cut-norms", "cut-gelu", "cut-attention")
 GELUS = ("BiasGelu", "FastGelu", "Gelu")
@@ -125,20 +126,13 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: int, work: Path, log) -> dict:  # noqa: ANN001
-    from edgeformer.export.bundle import export_bundle, source_from_card
-    from edgeformer.export.graphs import make_inputs
-    from edgeformer.zoo import resolve_card, resolve_target
+    from fusion_latency import cached_graph, one_graph_card
 
-    card = resolve_card(card_name)
-    if card.config.family not in ("encoder", "decoder"):
-        raise SystemExit(
-            f"{card_name} is an {card.config.family} card; this benchmark measures encoder and decoder cards"
-        )
-    bundle = work / f"{card_name}-cpu-fp32"  # the path bench/fusion_latency.py caches it under
-    if not (bundle / "manifest.json").is_file():
-        log(f"exporting {card_name} (cpu-fp32) ...")
-        export_bundle(source_from_card(card), resolve_target("cpu-fp32"), bundle, check=False, force=True)
-    fused = str(bundle / "model.onnx")
+    from edgeformer.export.bundle import source_from_card
+    from edgeformer.export.graphs import make_inputs
+
+    card = one_graph_card(card_name)
+    fused = cached_graph(card, "cpu-fp32", work, log)  # shares bench/fusion_latency.py's cache in --work
     variants = {"edgeformer": fused}
     cut = {}
     for ablation in ABLATIONS:

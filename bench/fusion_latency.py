@@ -14,7 +14,9 @@ For each card, in one run, at batch 1 and 2 intra-op threads:
 
 Every variant lives in its own worker process that sleeps on a pipe while the others run, and the
 variants take turns shape by shape, repetition by repetition (round-robin), so they share the
-machine's drift; onnxruntime's intra-op spinning is off in every session. A variant whose graph
+machine's drift; onnxruntime's intra-op spinning is off in every session unless --spinning on
+(onnxruntime's own default; the driver then pauses 50 ms between workers so that an idle one's
+threads stop spinning before the next one measures). A variant whose graph
 fails to build, or whose outputs differ from torch's (max abs error > 1e-3 of the output scale),
 is reported as such and left out of the comparison. The figure of merit is edgeformer's median
 latency over the best median of the others, per shape (target: <= 0.95).
@@ -80,7 +82,8 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        spinning = os.environ.get("EDGEFORMER_BENCH_SPINNING", "0")  # --spinning; off unless asked
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         opts.log_severity_level = 3
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
@@ -140,25 +143,40 @@ class Worker:
         self.proc.wait()
 
 
+def one_graph_card(card_name: str):  # noqa: ANN201
+    """The card, if it is one this benchmark measures: an encoder or a decoder (one graph)."""
+    from edgeformer.zoo import resolve_card
+
+    card = resolve_card(card_name)
+    if card.config.family not in ORT_MODEL_TYPE:
+        raise SystemExit(
+            f"{card_name} is an {card.config.family} card; this benchmark measures encoder and decoder cards"
+        )
+    return card
+
+
+def cached_graph(card, target: str, work: Path, log) -> str:  # noqa: ANN001
+    """The graph of ``card`` exported for ``target`` (no parity check), from the cache in ``work``."""
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_target
+
+    out = work / f"{card.name}-{target}"
+    if not (out / "manifest.json").is_file():
+        log(f"exporting {card.name} ({target}) ...")
+        export_bundle(source_from_card(card), resolve_target(target), out, check=False, force=True)
+    return str(out / "model.onnx")
+
+
 def prepare(card_name: str, work: Path, log) -> tuple[dict[str, str], dict[str, str], object]:  # noqa: ANN001
     """Export the unfused and fused bundles and run the two other tools on the unfused graph."""
     import onnx_ir as ir
 
-    from edgeformer.export.bundle import export_bundle, source_from_card
-    from edgeformer.zoo import resolve_card, resolve_target
-
-    card = resolve_card(card_name)
+    card = one_graph_card(card_name)
     cfg = card.config
-    if cfg.family not in ORT_MODEL_TYPE:
-        raise SystemExit(f"{card_name} is an {cfg.family} card; this benchmark measures encoder and decoder cards")
     paths: dict[str, str] = {"torch": ""}
     failed: dict[str, str] = {}
     for variant, target in (("unfused", "unfused-fp32"), ("edgeformer", "cpu-fp32")):
-        out = work / f"{card_name}-{target}"
-        if not (out / "manifest.json").is_file():
-            log(f"exporting {card_name} ({target}) ...")
-            export_bundle(source_from_card(card), resolve_target(target), out, check=False, force=True)
-        paths[variant] = str(out / "model.onnx")
+        paths[variant] = cached_graph(card, target, work, log)
 
     theirs = work / f"{card_name}-onnxscript.onnx"
     if not theirs.is_file():
@@ -295,6 +313,8 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         for rep in range(reps):
             for variant, worker in workers.items():
                 samples[variant][s] += worker.measure(feeds_files[s], iters, 0)
+                if os.environ.get("EDGEFORMER_BENCH_SPINNING") == "1":
+                    time.sleep(0.05)  # the idle worker's spinning threads park before the next one measures
             log(f"  {card_name} S={s} rep {rep + 1}/{reps}")
     for worker in workers.values():
         worker.close()
@@ -349,6 +369,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="round-robin repetitions per shape")
     parser.add_argument("--iters", type=int, default=4, help="timed calls per variant per repetition")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--spinning",
+        choices=("off", "on"),
+        default="off",
+        help="onnxruntime's intra-op spinning in every session (default off; on is onnxruntime's own default)",
+    )
     parser.add_argument("--cpus", help="pin every worker to these cores, e.g. 0,1 (on a machine with more cores)")
     parser.add_argument("--work", type=Path, help="cache directory for exports (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
@@ -363,10 +389,14 @@ def main() -> None:
 
     if args.cpus:
         os.environ["EDGEFORMER_BENCH_CPUS"] = args.cpus
+    os.environ["EDGEFORMER_BENCH_SPINNING"] = "1" if args.spinning == "on" else "0"
     info = machine()
     info["pinned_cpus"] = args.cpus
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, onnxruntime {info['onnxruntime']}")
-    print(f"batch 1, {args.threads} threads, {args.reps} x {args.iters} timed calls per variant and shape\n")
+    print(
+        f"batch 1, {args.threads} threads, intra-op spinning {args.spinning}, "
+        f"{args.reps} x {args.iters} timed calls per variant and shape\n"
+    )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
