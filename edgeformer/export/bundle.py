@@ -194,6 +194,15 @@ def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into the bundle ``directory``, with each graph's ``weights_read_bytes``
+    (export/weight_reads.py: what the benchmark divides weight-reading bandwidth by) measured from
+    the graph file as it is now; every writer of a bundle (export, fuse, quantize) comes here."""
+    from edgeformer.export.weight_reads import graph_weights_read
+
+    for graph in manifest.get("graphs", {}).values():
+        path = directory / graph["file"]
+        if path.suffix == ".onnx" and path.is_file():
+            graph["weights_read_bytes"] = graph_weights_read(path)
     (directory / "manifest.json").write_text(json_text(manifest) + "\n", encoding="utf-8")
 
 

@@ -377,12 +377,17 @@ def forward_feeds(graph: Graph, config: dict[str, Any], batch: int, sequence: in
 
 def model_info(bundle: Bundle) -> dict[str, Any]:
     """Size on disk of the bundle and of each graph (with its external data), and the bytes of
-    weights read per generated token: the size of the graph that runs once per token."""
+    weights read per generated token by the graph that runs once per token: the manifest's
+    ``weights_read_bytes`` (tables only gathered from count as rows, float16-stored weights at the
+    float32 they are widened to), or for a bundle written before that field, the graph's size."""
     files = {name: (bundle.path / name).stat().st_size for name in bundle.manifest.get("files", {})}
     graphs = {}
     for name, graph in bundle.graphs.items():
         graphs[name] = sum(size for f, size in files.items() if f in (graph.path.name, graph.path.name + ".data"))
-    step = STEP_GRAPH.get(bundle.family)
+    step = STEP_GRAPH.get(bundle.family) or FORWARD_GRAPH.get(bundle.family, "")
+    entry = bundle.manifest.get("graphs", {}).get(step) or {}
+    read = entry.get("weights_read_bytes")
+    measured = isinstance(read, int) and not isinstance(read, bool) and read > 0
     return {
         "name": bundle.name,
         "path": str(bundle.path.resolve()),
@@ -392,7 +397,8 @@ def model_info(bundle: Bundle) -> dict[str, Any]:
         "runtime": "onnxruntime",
         "size_bytes": sum(files.values()),
         "graph_bytes": graphs,
-        "weight_bytes": graphs.get(step) if step else graphs.get(FORWARD_GRAPH.get(bundle.family, "")),
+        "weight_bytes": read if measured else graphs.get(step),
+        "weight_bytes_from": "manifest weights_read_bytes" if measured else "graph file size",
         "config": {k: bundle.config.get(k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions")},
     }
 
