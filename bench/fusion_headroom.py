@@ -93,16 +93,11 @@ def ablated_graph(fused: str, ablation: str, out: Path) -> int:
 
 def measure(paths: dict[str, str], feeds: dict, reps: int, iters: int, threads: int) -> dict[str, list[float]]:
     """Per repetition, each variant's median seconds per call; the variants take turns call by call."""
-    import onnxruntime as ort
+    from fusion_latency import bench_session
 
     sessions = {}
     for name, path in paths.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        session = bench_session(path, threads)  # spinning off: the sessions share the cores
         sessions[name] = (session, {i.name: feeds[i.name] for i in session.get_inputs()})
     for session, own in sessions.values():  # warm-up
         for _ in range(2):

@@ -56,6 +56,19 @@ ORT_MODEL_TYPE = {"encoder": "bert", "decoder": "gpt2"}
 # ---------------------------------------------------------------- worker side
 
 
+def bench_session(path: str, threads: int, *, spinning: bool = False):  # noqa: ANN201
+    """A CPU session as every timed variant gets it: ``threads`` intra-op threads, one inter-op
+    thread, onnxruntime's optimizations at "all", warnings off."""
+    import onnxruntime as ort
+
+    from edgeformer.runtime.session import session_options
+
+    opts = session_options(threads=threads, spinning=spinning)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def _worker(kind: str, path: str, card: str, threads: int) -> None:
     """Load one variant, then serve {"feeds": npz, "iters": n, "warmup": w} requests from stdin."""
     import numpy as np
@@ -77,15 +90,8 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
             with torch.inference_mode():
                 return list(run_torch(plan, feeds).values())
     else:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        spinning = os.environ.get("EDGEFORMER_BENCH_SPINNING", "0")  # --spinning; off unless asked
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        spinning = os.environ.get("EDGEFORMER_BENCH_SPINNING") == "1"  # --spinning; off unless asked
+        session = bench_session(path, threads, spinning=spinning)
         names = [i.name for i in session.get_inputs()]
         by_length: dict[int, dict] = {}
 
