@@ -357,6 +357,18 @@ def check(
             click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
 
 
+def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
+    sizes = {}
+    for spec in specs:
+        name, _, size = spec.partition("=")
+        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise click.BadParameter(
+                f"{spec!r}: give NAME=SIZE with a positive integer, e.g. sequence=128", param_hint="--dim"
+            )
+        sizes[name.strip()] = int(size)
+    return sizes
+
+
 @main.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -382,6 +394,14 @@ def check(
     "xnnpack) layer norms stay LayerNormalization + Add, faster there than SkipLayerNormalization. "
     "Default: the target's, else the bundle's, else cpu.",
 )
+@click.option(
+    "--dim",
+    "dim_specs",
+    multiple=True,
+    metavar="NAME=SIZE",
+    help="Size of a named input dimension in the per-pass parity check (repeatable), for a graph that "
+    "only runs at some sizes, e.g. --dim sequence=128. Default: batch 2, sequence 7, past 3.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
@@ -392,6 +412,7 @@ def fuse(
     form: str | None,
     target_name: str | None,
     provider_list: str | None,
+    dim_specs: tuple[str, ...],
     force: bool,
     debug: bool,
     as_json: bool,
@@ -426,14 +447,15 @@ def fuse(
             raise click.UsageError(f"target {target_name} asks for no fusion; choose --form or another target")
         form = target_form
     form = form or "contrib"
+    dims = _dim_sizes(dim_specs)
     echo = functools.partial(click.echo, err=True)
     if source.is_dir():
         out = output or source.with_name(source.name + "-fused")
-        manifest = fuse_bundle(source, out, form, providers=providers, force=force, debug=debug, log=echo)
+        manifest = fuse_bundle(source, out, form, providers=providers, dims=dims, force=force, debug=debug, log=echo)
         reports = manifest["fusions"]
     else:
         out = output or source.with_suffix(".fused.onnx")
-        report = fuse_file(source, out, form, providers=providers or ("cpu",), debug=debug, log=echo)
+        report = fuse_file(source, out, form, providers=providers or ("cpu",), dims=dims, debug=debug, log=echo)
         reports = {source.name: report.to_dict()}
         if debug and report.debug:
             echo(report.debug)

@@ -306,12 +306,17 @@ def fuse_graph(
     chosen = (batch2[:1] + cached[:1]) or plan.cases[:1]
     feeds: list | None = [make_inputs(plan, dims, seed=100 + i) for i, dims in enumerate(chosen)]
     log(f"fusing {plan.file} ({form}) ...")
+    skipped = ""
     if weight_bytes(model) > EXTERNAL_DATA_BYTES:
         # per-pass checks keep a copy of the graph per pass; above 1 GiB of weights that costs more
         # memory than the machine may have. The final check against torch still runs.
-        log("  (large graph: per-pass parity skipped; the bundle is still checked against torch)")
+        skipped = "a graph over 1 GiB of weights (a copy per pass would not fit); the bundle is checked against torch"
+        log(f"  (per-pass parity skipped: {skipped})")
         feeds = None
     report = fuse_model(model, form, feeds=feeds, log=log, packed_attention=packed_attention, providers=providers)
+    if report.parity_not_checked and not skipped:
+        log(f"  per-pass parity NOT checked: {report.parity_not_checked}")
+    report.parity_not_checked = skipped or report.parity_not_checked
     cov = report.coverage
     log(
         "  coverage: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class PassRecord:
     seconds: float
     max_rel_error: float | None = None  # against the unfused graph; None when not run
     rolled_back: str = ""  # why the pass was undone
+    deferred: bool = False  # its graph held intermediate ops; checked with the next pass that could run
 
 
 @dataclass
@@ -85,6 +87,7 @@ class FusionReport:
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     not_fused: list[dict[str, str]] = field(default_factory=list)
     debug: str = ""
+    parity_not_checked: str = ""  # why the passes were not checked against the unfused graph
 
     @property
     def counts(self) -> dict[str, int]:
@@ -105,6 +108,7 @@ class FusionReport:
             "not_fused": self.not_fused,
             "passes": [asdict(p) for p in self.passes],
             "rolled_back": {p.name: p.rolled_back for p in self.passes if p.rolled_back},
+            "parity_not_checked": self.parity_not_checked or None,
         }
         return out
 
@@ -213,17 +217,72 @@ NNAPI_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
 ]
 
 
-def _run(model: ir.Model, feeds: list[Feeds]) -> list[list[np.ndarray]] | None:
+def _run(model: ir.Model, feeds: list[Feeds]) -> list[list[np.ndarray]]:
+    """The graph's outputs on each of ``feeds``; raises what onnxruntime raises when it cannot
+    load or run the graph (the caller names the pass, or says why nothing was checked)."""
     proto = ir.to_proto(model)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - an intermediate form onnxruntime cannot run
-        return None
+    opts.log_severity_level = 4  # a failure is reported by the caller, not logged to stderr as well
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return [session.run(names, f) for f in feeds]
+
+
+INTERMEDIATE_DOMAIN = "ai.onnxruntime._fusion"  # onnxscript's ort_fusions: SDPA, MHA before its final form
+
+
+def _intermediate_ops(model: ir.Model) -> set[str]:
+    return {f"{n.domain}:{n.op_type}" for n in model.graph.all_nodes() if n.domain == INTERMEDIATE_DOMAIN}
+
+
+def _check(
+    model: ir.Model, feeds: list[Feeds], reference: list[list[np.ndarray]], tolerance: float
+) -> tuple[float | None, str, bool]:
+    """Run the rewritten graph against the unfused outputs: (worst error, problem, deferred).
+    A graph holding the rewriter's intermediate ops (a fusion that a later pass completes) cannot
+    load in onnxruntime; its check is deferred to the next pass, and a failure then undoes both."""
+    try:
+        got = _run(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's failure to load or run the rewritten graph
+        if _intermediate_ops(model):
+            return None, "", True
+        return None, f"the graph no longer runs ({_ort_message(exc)})", False
+    error = _max_rel(reference, got)
+    if error > tolerance:
+        return error, f"it changed the outputs by {error:.3g} of their scale (tolerance {tolerance:g})", False
+    return error, "", False
+
+
+def _undo(model: ir.Model, restore_point: Any, records: list[PassRecord], problem: str, log: Callable) -> ir.Model:
+    """Put the graph back to ``restore_point`` and mark ``records`` (the last one the pass whose
+    check failed) as undone, naming the problem."""
+    model = _restore(model, restore_point)
+    undone = [r for r in records if r.rewrites or r is records[-1]]
+    if len(undone) > 1:
+        names = " + ".join(r.name for r in undone)
+        problem = f"{problem} (checked as one step, {names}: the graph between them does not run)"
+    for record in records:
+        if record in undone:
+            record.rolled_back, record.rewrites = problem, 0
+            log(f"  {record.name}: undone, {problem}")
+        record.nodes = len(list(model.graph.all_nodes()))
+    return model
+
+
+def _ort_message(exc: Exception) -> str:
+    """The informative part of an onnxruntime error: the node it failed in and its status message
+    without the source location and failed condition, first line, bounded."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    node = re.search(r"while running (\S+) node\. Name:'([^']*)'", text)
+    for marker in ("Status Message: ", "] : "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    if text.startswith("/") and " was false. " in text:  # "/src/file.h:91 Func(...) cond was false. Message"
+        text = text.split(" was false. ", 1)[1]
+    if node:
+        text = f"{node[1]} node {node[2]!r}: {text}" if node[2] else f"{node[1]} node: {text}"
+    return text[:300]
 
 
 def _max_rel(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
@@ -372,7 +431,14 @@ def fuse_model(
     if form not in FORMS:
         raise ValueError(f"fusion form {form!r} is not one of {', '.join(FORMS)}")
     report = FusionReport(form, len(list(model.graph.all_nodes())))
-    reference = _run(model, feeds) if feeds else None
+    reference = None
+    if not feeds:
+        report.parity_not_checked = "no inputs were given for the check"
+    else:
+        try:
+            reference = _run(model, feeds)
+        except Exception as exc:  # noqa: BLE001 - any onnxruntime failure on the source graph
+            report.parity_not_checked = f"the unfused graph does not run under onnxruntime ({_ort_message(exc)})"
     passes = {
         "contrib": CONTRIB_PASSES,
         "standard": STANDARD_PASSES,
@@ -388,35 +454,37 @@ def fuse_model(
     if not providers or providers[0] not in CPU_KERNEL_PROVIDERS:
         passes = [p for p in passes if p[0] != "split_skip_layer_norm"]
     before = None
+    restore_point: Any = None  # the graph as it was at the last check that ran (or before the first pass)
+    pending: list[PassRecord] = []  # passes since then whose graph held intermediate ops (see _check)
     for name, fn in passes:
         start = time.perf_counter()
-        backup = ir.to_proto(model) if reference is not None else None
+        if reference is not None and not pending:
+            restore_point = ir.to_proto(model)
         rewrites = int(fn(model) or 0)
         record = PassRecord(name, rewrites, len(list(model.graph.all_nodes())), round(time.perf_counter() - start, 3))
+        report.passes.append(record)
         if name == "cleanup":
             before = _candidates(model)
-        if reference is not None and (rewrites or name.endswith("cleanup")):
-            problem = ""
-            try:
-                got = _run(model, feeds)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's failure to run the rewritten graph
-                got, problem = None, f"the graph no longer runs ({str(exc).splitlines()[0][:200]})"
-            if got is not None:
-                record.max_rel_error = _max_rel(reference, got)
-                if record.max_rel_error > tolerance:
-                    problem = (
-                        f"it changed the outputs by {record.max_rel_error:.3g} of their scale (tolerance {tolerance:g})"
-                    )
-            if problem:
-                if strict:
-                    raise FusionParityError(f"fusion pass {name!r}: {problem}")
-                model = _restore(model, backup)  # type: ignore[arg-type]
-                record.rolled_back = problem
-                record.rewrites, record.nodes = 0, len(list(model.graph.all_nodes()))
-                log(f"  {name}: undone, {problem}")
-        report.passes.append(record)
         if rewrites:
             log(f"  {name}: {rewrites}")
+        if reference is None or not (rewrites or name.endswith("cleanup")):
+            continue
+        record.max_rel_error, problem, deferred = _check(model, feeds, reference, tolerance)  # type: ignore[arg-type]
+        if deferred:
+            record.deferred = True
+            pending.append(record)
+            continue
+        if problem:
+            if strict:
+                culprits = " + ".join(repr(r.name) for r in [*pending, record])
+                raise FusionParityError(f"fusion pass {culprits}: {problem}")
+            model = _undo(model, restore_point, [*pending, record], problem, log)
+        pending.clear()
+    if pending:  # the last passes left the rewriter's intermediate ops: a graph onnxruntime cannot run
+        problem = f"it left {', '.join(sorted(_intermediate_ops(model)))}, which onnxruntime cannot run"
+        if strict:
+            raise FusionParityError(f"fusion pass {pending[0].name!r}: {problem}")
+        model = _undo(model, restore_point, pending, problem, log)
     ops = _op_counts(model)
     assert before is not None
     report.nodes_after = len(list(model.graph.all_nodes()))

@@ -33,15 +33,37 @@ def _size(name: str, axis: int) -> int:
     return 7
 
 
-def graph_feeds(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Plausible random inputs for any graph: symbolic dimensions get small sizes (batch 2,
-    sequence 7, past 3), masks are ones, ids are small non-negative integers."""
+def check_sizes(model: ir.Model, dims: dict[str, int] | None = None) -> dict[str, int]:
+    """The size the fusion check gives each named dimension of the graph's inputs: ``dims`` where
+    it names one, else a small guess (batch 2, sequence 7, past 3)."""
+    dims = dims or {}
+    sizes: dict[str, int] = {}
+    for value in model.graph.inputs:
+        for axis, dim in enumerate(value.shape.dims if value.shape is not None else ()):
+            if not isinstance(dim, int):
+                sizes.setdefault(str(dim), dims.get(str(dim), _size(str(dim), axis)))
+    return sizes
+
+
+def refuse_unknown_dims(dims: dict[str, int] | None, models: list[ir.Model]) -> None:
+    """A ``--dim`` naming no input dimension of any of ``models`` is a typo: say which names exist."""
+    names = {name for model in models for name in check_sizes(model)}
+    unknown = sorted(set(dims or {}) - names)
+    if unknown:
+        have = ", ".join(sorted(names)) or "none: every input dimension is fixed"
+        raise ExportError(f"--dim {unknown[0]}: the graph's inputs have no dimension of that name (they have {have})")
+
+
+def graph_feeds(model: ir.Model, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Plausible random inputs for any graph: named dimensions get the sizes of ``check_sizes``
+    (``dims``, else small guesses), masks are ones, ids are small non-negative integers."""
     rng = np.random.default_rng(seed)
+    sizes = check_sizes(model, dims)
     feeds = {}
     for value in model.graph.inputs:
         if value.shape is None or value.dtype not in _NP:
             raise ExportError(f"input {value.name!r} has no known shape or a dtype the fusion check cannot feed")
-        shape = tuple(d if isinstance(d, int) else _size(str(d), i) for i, d in enumerate(value.shape.dims))
+        shape = tuple(d if isinstance(d, int) else sizes[str(d)] for d in value.shape.dims)
         dtype = _NP[value.dtype]
         lowered = value.name.lower()
         if "mask" in lowered:
@@ -62,12 +84,26 @@ def load_onnx(path: Path) -> ir.Model:
         raise ExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
 
 
+def _fuse_checked(
+    model: ir.Model, form: str, dims: dict[str, int] | None, *, debug: bool, providers: tuple[str, ...], log: Any
+) -> FusionReport:
+    """fuse_model with per-pass parity on graph_feeds; where the source graph does not run on
+    them, the report says which sizes the check used and how to give others."""
+    report = fuse_model(model, form, feeds=[graph_feeds(model, dims=dims)], debug=debug, providers=providers, log=log)
+    sizes = check_sizes(model, dims)
+    if report.parity_not_checked and sizes:
+        used = ", ".join(f"{name}={size}" for name, size in sizes.items())
+        report.parity_not_checked += f"; the check fed {used}: give the sizes the graph takes with --dim NAME=SIZE"
+    return report
+
+
 def fuse_file(
     src: Path,
     out: Path,
     form: str = "contrib",
     *,
     providers: tuple[str, ...] = ("cpu",),
+    dims: dict[str, int] | None = None,
     debug: bool = False,
     log: Any = print,
 ) -> FusionReport:
@@ -75,7 +111,8 @@ def fuse_file(
 
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
-    report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, providers=providers, log=log)
+    refuse_unknown_dims(dims, [model])
+    report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
     with atomic_path(out) as tmp:
         ir.save(model, tmp)
     return report
@@ -87,6 +124,7 @@ def fuse_bundle(
     form: str = "contrib",
     *,
     providers: tuple[str, ...] | None = None,
+    dims: dict[str, int] | None = None,
     force: bool = False,
     debug: bool = False,
     log: Any = print,
@@ -100,12 +138,14 @@ def fuse_bundle(
         raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")
     if providers is None:
         providers = tuple((manifest.get("target") or {}).get("providers") or ("cpu",))
+    if dims:
+        refuse_unknown_dims(dims, [load_onnx(src / g["file"]) for g in manifest["graphs"].values()])
     with new_bundle_dir(out, force) as tmp:
         reports, files = {}, []
         for name, graph in manifest["graphs"].items():
             log(f"fusing {graph['file']} ({form}) ...")
             model = load_onnx(src / graph["file"])
-            report = fuse_model(model, form, feeds=[graph_feeds(model)], debug=debug, providers=providers, log=log)
+            report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
             reports[name] = report.to_dict()
             files += save_graph(model, tmp / graph["file"])
         for name in manifest["files"]:
@@ -127,3 +167,10 @@ def print_report(report: dict[str, Any], echo: Any) -> None:
     echo(f"  coverage: {cov or 'no attention, layer-norm or GELU blocks'}; {nodes}")
     for miss in report["not_fused"]:
         echo(f"  NOT FUSED {miss['kind']} at {miss['node']}: {miss['reason']}")
+    for name, why in report.get("rolled_back", {}).items():
+        echo(f"  UNDONE pass {name}: {why}")
+    checked = [p["max_rel_error"] for p in report.get("passes", []) if p.get("max_rel_error") is not None]
+    if report.get("parity_not_checked"):
+        echo(f"  per-pass parity NOT checked: {report['parity_not_checked']}")
+    elif checked:
+        echo(f"  per-pass parity: {len(checked)} passes checked, worst {max(checked):.2g} of output scale")

@@ -69,6 +69,11 @@ def test_every_edge_card_fuses_completely_with_parity(fused_bundles, name, targe
             assert model.opset_imports[""] == 23 and ops["Attention"] == n_attention
         checked = [p for p in report["passes"] if p["max_rel_error"] is not None]
         assert len(checked) >= 4 and all(p["max_rel_error"] <= 1e-4 for p in checked)
+        assert report["parity_not_checked"] is None and not report["rolled_back"]
+        # a pass whose graph held the rewriter's intermediate ops was checked by the next one
+        for i, p in enumerate(report["passes"]):
+            if p["deferred"]:
+                assert any(q["max_rel_error"] is not None for q in report["passes"][i + 1 :]), p
 
 
 def test_decoder_attention_keeps_the_cache(fused_bundles):
@@ -120,6 +125,67 @@ def test_a_pass_that_changes_the_numbers_is_named_and_undone(monkeypatch):
         fuse_model(model, feeds=feeds, strict=True)
 
 
+def _unknown_op(model: ir.Model) -> int:
+    """A buggy 'fusion': turns the first MatMul into an op no runtime has."""
+    for node in model.graph.all_nodes():
+        if node.op_type == "MatMul":
+            node.op_type = "NoSuchOp"
+            return 1
+    return 0
+
+
+def test_a_pass_that_breaks_the_graph_is_named_and_undone(monkeypatch):
+    model, feeds = _traced("bert-mini")
+    passes = list(pipeline.CONTRIB_PASSES)
+    passes.insert(3, ("breaking_rule", _unknown_op))
+    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", passes)
+    report = fuse_model(model, feeds=feeds)
+    breaking = next(p for p in report.passes if p.name == "breaking_rule")
+    assert breaking.rolled_back.startswith("the graph no longer runs") and "NoSuchOp" in breaking.rolled_back
+    assert not any(n.op_type == "NoSuchOp" for n in model.graph.all_nodes())
+    assert report.complete and report.parity_not_checked == ""
+    later = report.passes[report.passes.index(breaking) + 1 :]
+    assert sum(p.max_rel_error is not None for p in later) >= 4  # the passes after it were still checked
+
+
+def test_intermediate_forms_are_checked_with_the_pass_that_completes_them(monkeypatch):
+    # onnxscript's sdpa pass leaves ai.onnxruntime._fusion:SDPA, which onnxruntime cannot load;
+    # the mha passes turn it into MultiHeadAttention. A bug between them is caught when they are.
+    model, feeds = _traced("bert-mini")
+    report = fuse_model(model, feeds=feeds)
+    names = [p.name for p in report.passes]
+    sdpa = report.passes[names.index("sdpa")]
+    assert sdpa.rewrites == 2 and sdpa.deferred and sdpa.max_rel_error is None
+    assert not report.to_dict()["rolled_back"]
+
+    model, feeds = _traced("bert-mini")
+    passes = list(pipeline.CONTRIB_PASSES)
+    passes.insert(names.index("sdpa") + 1, ("buggy_rule", _break_weights))
+    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", passes)
+    reference = run(model, feeds[0])
+    report = fuse_model(model, feeds=feeds)
+    undone = report.to_dict()["rolled_back"]
+    assert {"sdpa", "buggy_rule"} <= set(undone), undone
+    assert all(
+        "changed the outputs" in why and "checked as one step, sdpa + buggy_rule" in why for why in undone.values()
+    )
+    assert not any(n.domain == pipeline.INTERMEDIATE_DOMAIN for n in model.graph.all_nodes())
+    for a, b in zip(reference, run(model, feeds[0]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+    # with nothing after it to complete its form, the sdpa pass is undone at the end
+    model, feeds = _traced("bert-mini")
+    unfinished = [p for p in pipeline.CONTRIB_PASSES if not p[0].startswith(("mha", "attention", "sdpa_via"))]
+    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", unfinished)
+    report = fuse_model(model, feeds=feeds)
+    undone = report.to_dict()["rolled_back"]
+    assert "it left ai.onnxruntime._fusion:SDPA, which onnxruntime cannot run" in undone["sdpa"], undone
+    assert not any(n.domain == pipeline.INTERMEDIATE_DOMAIN for n in model.graph.all_nodes())
+    assert report.coverage["attention"]["fused"] == 0 and not report.complete
+    for a, b in zip(reference, run(model, feeds[0]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_unfused_blocks_are_reported_with_a_reason(monkeypatch):
     model, feeds = _traced("gpt-mini")
     monkeypatch.setattr(pipeline, "CONTRIB_PASSES", [p for p in pipeline.CONTRIB_PASSES if p[0] != "mask_to_bias"])
@@ -154,3 +220,60 @@ def test_fuse_command_on_a_file_and_a_bundle(tmp_path, fused_bundles):
     result = runner.invoke(main, ["fuse", str(bad)])
     assert result.exit_code == 1 and "not a valid ONNX file" in result.output
     shutil.rmtree(tmp_path / "fb")
+
+
+def _fixed_reshape_graph(path, op=("", "Reshape")):
+    """A graph with symbolic inputs that only runs at batch 1, sequence 128 (a Reshape to fixed
+    sizes, as older exporters write), or with an op no runtime has."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = numpy_helper.from_array(np.random.default_rng(0).random((60, 16), dtype=np.float32), "emb")
+    shape = numpy_helper.from_array(np.array([1, 128, 16], dtype=np.int64), "shape")
+    domain, op_type = op
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+        helper.make_node(op_type, ["e", "shape"], ["y"], domain=domain),
+    ]
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    graph = helper.make_graph(nodes, "g", [ids], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph.initializer.extend([emb, shape])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    __import__("onnx").save(helper.make_model(graph, opset_imports=opsets), str(path))
+    return path
+
+
+def test_fuse_says_when_the_source_graph_cannot_be_checked_and_takes_sizes(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeformer.cli import main
+
+    runner = CliRunner()
+    src = _fixed_reshape_graph(tmp_path / "fixed.onnx")
+    result = runner.invoke(main, ["fuse", str(src), "-o", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "per-pass parity NOT checked: the unfused graph does not run under onnxruntime (Reshape node" in result.output
+    )
+    assert "requested shape:{1,128,16}" in result.output and "the check fed batch=2, seq=7" in result.output
+    assert "--dim NAME=SIZE" in result.output and "Traceback" not in result.output
+
+    result = runner.invoke(
+        main, ["fuse", str(src), "-o", str(tmp_path / "b.onnx"), "--dim", "batch=1", "--dim", "seq=128"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "NOT checked" not in result.output and "passes checked, worst 0 of output scale" in result.output
+
+    result = runner.invoke(main, ["fuse", str(src), "-o", str(tmp_path / "c.onnx"), "--dim", "sequence=128", "--json"])
+    assert (
+        result.exit_code == 1 and "--dim sequence: the graph's inputs have no dimension of that name" in result.output
+    )
+    assert "(they have batch, seq)" in result.output and not (tmp_path / "c.onnx").exists()
+    result = runner.invoke(main, ["fuse", str(src), "--dim", "seq=0"])
+    assert result.exit_code == 2 and "NAME=SIZE with a positive integer" in result.output
+
+    custom = _fixed_reshape_graph(tmp_path / "custom.onnx", op=("com.example", "NoSuchOp"))
+    result = runner.invoke(main, ["fuse", str(custom), "-o", str(tmp_path / "d.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = __import__("json").loads(result.stdout)["custom.onnx"]
+    assert "com.example:NoSuchOp" in report["parity_not_checked"]
+    assert all(p["max_rel_error"] is None for p in report["passes"])
