@@ -1,9 +1,12 @@
-"""tanh-approximated GELU -> com.microsoft FastGelu, in every arrangement exporters produce.
+"""GELU -> com.microsoft FastGelu (tanh form) or Gelu (erf form), in every arrangement exporters produce.
 
 GELU(x) ~= 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Hugging Face's GPT-2 writes it as
 ``(x * 0.5) * (1 + tanh(...))``; onnxscript's rule expects ``x * (0.5 * (1 + tanh(...)))``.
-Both, and the product taken in either order, are alternatives of one pattern here. (The erf form
-is fused by onnxscript's erf rule, which the pipeline also runs.)
+Both, and the product taken in either order, are alternatives of one pattern here.
+
+GELU(x) = 0.5 x (1 + erf(x / sqrt(2))) likewise: onnxscript's erf rule (which the pipeline runs
+first) takes ``0.5 * (x * (1 + erf))`` and ``x * (0.5 * (1 + erf))`` in that operand order;
+torch.onnx's TorchScript exporter writes ``(x * (erf + 1)) * 0.5``.
 """
 
 from __future__ import annotations
@@ -51,4 +54,27 @@ class TanhGelu(pattern.RewriteRuleClassBase):
         return op.FastGelu(x, _domain="com.microsoft")
 
 
+class ErfGelu(pattern.RewriteRuleClassBase):
+    def __init__(self, arrangement: str) -> None:
+        super().__init__(name=f"ErfGelu_{arrangement}")
+        self._product = ARRANGEMENTS[arrangement]
+
+    def pattern(self, op, x, root2, one, half):  # type: ignore[no-untyped-def]
+        scaled = pattern.OrValue([op.Div(x, root2), op.Mul(x, root2)], tag_var="scaling", tag_values=["Div", "Mul"])
+        return self._product(op, x, op.Add(op.Erf(scaled), one), half)
+
+    def check(self, context, x, root2, one, half, scaling, **_):  # type: ignore[no-untyped-def]
+        result = pattern.MatchResult()
+        want = math.sqrt(2.0) if scaling == "Div" else 1.0 / math.sqrt(2.0)
+        if not _close(root2, want):
+            return result.fail(f"x is not {'divided' if scaling == 'Div' else 'multiplied'} by {want:.6f}", root2)
+        if not _close(one, 1.0) or not _close(half, 0.5):
+            return result.fail("the outer constants are not 1 and 0.5", half)
+        return result
+
+    def rewrite(self, op, x, **_):  # type: ignore[no-untyped-def]
+        return op.Gelu(x, _domain="com.microsoft")
+
+
 rules = pattern.RewriteRuleSet([TanhGelu.rule(a) for a in ARRANGEMENTS], commute=True)  # commuted operands too
+erf_rules = pattern.RewriteRuleSet([ErfGelu.rule(a) for a in ARRANGEMENTS], commute=True)

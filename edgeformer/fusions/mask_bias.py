@@ -58,6 +58,8 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
     def pattern(self, op, mask, zero, fill):  # type: ignore[no-untyped-def]
         return op.Where(mask, zero, fill)
 
+    threshold = LARGE_NEGATIVE  # fills at or below this are replaced
+
     def check(self, context, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
         result = pattern.MatchResult()
         for name, value in (("zero", zero), ("fill", fill)):
@@ -65,7 +67,7 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
                 return result.fail(f"the {name} branch is not a constant scalar", value)
         if float(zero.const_value.numpy().reshape(())) != 0.0:
             return result.fail("the kept branch is not 0", zero)
-        if float(fill.const_value.numpy().reshape(())) > LARGE_NEGATIVE:
+        if float(fill.const_value.numpy().reshape(())) > self.threshold:
             return result.fail("the fill is already finite", fill)
         return result
 
@@ -74,5 +76,40 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
         return op.Where(mask, zero, op.Constant(value=ir.tensor(np.array(FINITE_FILL, dtype=dtype))))
 
 
+class InfiniteMaskFill(FiniteMaskFill):
+    """Where(mask, 0, -inf) -> Where(mask, 0, -1e9), for onnxruntime's contrib attention ops.
+
+    torch.onnx's TorchScript exporter writes scaled_dot_product_attention's boolean mask as a
+    -inf bias and guards the softmax with Where(IsNaN(p), 0, p); the attention match drops the
+    guard. A row whose every key is masked (a query at a left-padded position) would then be
+    NaN in the fused op, and the NaN reaches every row of the next layer through its keys; with a
+    finite fill it gets uniform weights. Only such rows change: the guard gave them 0.
+    """
+
+    threshold = float("-inf")
+
+
+class NanGuardScalar(pattern.RewriteRuleClassBase):
+    """Where(IsNaN(p), [0], p) -> Where(IsNaN(p), 0, p): the exporter writes the guard's zero as a
+    one-element tensor; the attention pattern (onnxscript's SDPA) takes the scalar."""
+
+    def pattern(self, op, probs, zero):  # type: ignore[no-untyped-def]
+        return op.Where(op.IsNaN(probs), zero, probs)
+
+    def check(self, context, probs, zero, **_):  # type: ignore[no-untyped-def]
+        result = pattern.MatchResult()
+        value = zero.const_value
+        if value is None or value.numpy().shape != (1,) or float(value.numpy()[0]) != 0.0:
+            return result.fail("the guard's value is not a one-element zero", zero)
+        if probs.shape is None or len(probs.shape) < 1:
+            return result.fail("the guarded value's rank is unknown", probs)
+        return result
+
+    def rewrite(self, op, probs, zero, **_):  # type: ignore[no-untyped-def]
+        scalar = op.Constant(value=ir.tensor(np.array(0.0, dtype=zero.const_value.numpy().dtype)))
+        return op.Where(op.IsNaN(probs), scalar, probs)
+
+
 rules = pattern.RewriteRuleSet([MaskToBias.rule()])
 finite_fill_rules = pattern.RewriteRuleSet([FiniteMaskFill.rule()])
+exporter_mask_rules = pattern.RewriteRuleSet([InfiniteMaskFill.rule(), NanGuardScalar.rule()])

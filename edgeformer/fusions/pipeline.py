@@ -45,6 +45,7 @@ from edgeformer.fusions import (
     mha_bnsh_cache,
     standard_attention,
     static_reduce_sum,
+    symbolic_shapes,
 )
 from edgeformer.fusions.packed_projections import pack_projections
 from edgeformer.fusions.packed_weights import fold_packed_weights
@@ -147,9 +148,12 @@ def _with_shapes(fn: Callable[..., int]) -> Callable[[ir.Model], int]:
 # fuse before attention so that attention's neighbours are already in their final form.
 CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("cleanup", cleanup),
+    ("symbolic_shapes", symbolic_shapes.apply),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
     ("share_mask_bias", _cse),
+    ("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
     ("erf_gelu", fuse_erfgelu),
+    ("erf_gelu_arrangements", gelu.erf_rules.apply_to_model),
     ("tanh_gelu", gelu.rules.apply_to_model),
     ("skip_layer_norm", fuse_skip_layer_normalization),
     ("sdpa", _with_shapes(fuse_sdpa)),
@@ -187,9 +191,11 @@ def _standard_attention(model: ir.Model) -> int:
 # such at that opset): the same attention matcher, lowered to ai.onnx Attention.
 STANDARD_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("cleanup", cleanup),
+    ("symbolic_shapes", symbolic_shapes.apply),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
     ("share_mask_bias", _cse),
     ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
+    ("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
     ("standard_attention", _standard_attention),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
 ]

@@ -74,3 +74,74 @@ def test_edgeformer_fuses_at_least_as_much_as_the_usual_tools(tmp_path, factory,
         assert edgeformer[kind] >= onnxscript[kind], (kind, edgeformer, onnxscript)
         assert edgeformer[kind] >= ort_tool[kind], (kind, edgeformer, ort_tool)
     assert edgeformer["attention"] == 2 and report.complete
+
+
+def _torchscript_export(factory: str, attn: str, path) -> None:  # noqa: ANN001
+    """A Hugging Face model exported the way optimum does: torch.onnx's TorchScript exporter
+    (dynamo=False), opset 17, batch and sequence dynamic; biases random as in a trained model."""
+    import torch
+
+    from tests.fixtures import factories
+
+    torch.manual_seed(0)
+    model = getattr(factories, factory)().eval()
+    model.config._attn_implementation = attn  # eager: matmul + softmax; sdpa: the default since torch 2.1
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.02)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001, ANN201
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+    names = ["input_ids", "attention_mask"]
+    example = (torch.randint(0, 200, (1, 8)), torch.ones(1, 8, dtype=torch.long))
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+    torch.onnx.export(
+        Wrapped(), example, str(path), input_names=names, output_names=["out"], dynamic_axes=dynamic,
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize(("factory", "model_type"), [("hf_bert", "bert"), ("hf_gpt2", "gpt2")])
+def test_torchscript_exports_fuse_completely_and_at_least_as_much(tmp_path, factory, model_type, attn):
+    from onnxruntime.transformers import optimizer
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    path = tmp_path / "torchscript.onnx"
+    _torchscript_export(factory, attn, path)
+    rng = np.random.default_rng(3)
+    mask = np.ones((2, 9), dtype=np.int64)
+    mask[1, 6:] = 0  # right padding: every query still sees a key
+    feeds = {"input_ids": rng.integers(0, 200, (2, 9), dtype=np.int64), "attention_mask": mask}
+    reference = run(onnx.load(str(path)), feeds)
+
+    ours = ir.load(path)
+    report = fuse_model(ours, feeds=[feeds])
+    edgeformer = _counts(ir.to_proto(ours), feeds, reference)
+    theirs = ir.load(path)
+    optimize_for_ort(theirs)
+    onnxscript = _counts(ir.to_proto(theirs), feeds, reference)
+    ort_model = optimizer.optimize_model(str(path), model_type=model_type, num_heads=4, hidden_size=64, opt_level=0)
+    ort_tool = _counts(ort_model.model, feeds, reference)
+    print(f"{factory} {attn}: edgeformer {edgeformer}, onnxscript {onnxscript}, onnxruntime optimizer {ort_tool}")
+    assert report.complete and not report.to_dict()["rolled_back"], report.to_dict()
+    assert edgeformer == {"attention": 2, "layer_norm": 5, "gelu": 2}, edgeformer  # every block
+    for kind in KINDS:
+        assert edgeformer[kind] >= max(onnxscript[kind], ort_tool[kind]), (kind, edgeformer, onnxscript, ort_tool)
+
+    if factory == "hf_gpt2":
+        # left padding: the first query of row 1 sees no key. The exporter's -inf mask and NaN guard
+        # give it 0; fused, it gets a finite fill (mask_bias.InfiniteMaskFill): no NaN anywhere,
+        # and every other position as unfused.
+        left = {"input_ids": feeds["input_ids"], "attention_mask": mask[:, ::-1].copy()}
+        (want,), (got,) = run(onnx.load(str(path)), left), run(ir.to_proto(ours), left)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+        np.testing.assert_allclose(got[1, 3:], want[1, 3:], atol=1e-4)

@@ -1,0 +1,197 @@
+"""Symbolic shapes, so attention in graphs from torch.onnx's TorchScript exporter can be matched.
+
+That exporter (``torch.onnx.export(..., dynamo=False)``, what optimum writes) computes every
+reshape target from ``Shape`` / ``Gather`` / ``Concat`` chains with a ``-1``, and ONNX shape
+inference loses track: the heads axis of the query is ``unk__18`` and that of the key
+``unk__19``, so no attention pattern can prove they are the same heads. Three steps, in order:
+
+1. onnxruntime's symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``, what its
+   transformer optimizer runs) gives every value a shape in terms of the graph inputs' named
+   dimensions (``[batch, 4, sequence, 16]``); run on a copy without the weights' data.
+2. A ``Gather(Shape(x), i)`` whose dimension is a graph input's named dimension reads it from that
+   input instead, and one whose dimension is a number becomes that number: the exporter takes
+   sizes from intermediate tensors (the attention output's batch size, the value's head size),
+   and that extra use of an intermediate value blocks a fusion of its producer.
+3. A ``Reshape`` whose output shape equals its input shape, dimension by dimension, is dropped.
+
+The per-pass parity check runs after this like after any other pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+_WEIGHT_ELEMENTS = 1024  # initializers above this are passed to the inference as inputs of their shape
+
+
+def _stripped_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto whose large initializers are graph inputs (their shape, no data)."""
+    proto = ir.to_proto(model)
+    kept = []
+    for init in proto.graph.initializer:
+        if int(np.prod(init.dims, dtype=np.int64)) > _WEIGHT_ELEMENTS:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            kept.append(init)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return proto
+
+
+def infer(model: ir.Model) -> dict[ir.Value, ir.Shape | None]:
+    """Step 1: put onnxruntime's symbolic shapes on the graph's values; returns the values that
+    got a shape with fewer unknown dimensions, with their shapes before. A graph it cannot handle
+    is left as it is."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        # SymbolicShapeInference.infer_shapes, less its last step: where some shape stays unknown
+        # it writes sym_shape_infer_temp.onnx into the working directory and raises; the partial
+        # shapes are kept here instead, and nothing is written.
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
+        inference._preprocess(_stripped_proto(model))
+        while inference.run_:
+            inference._infer_impl()
+        inferred = inference.out_mp_
+    except Exception:  # noqa: BLE001 - custom ops, unsupported ops, sympy missing: keep ONNX's shapes
+        return {}
+    shapes = {info.name: info for info in inferred.graph.value_info}
+    improved: dict[ir.Value, ir.Shape | None] = {}
+    for node in model.graph.all_nodes():
+        for value in node.outputs:
+            info = shapes.get(value.name)
+            if info is None or not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+                continue
+            dims = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in info.type.tensor_type.shape.dim
+            ]
+            if value.shape is not None and len(value.shape) != len(dims):
+                continue
+            if _unknowns(dims) < (len(dims) + 1 if value.shape is None else _unknowns(list(value.shape.dims))):
+                improved[value] = value.shape
+                value.shape = ir.Shape(dims)
+    return improved
+
+
+def _unknowns(dims: list) -> int:  # type: ignore[type-arg]
+    return sum(1 for d in dims if d is None or (not isinstance(d, int) and (_name(d) or "unk__").startswith("unk__")))
+
+
+def _name(dim: object) -> str | None:
+    if isinstance(dim, ir.SymbolicDim):
+        return dim.value
+    return dim if isinstance(dim, str) else None
+
+
+def canonical_dims(model: ir.Model) -> int:
+    """Step 2: ``Gather(Shape(x), i)`` of a named input dimension reads it from the input; of a
+    known size, is that size."""
+    inputs: dict[str, tuple[ir.Value, int]] = {}
+    for value in model.graph.inputs:
+        for axis, dim in enumerate(value.shape.dims if value.shape is not None else ()):
+            name = _name(dim)
+            if name and not name.startswith("unk__"):
+                inputs.setdefault(name, (value, axis))
+    made: dict[tuple[str, int, int], ir.Value] = {}
+    rewrites = 0
+    for node in list(model.graph):
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        shape_node = node.inputs[0].producer() if node.inputs[0] is not None else None
+        index = node.inputs[1].const_value if node.inputs[1] is not None else None
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.attributes or index is None:
+            continue
+        source = shape_node.inputs[0]
+        if source is None or source.shape is None or index.numpy().size != 1:
+            continue
+        axis = int(index.numpy().reshape(()))
+        if not -len(source.shape) <= axis < len(source.shape):
+            continue
+        dim = source.shape.dims[axis]
+        if isinstance(dim, int):  # a size known from the shapes: a constant
+            size = ir.Value(
+                name=f"{node.outputs[0].name}.size",
+                const_value=ir.tensor(np.full(index.numpy().shape, dim, dtype=np.int64)),
+            )
+            model.graph.register_initializer(size)
+            node.outputs[0].replace_all_uses_with(size)
+            rewrites += 1
+            continue
+        name = _name(dim)
+        if name not in inputs or inputs[name][0] is source:
+            continue
+        graph_input, input_axis = inputs[name]
+        key = (graph_input.name, input_axis, index.numpy().ndim)
+        if key not in made:
+            made[key] = _input_dim(model, graph_input, input_axis, index.numpy().ndim)
+        node.outputs[0].replace_all_uses_with(made[key])
+        rewrites += 1
+    if rewrites:
+        common_passes.RemoveUnusedNodesPass()(model)
+    return rewrites
+
+
+def _input_dim(model: ir.Model, graph_input: ir.Value, axis: int, rank: int) -> ir.Value:
+    """``Gather(Shape(graph_input), axis)`` (a scalar, or [1] for rank 1), right after a Shape of
+    the input (the graph's own, or a new one at the top)."""
+    shape_name, index_name = f"{graph_input.name}.shape", f"{graph_input.name}.dim{axis}.index{rank}"
+    shapes = [u.node for u in graph_input.uses() if u.node.op_type == "Shape" and not u.node.attributes]
+    shape = next((n for n in shapes if n.outputs[0].name == shape_name), shapes[0] if shapes else None)
+    if shape is None:
+        shape = ir.node("Shape", [graph_input])
+        shape.outputs[0].name = shape_name
+        shape.outputs[0].dtype = ir.DataType.INT64
+        shape.outputs[0].shape = ir.Shape([len(graph_input.shape) if graph_input.shape is not None else None])
+        first = next(iter(model.graph), None)
+        if first is None:
+            model.graph.append(shape)
+        else:
+            model.graph.insert_before(first, shape)
+    if index_name not in model.graph.initializers:
+        index = np.array(axis, dtype=np.int64).reshape((1,) * rank)
+        model.graph.register_initializer(ir.Value(name=index_name, const_value=ir.tensor(index)))
+    gather = ir.node("Gather", [shape.outputs[0], model.graph.initializers[index_name]], attributes={"axis": 0})
+    gather.outputs[0].name = f"{graph_input.name}.dim{axis}.{rank}"
+    gather.outputs[0].dtype = ir.DataType.INT64
+    gather.outputs[0].shape = ir.Shape([1] * rank)
+    model.graph.insert_after(shape, gather)
+    return gather.outputs[0]
+
+
+def identity_reshapes(model: ir.Model) -> int:
+    """Step 3: drop a Reshape whose output shape is its input's, every dimension known."""
+    dropped = 0
+    for node in list(model.graph):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if source is None or source.shape is None or out.shape is None or out.is_graph_output():
+            continue
+        if len(source.shape) != len(out.shape) or _unknowns(list(source.shape.dims)):
+            continue
+        if all(_same(a, b) for a, b in zip(source.shape.dims, out.shape.dims, strict=True)):
+            out.replace_all_uses_with(source)
+            model.graph.remove(node, safe=True)
+            dropped += 1
+    return dropped
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return _name(a) is not None and _name(a) == _name(b)
+
+
+def apply(model: ir.Model) -> int:
+    """The three steps; returns their rewrites. Where steps 2 and 3 find nothing to rewrite, the
+    shapes of step 1 are taken back: the graph is written as it came (its own inference kept)."""
+    before = infer(model)
+    rewrites = canonical_dims(model) + identity_reshapes(model) if before else 0
+    if not rewrites:
+        for value, shape in before.items():
+            value.shape = shape
+    return rewrites
