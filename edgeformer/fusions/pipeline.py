@@ -47,6 +47,7 @@ from edgeformer.fusions import (
     static_reduce_sum,
     symbolic_shapes,
 )
+from edgeformer.fusions.matmul_bias import bias_after_matmul
 from edgeformer.fusions.packed_projections import pack_projections
 from edgeformer.fusions.packed_weights import fold_packed_weights
 from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
@@ -149,6 +150,7 @@ def _with_shapes(fn: Callable[..., int]) -> Callable[[ir.Model], int]:
 CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("cleanup", cleanup),
     ("symbolic_shapes", symbolic_shapes.apply),
+    ("bias_after_matmul", bias_after_matmul),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
     ("share_mask_bias", _cse),
     ("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
