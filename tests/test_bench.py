@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import subprocess
@@ -474,3 +475,35 @@ def test_fusion_latency_headroom_graphs_cut_one_kind_of_work_each(tmp_path, card
         outputs = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
         assert [o.shape for o in outputs] == [r.shape for r in reference]  # same interface, other numbers
         assert not np.allclose(outputs[0], reference[0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers (test-only) not installed")
+def test_torchscript_fusion_bench_counts_checks_and_pairs(tmp_path):
+    """bench/torchscript_fusion.py on the tiny size: what each tool fused, the numbers against the
+    unfused graph, and one paired ratio per repetition and shape."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from torchscript_fusion import main as torchscript_fusion
+
+    out = tmp_path / "ts.json"
+    (result,) = torchscript_fusion(
+        [
+            "gpt2",
+            "--size",
+            "tiny",
+            "--reps",
+            "2",
+            "--iters",
+            "1",
+            "--seq",
+            "5",
+            "--work",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ]
+    )
+    assert result["fused"]["edgeformer"] == {"attention": 2, "layer_norm": 5, "gelu": 2}
+    assert result["fused"]["ort-optimizer"]["attention"] == 0  # its GPT-2 patterns miss this export
+    assert all(e < 1e-4 for e in result["max_rel_error"][5].values())
+    assert set(result["ratio"][5]) == {"unfused", "ort-optimizer"} and all(r > 0 for r in result["ratio"][5].values())
+    assert json.loads(out.read_text())["results"][0]["median_ms"]["5"]["edgeformer"] > 0

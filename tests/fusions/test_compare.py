@@ -81,35 +81,21 @@ def test_edgeformer_fuses_at_least_as_much_as_the_usual_tools(tmp_path, factory,
 
 
 def _torchscript_export(factory: str, attn: str, path) -> None:  # noqa: ANN001
-    """A Hugging Face model exported the way optimum does: torch.onnx's TorchScript exporter
-    (dynamo=False), opset 17, batch and sequence dynamic; biases random as in a trained model."""
+    """The factory's Hugging Face model exported the way optimum does (bench/torchscript_fusion.py)."""
+    import sys
+    from pathlib import Path
+
     import torch
 
     from tests.fixtures import factories
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from torchscript_fusion import torchscript_export
+
     torch.manual_seed(0)
-    model = getattr(factories, factory)().eval()
+    model = getattr(factories, factory)()
     model.config._attn_implementation = attn  # eager: matmul + softmax; sdpa: the default since torch 2.1
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_(0.0, 0.02)
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):  # noqa: ANN001, ANN201
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
-
-    names = ["input_ids", "attention_mask"]
-    example = (torch.randint(0, 200, (1, 8)), torch.ones(1, 8, dtype=torch.long))
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-    torch.onnx.export(
-        Wrapped(), example, str(path), input_names=names, output_names=["out"], dynamic_axes=dynamic,
-        opset_version=17, dynamo=False,
-    )  # fmt: skip
+    torchscript_export(model, path, vocab=200)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
