@@ -122,3 +122,51 @@ def test_torchscript_exports_fuse_completely_and_at_least_as_much(tmp_path, fact
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got[0], want[0], atol=1e-4)
         np.testing.assert_allclose(got[1, 3:], want[1, 3:], atol=1e-4)
+
+
+def test_torchscript_export_of_a_decoder_step_with_a_cache_fuses_attention_with_past(tmp_path):
+    """optimum's decoder-with-past form: past keys and values in, present ones out. Every attention
+    becomes MultiHeadAttention reading the past itself (past_key / past_value inputs)."""
+    import torch
+    from transformers import DynamicCache
+
+    from edgeformer.fusions.standalone import graph_feeds
+    from tests.fixtures import factories
+
+    torch.manual_seed(0)
+    model = factories.hf_gpt2().eval()
+    layers = model.config.n_layer
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, *past):  # noqa: ANN001, ANN202
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+
+    kv = [f"{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    names = ["input_ids", "attention_mask", *(f"past_key_values.{n}" for n in kv)]
+    outputs = ["logits", *(f"present.{n}" for n in kv)]
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}}
+    dynamic |= {n: {0: "batch", 2: "past"} for n in names[2:]} | {n: {0: "batch", 2: "total"} for n in outputs[1:]}
+    past = [torch.randn(1, 4, 5, 16) for _ in kv]
+    path = tmp_path / "step.onnx"
+    example = (torch.randint(0, 200, (1, 1)), torch.ones(1, 6, dtype=torch.long), *past)
+    torch.onnx.export(
+        Step(), example, str(path), input_names=names, output_names=outputs, dynamic_axes=dynamic,
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+
+    fused = ir.load(path)
+    feeds = graph_feeds(fused)  # batch 2, sequence 7, past 3, total 10
+    report = fuse_model(fused, feeds=[feeds])
+    assert report.complete and report.coverage["attention"] == {"blocks": 2, "fused": 2}, report.to_dict()
+    mha = [n for n in fused.graph.all_nodes() if n.op_type == "MultiHeadAttention"]
+    assert sorted(n.inputs[6].name for n in mha) == ["past_key_values.0.key", "past_key_values.1.key"]
+    for want, got in zip(run(onnx.load(str(path)), feeds), run(ir.to_proto(fused), feeds), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
