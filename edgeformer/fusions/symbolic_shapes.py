@@ -114,7 +114,7 @@ def canonical_dims(model: ir.Model) -> int:
         dim = source.shape.dims[axis]
         if isinstance(dim, int):  # a size known from the shapes: a constant
             size = ir.Value(
-                name=f"{node.outputs[0].name}.size",
+                name=_unused_name(model, f"{node.outputs[0].name or 'dim'}.size"),
                 const_value=ir.tensor(np.full(index.numpy().shape, dim, dtype=np.int64)),
             )
             model.graph.register_initializer(size)
@@ -154,12 +154,25 @@ def _input_dim(model: ir.Model, graph_input: ir.Value, axis: int, rank: int) -> 
     if index_name not in model.graph.initializers:
         index = np.array(axis, dtype=np.int64).reshape((1,) * rank)
         model.graph.register_initializer(ir.Value(name=index_name, const_value=ir.tensor(index)))
+    for use in shape.outputs[0].uses():  # an earlier run made it already
+        if use.node.op_type == "Gather" and use.node.inputs[1] is model.graph.initializers[index_name]:
+            return use.node.outputs[0]
     gather = ir.node("Gather", [shape.outputs[0], model.graph.initializers[index_name]], attributes={"axis": 0})
-    gather.outputs[0].name = f"{graph_input.name}.dim{axis}.{rank}"
+    gather.outputs[0].name = _unused_name(model, f"{graph_input.name}.dim{axis}.{rank}")
     gather.outputs[0].dtype = ir.DataType.INT64
     gather.outputs[0].shape = ir.Shape([1] * rank)
     model.graph.insert_after(shape, gather)
     return gather.outputs[0]
+
+
+def _unused_name(model: ir.Model, base: str) -> str:
+    taken = {v.name for node in model.graph for v in node.outputs} | set(model.graph.initializers)
+    taken |= {v.name for v in model.graph.inputs}
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}.{n}"
+    return name
 
 
 def identity_reshapes(model: ir.Model) -> int:
