@@ -91,17 +91,22 @@ def ablated_graph(fused: str, ablation: str, out: Path) -> int:
     return cut
 
 
-def measure(paths: dict[str, str], feeds: dict, reps: int, iters: int, threads: int) -> dict[str, list[float]]:
-    """Per repetition, each variant's median seconds per call; the variants take turns call by call."""
+def measure(
+    paths: dict[str, str], feeds: dict, reps: int, iters: int, threads: int, outputs: dict | None = None
+) -> dict[str, list[float]]:
+    """Per repetition, each variant's median seconds per call; the variants take turns call by call.
+    ``outputs``, if given, receives each variant's first output from the warm-up."""
     from fusion_latency import bench_session
 
     sessions = {}
     for name, path in paths.items():
         session = bench_session(path, threads)  # spinning off: the sessions share the cores
         sessions[name] = (session, {i.name: feeds[i.name] for i in session.get_inputs()})
-    for session, own in sessions.values():  # warm-up
+    for name, (session, own) in sessions.items():  # warm-up
         for _ in range(2):
-            session.run(None, own)
+            first = session.run(None, own)[0]
+        if outputs is not None:
+            outputs[name] = first
     per_rep: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(reps):
         times: dict[str, list[float]] = {name: [] for name in sessions}
@@ -118,6 +123,29 @@ def measure(paths: dict[str, str], feeds: dict, reps: int, iters: int, threads: 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
     return q1, q2, q3
+
+
+def paired_ratio(of: list[float], over: list[float]) -> tuple[float, list[float]]:
+    """Median and [first, third] quartile of the per-repetition ratios ``of / over``, rounded."""
+    q1, q2, q3 = quartiles([a / b for a, b in zip(of, over, strict=True)])
+    return round(q2, 3), [round(q1, 3), round(q3, 3)]
+
+
+def ratio_cells(result: dict, seqs: list[int], key: str) -> str:
+    """One printed row: ``median [q1,q3]`` of ``result``'s ratio ``key`` at each sequence length."""
+    cells = []
+    for s in seqs:
+        q1, q3 = result["ratio_quartiles"][s][key]
+        cells.append(f"{result['ratio'][s][key]:.3f} [{q1:.3f},{q3:.3f}]".ljust(20))
+    return "".join(cells)
+
+
+def write_results(args: argparse.Namespace, results: list[dict]) -> None:
+    """The run's settings and results as JSON at ``args.json``, atomically."""
+    from edgeformer.io import write_text_atomic
+
+    settings = vars(args) | {"json": str(args.json), "work": str(args.work)}
+    write_text_atomic(args.json, json.dumps({"settings": settings, "results": results}, indent=1, default=str))
 
 
 def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: int, work: Path, log) -> dict:  # noqa: ANN001
@@ -144,9 +172,9 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         result["median_ms"][s] = {v: round(statistics.median(t) * 1e3, 3) for v, t in per_rep.items()}
         result["ratio"][s], result["ratio_quartiles"][s] = {}, {}
         for ablation in ABLATIONS:
-            q1, q2, q3 = quartiles([a / b for a, b in zip(per_rep[ablation], whole, strict=True)])
-            result["ratio"][s][ablation] = round(q2, 3)
-            result["ratio_quartiles"][s][ablation] = [round(q1, 3), round(q3, 3)]
+            result["ratio"][s][ablation], result["ratio_quartiles"][s][ablation] = paired_ratio(
+                per_rep[ablation], whole
+            )
     return result
 
 
@@ -179,16 +207,10 @@ def main() -> None:
             row = "".join(f"{result['median_ms'][s]['edgeformer']:<20.2f}" for s in args.seq)
             print(f"  {'whole, ms':<15}{row}")
             for ablation in ABLATIONS:
-                cells = []
-                for s in args.seq:
-                    q1, q3 = result["ratio_quartiles"][s][ablation]
-                    cells.append(f"{result['ratio'][s][ablation]:.3f} [{q1:.3f},{q3:.3f}]".ljust(20))
-                print(f"  {ablation:<15}{''.join(cells)} ({result['nodes_cut'][ablation]} nodes)")
+                cells = ratio_cells(result, args.seq, ablation)
+                print(f"  {ablation:<15}{cells} ({result['nodes_cut'][ablation]} nodes)")
     if args.json:
-        from edgeformer.io import write_text_atomic
-
-        settings = vars(args) | {"json": str(args.json), "work": str(args.work)}
-        write_text_atomic(args.json, json.dumps({"settings": settings, "results": results}, indent=1, default=str))
+        write_results(args, results)
 
 
 if __name__ == "__main__":

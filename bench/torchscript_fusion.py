@@ -17,7 +17,6 @@ repetition the median of each, and the median and quartiles of edgeformer's rati
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,11 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KINDS = {
-    "attention": {"Attention", "MultiHeadAttention", "GroupQueryAttention"},
-    "layer_norm": {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization"},
-    "gelu": {"Gelu", "FastGelu", "BiasGelu"},
-}
 SIZES = {  # transformers' own defaults are the base sizes
     "base": {"bert": {}, "gpt2": {}},
     "tiny": {
@@ -88,16 +82,19 @@ def torchscript_export(model, out: Path, vocab: int) -> None:  # noqa: ANN001
 
 
 def counts(path: Path) -> dict[str, int]:
+    """Fused ops in the graph at ``path``, by the fusion report's kinds."""
     import onnx
 
+    from edgeformer.fusions.pipeline import ATTENTION_OPS, GELU_OPS, NORM_OPS
+
     ops = Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
-    return {kind: sum(ops[o] for o in types) for kind, types in KINDS.items()}
+    kinds = {"attention": ATTENTION_OPS, "layer_norm": NORM_OPS, "gelu": GELU_OPS}
+    return {kind: sum(ops[o] for o in types) for kind, types in kinds.items()}
 
 
 def bench_model(model_type: str, args: argparse.Namespace, work: Path, log) -> dict:  # noqa: ANN001
     import numpy as np
-    import onnxruntime as ort
-    from fusion_headroom import measure, quartiles
+    from fusion_headroom import measure, paired_ratio
     from onnxruntime.transformers import optimizer
 
     from edgeformer.fusions.standalone import fuse_file
@@ -133,21 +130,19 @@ def bench_model(model_type: str, args: argparse.Namespace, work: Path, log) -> d
             "input_ids": rng.integers(0, 1000, (1, s), dtype=np.int64),
             "attention_mask": np.ones((1, s), dtype=np.int64),
         }
-        outs = {
-            name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-            for name, p in paths.items()
-        }
+        log(f"  {model_type} S={s}: {args.reps} x {args.iters} calls per variant ...")
+        outs: dict = {}
+        per_rep = measure({name: str(p) for name, p in paths.items()}, feeds, args.reps, args.iters, args.threads, outs)
         scale = float(np.abs(outs["unfused"]).max())
         result["max_rel_error"][s] = {
             name: float(np.abs(o - outs["unfused"]).max()) / scale for name, o in outs.items()
         }
-        log(f"  {model_type} S={s}: {args.reps} x {args.iters} calls per variant ...")
-        per_rep = measure({name: str(p) for name, p in paths.items()}, feeds, args.reps, args.iters, args.threads)
         result["median_ms"][s] = {name: round(statistics.median(t) * 1e3, 3) for name, t in per_rep.items()}
         result["ratio"][s], result["ratio_quartiles"][s] = {}, {}
         for other in ("unfused", "ort-optimizer"):
-            q1, q2, q3 = quartiles([a / b for a, b in zip(per_rep["edgeformer"], per_rep[other], strict=True)])
-            result["ratio"][s][other], result["ratio_quartiles"][s][other] = round(q2, 3), [round(q1, 3), round(q3, 3)]
+            result["ratio"][s][other], result["ratio_quartiles"][s][other] = paired_ratio(
+                per_rep["edgeformer"], per_rep[other]
+            )
     return result
 
 
@@ -168,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.reps < 1 or args.iters < 1 or args.threads < 1 or min(args.seq) < 1:
         parser.error("--reps, --iters, --threads and --seq must be at least 1")
 
+    from fusion_headroom import ratio_cells, write_results
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -187,18 +184,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = "".join(f"{result['median_ms'][s][name]:<20.2f}" for s in args.seq)
                 print(f"  {name + ', ms':<28}{row}")
             for other in ("unfused", "ort-optimizer"):
-                cells = []
-                for s in args.seq:
-                    q1, q3 = result["ratio_quartiles"][s][other]
-                    cells.append(f"{result['ratio'][s][other]:.3f} [{q1:.3f},{q3:.3f}]".ljust(20))
-                print(f"  {'edgeformer / ' + other:<28}{''.join(cells)}")
+                print(f"  {'edgeformer / ' + other:<28}{ratio_cells(result, args.seq, other)}")
             worst = max(max(e.values()) for e in result["max_rel_error"].values())
             print(f"  worst error against the unfused graph: {worst:.1e} of the output scale")
     if args.json:
-        from edgeformer.io import write_text_atomic
-
-        settings = vars(args) | {"json": str(args.json), "work": str(args.work)}
-        write_text_atomic(args.json, json.dumps({"settings": settings, "results": results}, indent=1, default=str))
+        write_results(args, results)
     return results
 
 

@@ -31,11 +31,21 @@ ARRANGEMENTS = {
 }
 
 
-class TanhGelu(pattern.RewriteRuleClassBase):
+class _Arranged(pattern.RewriteRuleClassBase):
+    """A GELU rule for one of ARRANGEMENTS, named after its class and the arrangement."""
+
     def __init__(self, arrangement: str) -> None:
-        super().__init__(name=f"TanhGelu_{arrangement}")
+        super().__init__(name=f"{type(self).__name__}_{arrangement}")
         self._product = ARRANGEMENTS[arrangement]
 
+    @staticmethod
+    def _outer(one, half, result):  # type: ignore[no-untyped-def]
+        if not _close(one, 1.0) or not _close(half, 0.5):
+            return result.fail("the outer constants are not 1 and 0.5", half)
+        return result
+
+
+class TanhGelu(_Arranged):
     def pattern(self, op, x, three, k, c, one, half):  # type: ignore[no-untyped-def]
         cube = op.Mul(op.Pow(x, three), k)  # 0.044715 x^3
         inner = op.Mul(op.Add(x, cube), c)  # sqrt(2/pi) (x + ...)
@@ -46,19 +56,13 @@ class TanhGelu(pattern.RewriteRuleClassBase):
         for value, want, name in ((three, 3.0, "exponent"), (k, 0.044715, "cubic coefficient"), (c, _C, "sqrt(2/pi)")):
             if not _close(value, want):
                 return result.fail(f"the {name} is not the constant {want}", value)
-        if not _close(one, 1.0) or not _close(half, 0.5):
-            return result.fail("the outer constants are not 1 and 0.5", half)
-        return result
+        return self._outer(one, half, result)
 
     def rewrite(self, op, x, **_):  # type: ignore[no-untyped-def]
         return op.FastGelu(x, _domain="com.microsoft")
 
 
-class ErfGelu(pattern.RewriteRuleClassBase):
-    def __init__(self, arrangement: str) -> None:
-        super().__init__(name=f"ErfGelu_{arrangement}")
-        self._product = ARRANGEMENTS[arrangement]
-
+class ErfGelu(_Arranged):
     def pattern(self, op, x, root2, one, half):  # type: ignore[no-untyped-def]
         scaled = pattern.OrValue([op.Div(x, root2), op.Mul(x, root2)], tag_var="scaling", tag_values=["Div", "Mul"])
         return self._product(op, x, op.Add(op.Erf(scaled), one), half)
@@ -68,9 +72,7 @@ class ErfGelu(pattern.RewriteRuleClassBase):
         want = math.sqrt(2.0) if scaling == "Div" else 1.0 / math.sqrt(2.0)
         if not _close(root2, want):
             return result.fail(f"x is not {'divided' if scaling == 'Div' else 'multiplied'} by {want:.6f}", root2)
-        if not _close(one, 1.0) or not _close(half, 0.5):
-            return result.fail("the outer constants are not 1 and 0.5", half)
-        return result
+        return self._outer(one, half, result)
 
     def rewrite(self, op, x, **_):  # type: ignore[no-untyped-def]
         return op.Gelu(x, _domain="com.microsoft")

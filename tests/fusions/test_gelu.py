@@ -11,6 +11,18 @@ from edgeformer.fusions import gelu
 from tests.fusions.helpers import graph, op_types, run, scalar
 
 
+def _times_half(arrangement: str, half_first: bool) -> list:
+    """y = x * one_plus * half in the arrangement's order (half_last: half as the first operand
+    when ``half_first``)."""
+    n = helper.make_node
+    if arrangement == "half_x_first":
+        return [n("Mul", ["x", "half"], ["hx"]), n("Mul", ["hx", "one_plus"], ["y"])]
+    if arrangement == "half_inside":
+        return [n("Mul", ["one_plus", "half"], ["h"]), n("Mul", ["x", "h"], ["y"])]
+    # half_last, torch.onnx's TorchScript exporter's: (x * (erf + 1)) * 0.5
+    return [n("Mul", ["x", "one_plus"], ["xo"]), n("Mul", ["half", "xo"] if half_first else ["xo", "half"], ["y"])]
+
+
 def _tanh_gelu(arrangement: str, swap: bool):
     n = helper.make_node
     nodes = [
@@ -21,12 +33,7 @@ def _tanh_gelu(arrangement: str, swap: bool):
         n("Tanh", ["scaled"], ["t"]),
         n("Add", ["t", "one"] if not swap else ["one", "t"], ["one_plus"]),
     ]
-    if arrangement == "half_x_first":
-        nodes += [n("Mul", ["x", "half"], ["hx"]), n("Mul", ["hx", "one_plus"], ["y"])]
-    elif arrangement == "half_inside":
-        nodes += [n("Mul", ["one_plus", "half"], ["h"]), n("Mul", ["x", "h"], ["y"])]
-    else:
-        nodes += [n("Mul", ["x", "one_plus"], ["xo"]), n("Mul", ["xo", "half"], ["y"])]
+    nodes += _times_half(arrangement, half_first=False)
     consts = [
         scalar("three", 3.0),
         scalar("k", 0.044715),
@@ -63,12 +70,7 @@ def _erf_gelu(arrangement: str, swap: bool, scaling: str, root2: float | None = 
         n("Erf", ["scaled"], ["e"]),
         n("Add", ["e", "one"] if not swap else ["one", "e"], ["one_plus"]),
     ]
-    if arrangement == "half_x_first":
-        nodes += [n("Mul", ["x", "half"], ["hx"]), n("Mul", ["hx", "one_plus"], ["y"])]
-    elif arrangement == "half_inside":
-        nodes += [n("Mul", ["one_plus", "half"], ["h"]), n("Mul", ["x", "h"], ["y"])]
-    else:  # torch.onnx's TorchScript exporter: (x * (erf + 1)) * 0.5
-        nodes += [n("Mul", ["x", "one_plus"], ["xo"]), n("Mul", ["xo", "half"] if not swap else ["half", "xo"], ["y"])]
+    nodes += _times_half(arrangement, half_first=swap)
     if root2 is None:
         root2 = math.sqrt(2.0) if scaling == "Div" else 1 / math.sqrt(2.0)
     consts = [scalar("root2", root2), scalar("one", 1.0), scalar("half", 0.5)]
