@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -107,6 +108,47 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise CardError(f"[model].{key}: {message}")
 
 
+# Upper bounds on every count: several times the largest published models (d_model 16384, 126
+# layers, vocabularies of 256k, contexts of 1M), so a card is refused in microseconds rather than
+# after minutes of allocation. The memory estimate (edgeformer.limits) then judges the machine.
+COUNT_LIMITS = {
+    "vocab_size": 1 << 24,
+    "d_model": 1 << 16,
+    "n_heads": 1 << 12,
+    "n_layers": 1 << 10,
+    "n_decoder_layers": 1 << 10,
+    "d_ff": 1 << 18,
+    "max_positions": 1 << 20,
+    "window": 1 << 20,
+    "sparse_stride": 1 << 20,
+    "global_tokens": 1 << 20,
+    "num_labels": 1 << 20,
+    "position_offset": 1 << 16,
+    "type_vocab_size": 1 << 16,
+}
+POSITIVE_COUNTS = ("vocab_size", "d_model", "n_heads", "n_layers", "max_positions")
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    """A finite int or float (not a bool): NaN and the infinities fail every range check."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_counts(cfg: ModelConfig) -> None:
+    for key, limit in COUNT_LIMITS.items():
+        value = getattr(cfg, key)
+        low = 1 if key in POSITIVE_COUNTS else 0
+        _check(
+            _integer(value) and low <= value <= limit,
+            key,
+            f"must be an integer from {low} to {limit:,}, got {value!r:.40}",
+        )
+
+
 def validate(cfg: ModelConfig) -> None:
     """Refuse an impossible architecture with a message naming the key."""
     for key, choices in (
@@ -120,21 +162,7 @@ def validate(cfg: ModelConfig) -> None:
     ):
         value = getattr(cfg, key)
         _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
-    for key in ("vocab_size", "d_model", "n_heads", "n_layers", "max_positions"):
-        value = getattr(cfg, key)
-        _check(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
-    for key in (
-        "n_decoder_layers",
-        "d_ff",
-        "window",
-        "sparse_stride",
-        "global_tokens",
-        "num_labels",
-        "position_offset",
-        "type_vocab_size",
-    ):
-        value = getattr(cfg, key)
-        _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, got {value!r}")
+    _check_counts(cfg)
     _check(
         cfg.d_model % cfg.n_heads == 0,
         "n_heads",
@@ -142,8 +170,12 @@ def validate(cfg: ModelConfig) -> None:
     )
     for key in ("dropout", "attention_dropout"):
         value = getattr(cfg, key)
-        _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, key, f"must be in [0, 1), got {value!r}")
-    _check(cfg.layer_norm_eps > 0, "layer_norm_eps", f"must be > 0, got {cfg.layer_norm_eps!r}")
+        _check(_real(value) and 0.0 <= value < 1.0, key, f"must be a number in [0, 1), got {value!r:.40}")
+    _check(
+        _real(cfg.layer_norm_eps) and 0.0 < cfg.layer_norm_eps < 1.0,
+        "layer_norm_eps",
+        f"must be a finite number with 0 < eps < 1 (1e-5 or 1e-12 are usual), got {cfg.layer_norm_eps!r:.40}",
+    )
     if cfg.attention == "local":
         _check(cfg.window >= 1, "window", f"local attention needs window >= 1, got {cfg.window}")
     if cfg.attention == "sparse":
@@ -173,7 +205,11 @@ def validate(cfg: ModelConfig) -> None:
             _check(cfg.head == "lm", key, f"needs head 'lm', got {cfg.head!r}")
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(cfg, key)
-        _check(-1 <= value < cfg.vocab_size, key, f"{value} is outside the vocabulary (size {cfg.vocab_size})")
+        _check(
+            _integer(value) and -1 <= value < cfg.vocab_size,
+            key,
+            f"{value!r:.40} is outside the vocabulary (size {cfg.vocab_size})",
+        )
 
 
 CARD_KEYS = {"name", "description", "checkpoint", "checkpoint_sha256", "tokenizer", "metrics", "training", "model"}

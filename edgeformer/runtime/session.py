@@ -6,6 +6,7 @@ happened to each; ``make_session`` is the strict one-liner the parity checks use
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,12 @@ OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: 4 per core, at least 64 (onnxruntime
+    crashes creating a pool of tens of thousands; more threads than that never help)."""
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 def provider_names(short: Sequence[str]) -> list[str]:
@@ -61,8 +68,13 @@ def session_options(
     share the cores. optimization: disable, basic, extended or all. memory_arena: the CPU memory
     arena. optimized_model_path: where onnxruntime saves the graph after its optimizations.
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise OptionError(f"threads must be a positive integer or None, got {threads!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads()
+    ):
+        raise OptionError(
+            f"threads must be None (one per core) or an integer from 1 to {max_threads()} on this machine, "
+            f"got {threads!r:.40}"
+        )
     if optimization not in OPTIMIZATION:
         raise OptionError(f"optimization must be one of {', '.join(OPTIMIZATION)}, got {optimization!r}")
     opts = ort.SessionOptions()

@@ -1,0 +1,156 @@
+"""Issue 18, "wrong answers, silently" and "resources": every numeric option and card value is
+range-checked (finite, in its domain) and every count is bounded before anything is allocated."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from edgeformer import runtime
+from edgeformer.runtime.sampling import Sampling, greedy, sample
+
+# ----- sampling and generation options ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0"),
+        ({"temperature": -1e-9}, "temperature must be a finite number >= 0"),
+        ({"temperature": "1"}, "temperature must be a finite number >= 0"),
+        ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must be in \(0, 1\]"),
+        ({"temperature": 1.0, "top_p": float("inf")}, r"top_p must be in \(0, 1\]"),
+        ({"temperature": 1.0, "top_k": 2.5}, "top_k must be an integer >= 0"),
+        ({"temperature": 1.0, "top_k": True}, "top_k must be an integer >= 0"),
+        ({"temperature": 1.0, "seed": -1}, r"seed must be None or an integer in \[0, 2\*\*64\)"),
+        ({"temperature": 1.0, "seed": 2**64}, r"seed must be None or an integer in \[0, 2\*\*64\)"),
+        ({"temperature": 1.0, "seed": 1.5}, r"seed must be None or an integer"),
+    ],
+)
+def test_sampling_refuses_values_outside_their_domain(options, message):
+    with pytest.raises(runtime.OptionError, match=message):
+        Sampling(**options)
+
+
+def test_tiny_temperature_is_greedy_not_garbage():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 300)).astype(np.float32) * 5
+    for t in (1e-310, 5e-324, 1e-300, 1e-45):
+        for seed in range(4):
+            got = sample(logits, Sampling(temperature=t, seed=seed), None)
+            np.testing.assert_array_equal(got, greedy(logits))
+    big = np.full((2, 50), 3e38, dtype=np.float32)  # logits / T would overflow even at T = 0.5
+    big[:, 11] = np.float32(3.4e38)
+    assert sample(big, Sampling(temperature=0.5, seed=1), None).tolist() == [11, 11]
+
+
+def test_huge_top_k_keeps_every_token():
+    logits = np.tile(np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32), (4000, 1))
+    drawn = sample(logits, Sampling(1.0, top_k=10**30, seed=0), None)
+    assert set(drawn.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"temperature": float("nan")}, runtime.OptionError, "temperature must be a finite number >= 0"),
+        (
+            {"temperature": 1e-310, "seed": -1},
+            runtime.OptionError,
+            r"seed must be None or an integer in \[0, 2\*\*64\)",
+        ),
+        ({"max_new_tokens": 10**18}, runtime.SequenceTooLongError, "lower max_new_tokens"),
+    ],
+)
+def test_generate_refuses_before_the_first_token(edge_bundle, options, error, message):
+    model = runtime.load(edge_bundle("gpt-mini"), spinning=False)
+    with pytest.raises(error, match=message):
+        model.generate([[1, 2, 3]], **{"max_new_tokens": 4, **options})
+
+
+def test_generate_with_a_tiny_temperature_equals_greedy(edge_bundle):
+    model = runtime.load(edge_bundle("gpt-mini"), spinning=False)
+    prompts = [[1, 2, 3], [9, 8, 7]]
+    greedy_tokens = model.generate(prompts, 12, stop_tokens=())
+    assert model.generate(prompts, 12, temperature=1e-310, seed=3, stop_tokens=()) == greedy_tokens
+
+
+@pytest.mark.parametrize("threads", [0, -1, 100_000, 2**63, 1.5, True])
+def test_threads_are_bounded(edge_bundle, threads):
+    start = time.perf_counter()
+    with pytest.raises(runtime.OptionError, match=r"threads must be None \(one per core\) or an integer from 1 to"):
+        runtime.load(edge_bundle("gpt-mini"), threads=threads)
+    assert time.perf_counter() - start < 5
+
+
+def test_the_thread_bound_scales_with_the_cores():
+    from edgeformer.runtime.session import max_threads, session_options
+
+    assert max_threads() == max(64, 4 * (os.cpu_count() or 1))
+    assert session_options(threads=max_threads()).intra_op_num_threads == max_threads()
+
+
+# ----- card values --------------------------------------------------------------------------------
+
+CARD = """name = "hostile"
+
+[model]
+family = "decoder"
+vocab_size = 64
+d_model = 32
+n_heads = 4
+n_layers = 2
+head = "lm"
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("layer_norm_eps = inf", r"\[model\]\.layer_norm_eps: must be a finite number with 0 < eps < 1"),
+        ("layer_norm_eps = nan", r"\[model\]\.layer_norm_eps: must be a finite number with 0 < eps < 1"),
+        ("layer_norm_eps = -inf", r"\[model\]\.layer_norm_eps: must be a finite number"),
+        ("layer_norm_eps = 1.5", r"\[model\]\.layer_norm_eps: must be a finite number with 0 < eps < 1"),
+        ("dropout = nan", r"\[model\]\.dropout: must be a number in \[0, 1\)"),
+        ("attention_dropout = inf", r"\[model\]\.attention_dropout: must be a number in \[0, 1\)"),
+        ("n_layers = 1000000", r"\[model\]\.n_layers: must be an integer from 1 to 1,024, got 1000000"),
+        ("n_layers = 1000000000", r"\[model\]\.n_layers: must be an integer from 1 to 1,024"),
+        ("d_model = 99999999999999999", r"\[model\]\.d_model: must be an integer from 1 to 65,536"),
+        ("vocab_size = 4294967296", r"\[model\]\.vocab_size: must be an integer from 1 to 16,777,216"),
+        ("max_positions = 1099511627776", r"\[model\]\.max_positions: must be an integer from 1 to 1,048,576"),
+        ("d_ff = 9223372036854775807", r"\[model\]\.d_ff: must be an integer from 0 to 262,144"),
+        ("type_vocab_size = 10000000", r"\[model\]\.type_vocab_size: must be an integer from 0 to 65,536"),
+    ],
+)
+def test_card_values_are_finite_and_bounded(tmp_path, line, message):
+    from edgeformer.config import load_card
+    from edgeformer.errors import CardError
+
+    card = tmp_path / "hostile.toml"
+    key = line.split(" = ")[0]
+    text = "\n".join(ln for ln in CARD.splitlines() if not ln.startswith(f"{key} =")) + f"\n{line}\n"
+    card.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(CardError, match=message):
+        load_card(card)
+    assert time.perf_counter() - start < 0.5  # refused from the numbers, nothing allocated
+
+
+@pytest.mark.parametrize("line", ["n_layers = 1000000", "layer_norm_eps = inf", "n_heads = 1000000000"])
+def test_export_of_a_hostile_card_exits_1_at_once(tmp_path, line):
+    from click.testing import CliRunner
+
+    from edgeformer.cli import main
+
+    key = line.split(" = ")[0]
+    card = tmp_path / "hostile.toml"
+    card.write_text("\n".join(ln for ln in CARD.splitlines() if not ln.startswith(f"{key} =")) + f"\n{line}\n")
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["export", str(card), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"[model].{key}" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() and time.perf_counter() - start < 5
