@@ -31,6 +31,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
+from edgeformer.cli_types import FiniteFloatRange, count
 from edgeformer.errors import EdgeformerError
 
 if TYPE_CHECKING:  # onnxruntime and numpy are imported when a benchmark runs, not with the CLI
@@ -376,31 +377,37 @@ def _click_list(value: str | None, option: str) -> tuple[int, ...] | None:
 @click.option("--torch/--no-torch", "with_torch", default=True, show_default=True, help="Include torch eager.")
 @click.option("--baseline", help="Variant the others are compared with. [default: torch, else the first]")
 @click.option(
-    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Processes per variant, interleaved."
+    "--repeats", type=count(1, 1000), default=3, show_default=True, help="Processes per variant, interleaved."
 )
 @click.option("--threads", help="Intra-op thread counts, e.g. 1,2. [default: physical cores]")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes.")
 @click.option("--sequence", help="Forward sequence lengths. [default: 8,32,128 up to max_positions]")
 @click.option("--prompt", help="Generation prompt lengths. [default: 32]")
 @click.option("--new-tokens", help="Tokens to generate. [default: 128, or what fits]")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed forward calls.")
+@click.option("--warmup", type=count(0, 10**6), default=3, show_default=True, help="Untimed forward calls.")
+@click.option("--iterations", type=count(1, 10**7), help="Timed forward calls per case and process. [default: 20]")
 @click.option(
-    "--iterations", type=click.IntRange(min=1), help="Timed forward calls per case and process. [default: 20]"
+    "--time-budget", type=FiniteFloatRange(min=0, min_open=True, max=86400), help="Seconds per case and process."
 )
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), help="Seconds per case and process.")
-@click.option("--gen-warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed generations.")
-@click.option("--gen-runs", type=click.IntRange(min=1), default=3, show_default=True, help="Timed generations.")
+@click.option("--gen-warmup", type=count(0, 10**6), default=1, show_default=True, help="Untimed generations.")
+@click.option("--gen-runs", type=count(1, 10**6), default=3, show_default=True, help="Timed generations.")
 @click.option("--loop", default="runtime,bare", show_default=True, help="ONNX generation loops: runtime, bare.")
 @click.option("--forward/--no-forward", default=True, show_default=True, help="Measure forward passes.")
 @click.option("--generate/--no-generate", default=True, show_default=True, help="Measure generation (decoders).")
 @click.option("--spinning/--no-spinning", default=True, show_default=True, help="Intra-op threads spin when idle.")
 @click.option("--providers", default="cpu", show_default=True, help="Execution providers of the ONNX variants.")
 @click.option("--limits/--no-limits", default=True, show_default=True, help="Measure MatMul peak and bandwidth.")
-@click.option("--limits-matmul", type=click.IntRange(min=16), default=1024, show_default=True, help="N of N x N.")
-@click.option("--limits-mb", type=click.IntRange(min=1), default=256, show_default=True, help="MB read per GEMV.")
+@click.option("--limits-matmul", type=count(16, 16384), default=1024, show_default=True, help="N of N x N.")
+@click.option("--limits-mb", type=count(1, 1 << 16), default=256, show_default=True, help="MB read per GEMV.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where a CARD's variants go.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity when exporting.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights of a card.")
+@click.option(
+    "--seed",
+    type=click.IntRange(-(2**63), 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of random weights of a card.",
+)
 @click.option("--label", help="Name of this machine in reports. [default: host name]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per case.")

@@ -13,6 +13,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
+from edgeformer.cli_types import COUNT_LIMIT, count
 from edgeformer.io import json_text
 
 
@@ -96,7 +97,7 @@ def models(as_json: bool) -> None:
 
 @main.command(name="train")
 @click.argument("card_name", metavar="CARD")
-@click.option("--steps", type=click.IntRange(min=1), help="Override the recipe's number of steps.")
+@click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
 @click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
 @click.option(
     "--out-dir",
@@ -210,7 +211,7 @@ def _progress(msg: str) -> None:
 )
 @click.option(
     "--max-sequence",
-    type=click.IntRange(min=2),
+    type=count(2),
     help="Check parity up to this sequence length instead of the card's maximum (long-context cards).",
 )
 @click.option(
@@ -279,9 +280,7 @@ def export_cmd(
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option(
-    "--steps", type=click.IntRange(min=0), default=32, show_default=True, help="Greedy tokens to compare (decoders)."
-)
+@click.option("--steps", type=count(0), default=32, show_default=True, help="Greedy tokens to compare (decoders).")
 @click.option(
     "--inputs",
     "npz",
@@ -291,7 +290,7 @@ def export_cmd(
 @click.option("--text", help="Real input text, for byte-level models (the demo models).")
 @click.option(
     "--max-sequence",
-    type=click.IntRange(min=2),
+    type=count(2),
     help="Check up to this sequence length instead of the card's maximum (long-context cards).",
 )
 @click.option(
@@ -361,9 +360,10 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
     sizes = {}
     for spec in specs:
         name, _, size = spec.partition("=")
-        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
+        if not name.strip() or not size.strip().isdigit() or not 1 <= int(size) <= COUNT_LIMIT:
             raise click.BadParameter(
-                f"{spec!r}: give NAME=SIZE with a positive integer, e.g. sequence=128", param_hint="--dim"
+                f"{spec!r}: give NAME=SIZE with a positive integer up to {COUNT_LIMIT:,}, e.g. sequence=128",
+                param_hint="--dim",
             )
         sizes[name.strip()] = int(size)
     return sizes
@@ -512,7 +512,7 @@ main.add_command(bench_command)
     help="Accuracy budget against fp32 (repeatable): cosine=0.999, top1=0.99, perplexity=1.02. Nodes are kept in "
     "float, most sensitive first, until it holds. Default: the precision's budget.",
 )
-@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration rows.")
+@click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
 @friendly

@@ -356,6 +356,7 @@ TARGET_KEYS = {
     "static_shapes", "ort_format", "ort_optimization",
 }  # fmt: skip
 # the bundle dimensions a static-shape target may fix (edgeformer.export.graphs)
+STATIC_SIZE_LIMIT = 1 << 20  # a fixed batch or sequence size; more would not fit any device
 STATIC_DIMS = ("batch", "sequence", "encoder_sequence", "past_sequence", "total_sequence")
 ORT_OPTIMIZATIONS = ("basic", "extended", "all")  # onnxruntime's levels for the saved .ort graph
 FUSION_FORMS = ("none", "contrib", "standard", "nnapi", "coreml", "qnn")
@@ -413,16 +414,22 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
         isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
     ):
         raise CardError(f"{source}: budget must be a table of metric = number, got {budget!r}")
-    from edgeformer.quantize.budget import BUDGET_METRICS
+    from edgeformer.quantize.budget import BUDGET_METRICS, budget_problem
 
     unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
     if unknown_metrics:
         raise CardError(f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}")
+    problems = [p for p in (budget_problem(k, v) for k, v in budget.items()) if p]
+    if problems:
+        raise CardError(f"{source}: budget {problems[0]}")
     static = data.get("static_shapes", {})
     if not isinstance(static, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in static.values()
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= STATIC_SIZE_LIMIT for v in static.values()
     ):
-        raise CardError(f"{source}: static_shapes must be a table of dimension = positive size, got {static!r:.80}")
+        raise CardError(
+            f"{source}: static_shapes must be a table of dimension = size from 1 to {STATIC_SIZE_LIMIT:,}, "
+            f"got {static!r:.80}"
+        )
     unknown_dims = sorted(set(static) - set(STATIC_DIMS))
     if unknown_dims:
         raise CardError(f"{source}: static_shapes dimension {unknown_dims[0]!r} is not one of {', '.join(STATIC_DIMS)}")

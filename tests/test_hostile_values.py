@@ -4,6 +4,7 @@ range-checked (finite, in its domain) and every count is bounded before anything
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -154,3 +155,77 @@ def test_export_of_a_hostile_card_exits_1_at_once(tmp_path, line):
     assert result.exit_code == 1, result.output
     assert f"[model].{key}" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists() and time.perf_counter() - start < 5
+
+
+# ----- budgets and command-line numbers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("cosine=nan", "cosine must be a finite number from 0 to 1"),
+        ("cosine=inf", "cosine must be a finite number from 0 to 1"),
+        ("cosine=-0.5", "cosine must be from 0 to 1, got -0.5"),
+        ("cosine=1.5", "cosine must be from 0 to 1, got 1.5"),
+        ("top1=nan", "top1 must be a finite number from 0 to 1"),
+        ("top1=2", "top1 must be from 0 to 1, got 2"),
+        ("perplexity=0.5", "perplexity must be from 1 to 1e+06, got 0.5"),
+        ("perplexity=-inf", "perplexity must be a finite number"),
+        ("perplexity=nan", "perplexity must be a finite number"),
+    ],
+)
+def test_budgets_are_in_their_metric_domain(item, message):
+    from edgeformer.config import parse_target
+    from edgeformer.errors import CardError
+    from edgeformer.quantize.budget import parse_budget
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_budget([item])
+    name, _, value = item.partition("=")
+    with pytest.raises(CardError, match=re.escape(message)):
+        parse_target({"name": "t", "precision": "int8", "budget": {name: float(value)}})
+
+
+def test_quantize_budget_nan_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeformer.cli import main
+
+    result = CliRunner().invoke(main, ["quantize", str(tmp_path / "no-bundle"), "--budget", "cosine=nan"])
+    assert result.exit_code == 2 and "cosine must be a finite number from 0 to 1" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["quantize", "b", "--samples", "100000000"], "--samples"),
+        (["check", "b", "--steps", "10000000000"], "--steps"),
+        (["check", "b", "--max-sequence", "99999999999"], "--max-sequence"),
+        (["export", "bert-mini", "--max-sequence", "99999999999"], "--max-sequence"),
+        (["train", "demo-decoder", "--steps", "10000000000"], "--steps"),
+        (["fuse", "m.onnx", "--dim", "sequence=99999999999"], "positive integer up to 1,048,576"),
+        (["bench", "b", "--time-budget", "nan"], "not a finite number"),
+        (["bench", "b", "--time-budget", "inf"], "--time-budget"),
+        (["bench", "b", "--repeats", "100000"], "--repeats"),
+        (["bench", "b", "--limits-matmul", "1000000"], "--limits-matmul"),
+        (["bench", "b", "--seed", "-99999999999999999999999"], "--seed"),
+    ],
+)
+def test_numeric_options_are_bounded(tmp_path, monkeypatch, args, words):
+    from click.testing import CliRunner
+
+    from edgeformer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+def test_bench_batch_is_bounded():
+    from edgeformer.runtime.bench import Settings, resolve
+
+    with pytest.raises(runtime.OptionError, match="--batch values must be integers from 1 to 4,096, got 1000000"):
+        resolve(Settings(batches=(1, 10**6)), "decoder", {"max_positions": 64})

@@ -48,7 +48,7 @@ def test_targets_parse_with_their_mobile_fields():
 @pytest.mark.parametrize(
     ("data", "words"),
     [
-        ({"static_shapes": {"batch": 0}}, "positive size"),
+        ({"static_shapes": {"batch": 0}}, "size from 1 to 1,048,576"),
         ({"static_shapes": {"tokens": 8}}, "'tokens' is not one of"),
         ({"ort_format": "yes"}, "ort_format must be true or false"),
         ({"ort_optimization": "max"}, "ort_optimization 'max' is not one of"),

@@ -33,6 +33,22 @@ def budget_for(precision: str, given: dict[str, float] | None = None) -> dict[st
     return budget
 
 
+# Each metric's domain: cosine and top-1 agreement are fractions (at least this much), the
+# perplexity ratio is at most this and at least 1 (the float graph itself); NaN and infinities
+# would make every comparison false, so a bundle "within budget" would have been judged by nothing.
+DOMAINS = {"cosine": (0.0, 1.0), "top1": (0.0, 1.0), "perplexity": (1.0, 1e6)}
+
+
+def budget_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not a budget for ``name`` (None when it is one)."""
+    low, high = DOMAINS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"{name} must be a finite number from {low:g} to {high:g}, got {value!r:.40}"
+    if not low <= value <= high:
+        return f"{name} must be from {low:g} to {high:g}, got {value:g}"
+    return None
+
+
 def parse_budget(items: Sequence[str]) -> dict[str, float]:
     """``["cosine=0.999", "top1=0.99"]`` -> {"cosine": 0.999, "top1": 0.99}; ValueError names the bad one."""
     out = {}
@@ -42,9 +58,13 @@ def parse_budget(items: Sequence[str]) -> dict[str, float]:
         if not sep or name not in BUDGET_METRICS:
             raise ValueError(f"budget {item!r}: write METRIC=NUMBER with METRIC one of {', '.join(BUDGET_METRICS)}")
         try:
-            out[name] = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"budget {item!r}: {value!r} is not a number") from None
+        problem = budget_problem(name, number)
+        if problem:
+            raise ValueError(f"budget {item!r}: {problem}")
+        out[name] = number
     return out
 
 

@@ -84,22 +84,27 @@ class Limits:
     bandwidth_mb: int = 256
 
 
-def _positive(name: str, values: Sequence[int] | None, minimum: int = 1) -> None:
+COUNT_LIMIT = 1 << 20  # any count of a sweep (threads are bounded by the session, sequences by the model)
+BATCH_LIMIT = 4096  # a batch of random inputs is allocated whole
+
+
+def _positive(name: str, values: Sequence[int] | None, minimum: int = 1, maximum: int = COUNT_LIMIT) -> None:
     if values is None:
         return
     if len(values) == 0:
         raise OptionError(f"{name} needs at least one value")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-            raise OptionError(f"{name} values must be integers >= {minimum}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not minimum <= v <= maximum:
+            raise OptionError(f"{name} values must be integers from {minimum} to {maximum:,}, got {v!r:.40}")
 
 
 def resolve(settings: Settings, family: str, config: dict[str, Any]) -> Settings:
     """Concrete sweeps for a model of ``family`` and ``config`` (max_positions): defaults filled in
     to fit, and every value checked (a sequence, prompt or prompt + new tokens longer than the
     model takes is an OptionError naming the limit)."""
-    for name, option in (("threads", "--threads"), ("batches", "--batch"), ("sequences", "--sequence")):
+    for name, option in (("threads", "--threads"), ("sequences", "--sequence")):
         _positive(option, getattr(settings, name))
+    _positive("--batch", settings.batches, maximum=BATCH_LIMIT)
     for name, option in (("prompts", "--prompt"), ("new_tokens", "--new-tokens")):  # () once resolved: none
         _positive(option, getattr(settings, name) or None)
     _positive("--warmup", [settings.warmup], 0)
