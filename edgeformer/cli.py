@@ -151,9 +151,17 @@ def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path
 )
 @click.option("--name", help="The card's name (default: the directory's name).")
 @click.option("--force", is_flag=True, help="Replace an existing card.")
+@click.option(
+    "--memory-check/--no-memory-check",
+    default=True,
+    show_default=True,
+    help="Refuse, from config.json, a model larger than the available memory before reading weights.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @friendly
-def import_cmd(directory: Path, output: Path | None, name: str | None, force: bool, as_json: bool) -> None:
+def import_cmd(
+    directory: Path, output: Path | None, name: str | None, force: bool, memory_check: bool, as_json: bool
+) -> None:
     """Import a pretrained Hugging Face model DIRECTORY as an edgeformer card and checkpoint.
 
     DIRECTORY holds config.json and model.safetensors (or pytorch_model.bin, loaded without running
@@ -161,9 +169,9 @@ def import_cmd(directory: Path, output: Path | None, name: str | None, force: bo
     downloaded. Writes CARD.toml, CARD.safetensors (edgeformer's tensor names) and, when the
     directory has tokenizer.json, CARD.tokenizer.json; `edgeformer export CARD.toml` takes it from there.
     """
-    from edgeformer.importers import card_name, import_directory, write_card
+    from edgeformer.importers import MemoryPlan, card_name, import_directory, write_card
 
-    imported = import_directory(directory, name=name)
+    imported = import_directory(directory, name=name, memory=MemoryPlan() if memory_check else None)
     out = output or Path(f"{name or card_name(directory)}.toml")
     card = write_card(imported, out, force=force)
     report = {
@@ -264,7 +272,7 @@ def export_cmd(
     elif Path(model).is_dir():  # a pretrained Hugging Face directory
         from edgeformer.importers import source_from_directory
 
-        source = source_from_directory(model, max_sequence=max_sequence)
+        source = source_from_directory(model, max_sequence=max_sequence, memory_check=memory_check, parity=check)
     else:
         source = source_from_card(
             resolve_card(model), seed=seed, max_sequence=max_sequence, memory_check=memory_check, parity=check

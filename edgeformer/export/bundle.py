@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +22,13 @@ from torch import nn
 
 from edgeformer import __version__
 from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render_card
-from edgeformer.errors import BundleError, EdgeformerError, ExportError
+from edgeformer.errors import BundleError, CardError, EdgeformerError, ExportError
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
 from edgeformer.io import atomic_dir, json_text, pause_point, sha256_file
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
+from edgeformer.travel import copy_travelling, travelling_file
 
 FORMAT_VERSION = RUNTIME_FORMAT_VERSION  # the manifest format the runtime reads
 EXTERNAL_DATA_BYTES = 1 << 30  # weights beyond 1 GiB go to <graph>.onnx.data (protobuf stops at 2 GiB)
@@ -52,11 +52,17 @@ class Source:
 
 def tokenizer_files(card: ModelCard) -> tuple[str, dict[str, Path]]:
     """The manifest's tokenizer and the files it needs: a card's ``tokenizer = "x.json"`` (a
-    Hugging Face tokenizer beside the card) travels as the bundle's tokenizer.json."""
+    Hugging Face tokenizer beside the card) travels as the bundle's tokenizer.json. Only a regular
+    file in the card's own directory travels (``edgeformer.travel``): an absolute name, ``..`` or a
+    symbolic link is a CardError. A card not read from a file (rebuilt from a manifest for a parity
+    check) has no directory, so no file travels; exporting such a card is refused in ``export_bundle``."""
     if not card.tokenizer.endswith(".json"):
         return card.tokenizer, {}
-    base = card.path.parent if card.path is not None else Path()
-    return "tokenizer.json", {"tokenizer.json": base / card.tokenizer}
+    if card.path is None:
+        return "tokenizer.json", {}
+    base = card.path.parent
+    what = f"the tokenizer of card {card.name!r}"
+    return "tokenizer.json", {"tokenizer.json": travelling_file(base, card.tokenizer, what=what, error=CardError)}
 
 
 def _check_seed(seed: object) -> None:
@@ -375,10 +381,14 @@ def export_bundle(
                 )
             files += save_graph(model, tmp / plan.file)
             pause_point("export:graph-saved")
-        for name, path in source.files.items():  # the tokenizer
-            if not Path(path).is_file():
-                raise ExportError(f"{path} ({name} of model {source.name!r}) does not exist")
-            shutil.copyfile(path, tmp / name)
+        if source.tokenizer == "tokenizer.json" and "tokenizer.json" not in source.files:
+            raise ExportError(
+                f"model {source.name!r} names a tokenizer.json but no file to copy (a card not read from a file); "
+                "export the card file itself"
+            )
+        for name, path in source.files.items():  # the tokenizer: a regular file, never a link
+            size = copy_travelling(Path(path), tmp / name, what=f"{name} of model {source.name!r}", error=ExportError)
+            log(f"copied into the bundle: {name} (from {Path(path).resolve()}, {size:,} bytes)")
             files.append(name)
         manifest = build_manifest(source, target, files, tmp)
         if fusions:

@@ -15,6 +15,7 @@ sentence-transformers directories of a BertModel), GPT-2 (GPT2LMHeadModel, GPT2M
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -26,11 +27,13 @@ import torch
 from torch import nn
 
 from edgeformer.config import ModelCard, ModelConfig, load_card, render_card
-from edgeformer.errors import BundleError, ModelImportError, UnsupportedArchitectureError
+from edgeformer.errors import BundleError, CardError, ModelImportError, UnsupportedArchitectureError
 from edgeformer.importers import bart, bert, gpt2
 from edgeformer.importers.common import HFConfig, load_mapped, read_weights, weight_files
+from edgeformer.importers.memory import MemoryPlan, check_memory
 from edgeformer.importers.sentence import SUPPORTED_MODULES, read_layout
 from edgeformer.io import atomic_path, sha256_file, write_text_atomic
+from edgeformer.travel import travelling_file
 
 if TYPE_CHECKING:
     from edgeformer.export.bundle import Source
@@ -39,6 +42,7 @@ FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, bart)
 ARCHITECTURES: dict[str, ModuleType] = {arch: family for family in FAMILIES for arch in family.ARCHITECTURES}
 MODEL_TYPES: dict[str, ModuleType] = {t: family for family in FAMILIES for t in family.MODEL_TYPES}
 TOKENIZER_FILE = "tokenizer.json"
+IMPORT_ONLY = MemoryPlan()  # the memory of an import alone (no parity check)
 
 
 def supported() -> str:
@@ -90,8 +94,34 @@ def card_name(directory: Path) -> str:
     return name or "imported"
 
 
-def import_directory(directory: str | Path, *, name: str | None = None) -> Imported:
+def _config(family: ModuleType, hf: HFConfig, arch: str, names: set[str], extra: dict[str, Any]) -> ModelConfig:
+    """The family's ModelConfig of config.json; a value out of range names config.json and the key."""
+    try:
+        return family.config(hf, arch, names, **extra)
+    except CardError as exc:
+        raise ModelImportError(f"{hf.path}: {exc} (from config.json)") from None
+
+
+def _tokenizer(directory: Path, model_dir: Path) -> Path | None:
+    """The directory's tokenizer.json: a regular file inside ``directory``, never a symbolic link
+    (it is copied into what edgeformer writes); None when there is none."""
+    for where in (model_dir, directory):
+        candidate = where / TOKENIZER_FILE
+        if os.path.lexists(candidate):
+            name = candidate.relative_to(directory)
+            what = f"{directory}'s tokenizer"
+            return travelling_file(directory, name, what=what, error=ModelImportError)
+    return None
+
+
+def import_directory(
+    directory: str | Path, *, name: str | None = None, memory: MemoryPlan | None = IMPORT_ONLY
+) -> Imported:
     """Build the edgeformer model a Hugging Face directory describes and load its weights into it.
+
+    Before any weight is read, the model config.json describes is judged against the available
+    memory (``memory``; None skips it): a ResourceError gives the estimate. A tokenizer.json that
+    is a symbolic link or not a regular file is refused (it would be copied).
 
     Raises UnsupportedArchitectureError (listing the supported ones), ModelImportError (config.json
     missing or holding an option edgeformer's modules lack) or CheckpointError (weights refused,
@@ -109,18 +139,20 @@ def import_directory(directory: str | Path, *, name: str | None = None) -> Impor
             f"{directory} is a sentence-transformers directory of {arch}; edgeformer imports those of a "
             f"BertModel. Supported: {supported()}"
         )
+    extra: dict[str, Any] = {"pooling": layout.pooling, "normalize": layout.normalize} if layout else {}
+    if memory is not None:  # from config.json alone, before a weight is read or allocated
+        check_memory(_config(family, hf, arch, set(), extra), hf.path, memory)
+    tokenizer = _tokenizer(directory, model_dir)
     files = weight_files(model_dir)
     state = read_weights(files)
     names = {family.NAMING.canonical(n) for n in state}
-    extra: dict[str, Any] = {"pooling": layout.pooling, "normalize": layout.normalize} if layout else {}
-    cfg = family.config(hf, arch, names, **extra)
+    cfg = _config(family, hf, arch, names, extra)
     from edgeformer.nn.models import build_model
 
     with torch.random.fork_rng(devices=[]):  # the fresh weights are all overwritten; keep the caller's RNG
         model = build_model(cfg)
     where = str(files[0]) if len(files) == 1 else f"the {len(files)} shards in {model_dir}"
     ignored = load_mapped(model, state, family.weights(cfg, arch), where)
-    tokenizer = next((d / TOKENIZER_FILE for d in (model_dir, directory) if (d / TOKENIZER_FILE).is_file()), None)
     return Imported(
         name or card_name(directory), arch, cfg, model.eval(), directory, files, tokenizer, ignored, layout is not None
     )
@@ -163,10 +195,14 @@ def _weight_hashes(imported: Imported) -> dict[str, str]:
     return {str(f.relative_to(imported.directory)): sha256_file(f) for f in imported.weight_files}
 
 
-def source_from_directory(directory: str | Path, *, max_sequence: int | None = None) -> Source:
+def source_from_directory(
+    directory: str | Path, *, max_sequence: int | None = None, memory_check: bool = True, parity: bool = True
+) -> Source:
     """The export source of a Hugging Face directory (``edgeformer export DIR``). The manifest
-    records the directory and the sha256 of its weights, so ``edgeformer check`` can rebuild it."""
-    imported = import_directory(directory)
+    records the directory and the sha256 of its weights, so ``edgeformer check`` can rebuild it.
+    With ``memory_check``, the export's estimated peak (``edgeformer.limits``) is judged first."""
+    plan = MemoryPlan(max_sequence, parity) if memory_check else None
+    imported = import_directory(directory, memory=plan)
     card = ModelCard(imported.name, imported.config, imported.description)
     recipe = {
         "kind": "huggingface",
@@ -186,7 +222,7 @@ def rebuild_source(recipe: dict[str, Any], max_sequence: int | None = None) -> S
             f"the torch source's directory {directory} is not on this machine; "
             "parity needs the weights the bundle was exported from"
         )
-    imported = import_directory(directory)
+    imported = import_directory(directory, memory=MemoryPlan(max_sequence, parity=True))
     if _weight_hashes(imported) != recipe.get("weights_sha256"):
         raise BundleError(f"the weights in {directory} changed since the bundle was exported (sha256 differs)")
     return _source(imported, recipe, max_sequence)
@@ -195,6 +231,7 @@ def rebuild_source(recipe: dict[str, Any], max_sequence: int | None = None) -> S
 __all__ = [
     "ARCHITECTURES",
     "Imported",
+    "MemoryPlan",
     "import_directory",
     "rebuild_source",
     "source_from_directory",

@@ -11,6 +11,7 @@ convert it (GPT-2's Conv1D weights are transposed, its fused q/k/v projection is
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from edgeformer.errors import CheckpointError, ModelImportError
 from edgeformer.nn.checkpoint import read_state_dict
+from edgeformer.safe_read import read_json
 
 # In the order they are looked for; an index file names shards of the same format.
 WEIGHT_FILES = (
@@ -42,15 +44,12 @@ class HFConfig:
 
     @classmethod
     def read(cls, path: Path) -> HFConfig:
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ModelImportError(
                 f"{path.parent} has no config.json; a Hugging Face model directory holds config.json "
                 "and model.safetensors (or pytorch_model.bin)"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelImportError(f"{path} is not valid JSON ({exc})") from None
+        data = read_json(path, what="config.json", error=ModelImportError)  # no FIFO, no /dev/zero, bounded depth
         if not isinstance(data, dict):
             raise ModelImportError(f"{path} must hold a JSON object")
         return cls(data, path)
@@ -113,10 +112,10 @@ def weight_files(directory: Path) -> list[Path]:
             continue
         if not name.endswith(".index.json"):
             return [path]
+        index = read_json(path, what="weight index", error=ModelImportError)
         try:
-            index = json.loads(path.read_text(encoding="utf-8"))
             shards = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ModelImportError(f"{path} is not a weight index (needs a weight_map): {exc}") from None
         files = []
         for shard in shards:
