@@ -27,6 +27,7 @@ class OutputReport:
     max_rel: float  # max |error| / max |reference|
     cosine: float
     ok: bool
+    non_finite: str = ""  # NaN or inf in either side, in words: never parity, even when both agree
 
 
 @dataclass
@@ -87,19 +88,35 @@ class ParityReport:
         }
 
 
+def _non_finite(side: str, values: np.ndarray) -> str:
+    nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    return f"{side} {nan} NaN, {inf} inf" if nan or inf else ""
+
+
 def compare(name: str, reference: np.ndarray, got: np.ndarray, tolerance: float) -> OutputReport:
-    """Error relative to the output's scale: max |got - ref| / max(1, max |ref|) <= tolerance."""
+    """Error relative to the output's scale: max |got - ref| / max(1, max |ref|) <= tolerance.
+    A NaN or inf on either side fails, named in ``non_finite``: a torch source and a graph that
+    agree on nonsense (a card whose layer norm divides by inf) are not at parity."""
     if reference.shape != got.shape:
         return OutputReport(name, float("inf"), float("inf"), 0.0, False)
     ref, out = reference.astype(np.float64), got.astype(np.float64)
-    err = float(np.abs(ref - out).max()) if ref.size else 0.0
-    ref_max = float(np.abs(ref).max()) if ref.size else 0.0
-    norm = float(np.linalg.norm(ref) * np.linalg.norm(out))
-    cosine = float((ref * out).sum() / norm) if norm > 0 else float(np.array_equal(ref, out))
-    finite = bool(np.isfinite(out).all())
-    return OutputReport(
-        name, err, err / ref_max if ref_max else err, cosine, finite and err / max(1.0, ref_max) <= tolerance
-    )
+    non_finite = "; ".join(filter(None, (_non_finite("torch source", ref), _non_finite("ONNX", out))))
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = float(np.abs(ref - out).max()) if ref.size else 0.0
+        ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+        norm = float(np.linalg.norm(ref) * np.linalg.norm(out))
+        cosine = float((ref * out).sum() / norm) if norm > 0 else float(np.array_equal(ref, out))
+    ok = not non_finite and err / max(1.0, ref_max) <= tolerance
+    return OutputReport(name, err, err / ref_max if ref_max else err, cosine, ok, non_finite)
+
+
+def _non_finite_lines(report: ParityReport) -> list[str]:
+    return [
+        f"  {c.graph} {c.dims}: {o.name} is not finite ({o.non_finite}); outputs must be finite numbers"
+        for c in report.cases
+        for o in c.outputs
+        if o.non_finite
+    ]
 
 
 def run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -326,12 +343,14 @@ def check_source(
 def format_failure(report: ParityReport) -> str:
     if report.budget is not None:
         lines = [f"parity check failed ({report.precision}, budget {report.budget}):"]
+        lines += _non_finite_lines(report)
         lines += [f"  {c.graph} {c.dims}: {'; '.join(c.violations)}" for c in report.cases if c.violations]
         return "\n".join(lines[:20])
     lines = [f"parity check failed ({report.precision}, tolerance {report.tolerance:g} of output scale):"]
+    lines += _non_finite_lines(report)
     for case in report.cases:
         for o in case.outputs:
-            if not o.ok:
+            if not o.ok and not o.non_finite:
                 lines.append(
                     f"  {case.graph} {case.dims}: {o.name} max abs error {o.max_abs:.3g} "
                     f"(rel {o.max_rel:.3g}, cosine {o.cosine:.6f})"

@@ -229,3 +229,47 @@ def test_bench_batch_is_bounded():
 
     with pytest.raises(runtime.OptionError, match="--batch values must be integers from 1 to 4,096, got 1000000"):
         resolve(Settings(batches=(1, 10**6)), "decoder", {"max_positions": 64})
+
+
+# ----- parity: torch and ONNX agreeing on NaN is not parity -----------------------------------------
+
+NONSENSE = """
+import torch
+from torch import nn
+
+
+class Nonsense(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        return {"hidden": h * torch.log(h - h - 1.0)}  # log(-1): NaN in torch and in onnxruntime alike
+
+
+def make():
+    return Nonsense()
+
+
+make.edgeformer_io = {"inputs": {"tokens": {"dtype": "int64", "shape": ["batch", "sequence"], "high": 20}}}
+"""
+
+
+def test_parity_refuses_outputs_that_are_not_finite(tmp_path, monkeypatch):
+    from edgeformer.errors import ParityError
+    from edgeformer.export.bundle import export_bundle, source_from_factory
+    from edgeformer.parity import compare
+    from edgeformer.zoo import resolve_target
+
+    both = np.array([[1.0, np.nan, np.inf]])
+    report = compare("logits", both, both.copy(), 1e-4)
+    assert not report.ok and report.non_finite == "torch source 1 NaN, 1 inf; ONNX 1 NaN, 1 inf"
+    assert not compare("x", np.zeros(3), np.array([0.0, np.inf, 0.0]), float("inf")).ok  # a budget's limit too
+
+    (tmp_path / "nonsense_module.py").write_text(NONSENSE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = source_from_factory("nonsense_module:make")
+    with pytest.raises(ParityError, match=r"hidden is not finite \(torch source \d+ NaN, 0 inf; ONNX \d+ NaN, 0 inf\)"):
+        export_bundle(source, resolve_target("cpu-fp32"), tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
