@@ -41,7 +41,37 @@ def train_config_of(card: ModelCard, **overrides: Any) -> TrainConfig:
     if "betas" in recipe:
         recipe["betas"] = tuple(recipe["betas"])
     recipe.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**recipe)
+    cfg = TrainConfig(**recipe)
+    _check_recipe(card.name, cfg)
+    return cfg
+
+
+# [training] values: integers in these ranges; finite floats in these intervals
+RECIPE_COUNTS = {"steps": (1, 10**8), "batch_size": (1, 4096), "warmup_steps": (0, 10**8), "log_every": (1, 10**8)}
+RECIPE_FLOATS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "lr": ("(0, 10)", lambda v: 0 < v < 10),
+    "min_lr_ratio": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "weight_decay": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "grad_clip": ("(0, 1e6]", lambda v: 0 < v <= 1e6),
+    "betas": ("[0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def _check_recipe(name: str, cfg: TrainConfig) -> None:
+    """Refuse a [training] value outside its domain (CardError naming the key): NaN or inf in a
+    rate trains nothing and reports a loss of NaN; a huge count runs for days or allocates everything."""
+    for key, (low, high) in RECIPE_COUNTS.items():
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CardError(f"{name}: [training].{key} must be an integer from {low} to {high:,}, got {value!r:.40}")
+    betas = cfg.betas if isinstance(cfg.betas, tuple | list) and len(cfg.betas) == 2 else (None,)
+    values = [(k, getattr(cfg, k)) for k in RECIPE_FLOATS if k != "betas"] + [("betas", b) for b in betas]
+    for key, value in values:
+        interval, inside = RECIPE_FLOATS[key]
+        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not finite or not inside(value):
+            what = "two numbers, each" if key == "betas" else "a finite number"
+            raise CardError(f"{name}: [training].{key} must be {what} in {interval}, got {getattr(cfg, key)!r:.40}")
 
 
 # ----- the decoder: next-byte prediction ---------------------------------------------------------
@@ -145,6 +175,9 @@ def train_demo(
     if task not in ("language-model", "docstring-kind"):
         raise CardError(f"{card.name}: [training].task must be 'language-model' or 'docstring-kind' to train it here")
     cfg = train_config_of(card, steps=steps, seed=seed)
+    from edgeformer.limits import check_export_memory
+
+    check_export_memory(card.config, name=card.name, parity=False)  # a lower bound of training's peak
     torch.manual_seed(cfg.seed)
     model = build_model(card.config)
     length = card.config.max_positions

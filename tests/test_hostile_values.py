@@ -273,3 +273,48 @@ def test_parity_refuses_outputs_that_are_not_finite(tmp_path, monkeypatch):
     with pytest.raises(ParityError, match=r"hidden is not finite \(torch source \d+ NaN, 0 inf; ONNX \d+ NaN, 0 inf\)"):
         export_bundle(source, resolve_target("cpu-fp32"), tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+# ----- training recipes and the memory check before training --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"lr": float("nan")}, r"\[training\]\.lr must be a finite number in \(0, 10\)"),
+        ({"lr": float("inf")}, r"\[training\]\.lr must be a finite number in \(0, 10\)"),
+        ({"grad_clip": float("nan")}, r"\[training\]\.grad_clip must be a finite number"),
+        ({"betas": [0.9, float("nan")]}, r"\[training\]\.betas must be two numbers, each in \[0, 1\)"),
+        ({"betas": [0.9]}, r"\[training\]\.betas must be two numbers"),
+        ({"batch_size": 10**9}, r"\[training\]\.batch_size must be an integer from 1 to 4,096"),
+        ({"steps": 10**12}, r"\[training\]\.steps must be an integer from 1 to 100,000,000"),
+    ],
+)
+def test_training_recipes_are_range_checked(training, message):
+    import dataclasses
+
+    from edgeformer.demo import train_config_of
+    from edgeformer.errors import CardError
+    from edgeformer.zoo import resolve_card
+
+    card = resolve_card("demo-decoder")
+    card = dataclasses.replace(card, training={**card.training, **training})
+    with pytest.raises(CardError, match=message):
+        train_config_of(card)
+
+
+def test_training_checks_memory_before_building(tmp_path, monkeypatch):
+    import dataclasses
+
+    import edgeformer.limits
+    from edgeformer.demo import train_demo
+    from edgeformer.errors import ResourceError
+    from edgeformer.zoo import resolve_card
+
+    monkeypatch.setattr(edgeformer.limits, "available_memory", lambda: 10**9)
+    card = resolve_card("demo-decoder")
+    card = dataclasses.replace(card, config=card.config.replace(d_model=4096, n_heads=32, n_layers=48))
+    start = time.perf_counter()
+    with pytest.raises(ResourceError, match="refused before building the model"):
+        train_demo(card, tmp_path / "ckpt.safetensors")
+    assert time.perf_counter() - start < 20 and not (tmp_path / "ckpt.safetensors").exists()
