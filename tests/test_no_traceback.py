@@ -1,0 +1,279 @@
+"""Never a traceback (issue #18): every input the issue found ending in a traceback or an untyped
+exception, built here, now ends in a typed error (API) or exit code 1 with a message naming the
+thing (CLI). The old output of a failed write is left whole.
+
+Covered: deeply nested TOML/JSON in cards, targets, config.json, io declarations and the
+sentence-transformers files; special files (FIFO, a link to /dev/zero, a directory) in place of
+each; very long file names and NUL bytes in every path argument; a read-only file system, a full
+disk and /proc as the output; ``fuse FILE -o existing_dir``; ``fuse .`` and ``quantize .`` inside
+a bundle; quantize of a bundle without a config or with a file in a subfolder; ``runtime.load``
+of None, "" and other types; ``generate(seed=-1)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeformer import runtime
+from edgeformer.cli import main
+from edgeformer.config import load_card, load_target, render_card
+from edgeformer.errors import CardError, EdgeformerError, ExportError, ModelImportError
+from edgeformer.export.user import load_io
+from edgeformer.io import sha256_file
+from edgeformer.quantize.calibration import CalibrationError, load_rows
+from edgeformer.runtime.errors import BundleFormatError, OptionError
+from edgeformer.zoo import resolve_card
+
+DEEP_TOML = "a = " + "[" * 5000 + "]" * 5000 + "\n"  # past Python's recursion limit
+DEEPISH_TOML = "a = " + "[" * 100 + "]" * 100 + "\n"  # parses; deeper than any real card
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+LONG = "x" * 300  # one component longer than NAME_MAX (255)
+
+
+def cli(*args: object, code: int | tuple[int, ...] = 1, says: str = "") -> str:
+    """Run the CLI in-process: it must exit with ``code``, print ``says`` and no traceback."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    codes = (code,) if isinstance(code, int) else code
+    assert isinstance(result.exception, SystemExit), (args, repr(result.exception), result.output)
+    assert result.exit_code in codes, (args, result.exit_code, result.output)
+    assert "Traceback" not in result.output, result.output
+    assert says.lower() in result.output.lower(), (says, result.output)
+    return result.output
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def zero_link(path: Path) -> Path:
+    path.symlink_to("/dev/zero")
+    return path
+
+
+SPECIAL = {  # how safe_read names each
+    "fifo": (fifo, "FIFO"),
+    "/dev/zero link": (zero_link, "a device"),
+    "directory": (lambda p: (p.mkdir(), p)[1], "directory"),
+    "dangling link": (lambda p: (p.symlink_to(p.parent / "gone"), p)[1], "does not exist"),
+}
+
+
+# ----- nesting ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [DEEP_TOML, DEEPISH_TOML], ids=["recursion", "depth-100"])
+@pytest.mark.parametrize(
+    "reader, error", [(load_card, CardError), (load_target, CardError), (load_io, ExportError)], ids=lambda x: ""
+)
+def test_deep_toml_is_a_typed_error(tmp_path, text, reader, error):
+    path = tmp_path / "deep.toml"
+    path.write_text(text)
+    with pytest.raises(error, match="nests deeper than"):
+        reader(path)
+
+
+def test_deep_card_and_io_on_the_command_line(tmp_path):
+    (tmp_path / "deep.toml").write_text(DEEP_TOML)
+    cli("export", tmp_path / "deep.toml", "-o", tmp_path / "out", says="nests deeper than")
+    cli("export", "gpt-mini", "-t", tmp_path / "deep.toml", "-o", tmp_path / "out", says="nests deeper than")
+    cli(
+        "export",
+        "fixtures.factories:tiny_tagger",
+        "--io",
+        tmp_path / "deep.toml",
+        "-o",
+        tmp_path / "o",
+        says="nests deeper",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def _hf_dir(root: Path, **files: str) -> Path:
+    root.mkdir()
+    for name, text in files.items():
+        (root / name.replace("__", "/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / name.replace("__", "/")).write_text(text)
+    return root
+
+
+GPT2_CONFIG = json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 32})
+
+
+def tiny_gpt2(root: Path) -> Path:
+    """A Hugging Face GPT-2 directory (config.json + model.safetensors) of 1 layer, width 8, written
+    by hand: ``import`` runs to the point of writing its outputs in well under a second."""
+    import torch
+    from safetensors.torch import save_file
+
+    v, c, t = 16, 8, 8
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": v, "n_embd": c}
+    config |= {"n_head": 2, "n_layer": 1, "n_positions": t}
+    shapes = {"wte.weight": (v, c), "wpe.weight": (t, c), "ln_f.weight": (c,), "ln_f.bias": (c,)}
+    for name, (d_in, d_out) in {"attn.c_attn": (c, 3 * c), "attn.c_proj": (c, c), "mlp.c_fc": (c, 4 * c)}.items():
+        shapes |= {f"h.0.{name}.weight": (d_in, d_out), f"h.0.{name}.bias": (d_out,)}
+    shapes |= {"h.0.mlp.c_proj.weight": (4 * c, c), "h.0.mlp.c_proj.bias": (c,)}
+    shapes |= {f"h.0.{ln}.{p}": (c,) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")}
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps(config))
+    save_file({k: torch.randn(s) for k, s in shapes.items()}, str(root / "model.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"config.json": DEEP_JSON},
+        {"config.json": "[" * 100 + "]" * 100},
+        {"config.json": GPT2_CONFIG, "model.safetensors.index.json": DEEP_JSON},
+        {"modules.json": DEEP_JSON},
+        {
+            "modules.json": json.dumps(
+                [{"type": "sentence_transformers.models.Transformer", "path": ""}, {"type": "Pooling", "path": "1_P"}]
+            ),
+            "1_P__config.json": DEEP_JSON,
+        },
+    ],
+    ids=["config", "config-depth-100", "weight-index", "modules", "pooling-config"],
+)
+def test_deep_json_in_a_model_directory(tmp_path, files):
+    directory = _hf_dir(tmp_path / "hf", **files)
+    from edgeformer.importers import import_directory
+
+    with pytest.raises(ModelImportError, match="nests deeper than"):
+        import_directory(directory)
+    cli("import", directory, "-o", tmp_path / "card.toml", says="nests deeper than")
+    cli("export", directory, "-o", tmp_path / "out", says="nests deeper than")
+    assert not (tmp_path / "card.toml").exists()
+
+
+# ----- special files in place of the files edgeformer reads -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_special_file_as_card_target_or_io(tmp_path, kind):
+    make, says = SPECIAL[kind]
+    path = make(tmp_path / "card.toml")
+    for reader, error in ((load_card, CardError), (load_target, CardError), (load_io, ExportError)):
+        with pytest.raises(error, match=says):
+            reader(path)
+    cli("export", path, "-o", tmp_path / "out", says=says)
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("name", ["config.json", "modules.json", "model.safetensors.index.json", "model.safetensors"])
+def test_special_file_in_a_model_directory(tmp_path, kind, name):
+    make, says = SPECIAL[kind]
+    directory = _hf_dir(tmp_path / "hf", **({} if name == "config.json" else {"config.json": GPT2_CONFIG}))
+    make(directory / name)
+    from edgeformer.importers import import_directory
+
+    with pytest.raises(ModelImportError) as caught:
+        import_directory(directory)
+    assert name in str(caught.value)
+    if kind == "fifo":  # the CLI too: it must not hang on the pipe
+        cli("import", directory, "-o", tmp_path / "card.toml", says=name)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero link", "directory"])
+@pytest.mark.parametrize("suffix", [".npz", ".txt"])
+def test_special_file_as_calibration(tmp_path, kind, suffix):
+    make, _ = SPECIAL[kind]
+    path = make(tmp_path / f"calib{suffix}")
+    config = {"vocab_size": 256, "max_positions": 64, "pad_token_id": 0}
+    with pytest.raises(CalibrationError, match="calib"):
+        load_rows(config, "bytes", path=path)
+
+
+def test_oversized_calibration_npz_is_refused_from_its_header(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, input_ids=np.zeros((1 << 13, 1 << 12), dtype=np.int8))  # 32 M tokens, 32 KB on disk
+    with pytest.raises(CalibrationError, match="more than"):
+        load_rows({"vocab_size": 256, "max_positions": 64}, "bytes", path=path)
+
+
+# ----- path names -------------------------------------------------------------------------------
+
+
+def test_nul_in_file_names_is_a_typed_error(tmp_path):
+    for reader, error in ((load_card, CardError), (load_target, CardError), (load_io, ExportError)):
+        with pytest.raises(error, match="NUL"):
+            reader(f"{tmp_path}/a\0b.toml")
+    with pytest.raises(CalibrationError, match="NUL"):
+        load_rows({"vocab_size": 256, "max_positions": 64}, "bytes", path=f"{tmp_path}/a\0b.txt")
+
+
+def test_nul_in_a_card_name_is_a_message(tmp_path):
+    """The card's name chooses the default output path: a NUL in it ends in a message."""
+    card = tmp_path / "nul.toml"
+    card.write_text(render_card(resolve_card("gpt-mini")).replace('name = "gpt-mini"', 'name = "gpt\\u0000mini"'))
+    out = cli("export", card, "--no-check", code=1)
+    assert "name" in out
+
+
+def _long_cases() -> list[tuple[str, ...]]:
+    long = f"{{tmp}}/{LONG}"
+    return [
+        ("train", long),
+        ("train", "demo-decoder", "--steps", "1", "--out-dir", long),
+        ("import", long),
+        ("import", "{hf}", "-o", f"{long}.toml"),
+        ("export", f"{long}.toml"),
+        ("export", long),
+        ("export", "gpt-mini", "-t", f"{long}.toml"),
+        ("export", "gpt-mini", "--no-check", "-o", long),
+        ("export", "fixtures.factories:tiny_tagger", "--io", f"{long}.toml", "-o", "{tmp}/o"),
+        ("export", "gpt-mini", "-t", "cpu-int8", "--calibration", f"{long}.npz", "-o", "{tmp}/o"),
+        ("check", long),
+        ("check", "{bundle}", "--inputs", f"{long}.npz"),
+        ("fuse", long),
+        ("fuse", "{bundle}/model.onnx", "-o", f"{long}.onnx"),
+        ("fuse", "{unfused}", "-o", long),
+        ("bench", long),
+        ("bench", "{bundle}", "--json", f"{long}.json", "--no-torch", "--repeats", "1"),
+        ("quantize", long),
+        ("quantize", "{bundle}", "-o", long),
+        ("quantize", "{bundle}", "--calibration", f"{long}.npz", "-o", "{tmp}/q"),
+        ("quantize", "{bundle}", "--validation", f"{long}.npz", "-o", "{tmp}/q"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def unfused(tmp_path_factory):
+    """An unfused fp32 gpt-mini bundle (fuse's input), exported once for this module."""
+    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.zoo import resolve_target
+
+    out = tmp_path_factory.mktemp("unfused") / "gpt-mini-unfused"
+    target = resolve_target("cpu-fp32")
+    import dataclasses
+
+    export_bundle(
+        source_from_card(resolve_card("gpt-mini")), dataclasses.replace(target, fusions="none"), out, check=False
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "args", _long_cases(), ids=lambda a: " ".join(a[:1] + a[2:3]).replace("{", "").replace("}", "")
+)
+def test_long_file_names_in_every_path_argument(request, tmp_path, args):
+    subs = {"tmp": str(tmp_path)}  # the bundles are built only for the cases that name them
+    if any("{hf}" in a for a in args):
+        subs["hf"] = str(tiny_gpt2(tmp_path / "hf"))
+    if any("{bundle}" in a for a in args):
+        subs["bundle"] = str(request.getfixturevalue("edge_bundle")("gpt-mini"))
+    if any("{unfused}" in a for a in args):
+        subs["unfused"] = str(request.getfixturevalue("unfused"))
+    argv = [a.format(**subs) for a in args]
+    out = cli(*argv, code=(1, 2))
+    assert any(s in out.lower() for s in ("too long", "does not exist", "no such")), out
+    assert len(out) < 2000, out  # the message shortens the path, not 300 characters of it twice
