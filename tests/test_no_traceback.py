@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from edgeformer import runtime
 from edgeformer.cli import main
 from edgeformer.config import load_card, load_target, render_card
-from edgeformer.errors import CardError, EdgeformerError, ExportError, ModelImportError
+from edgeformer.errors import CardError, ExportError, ModelImportError
 from edgeformer.export.user import load_io
 from edgeformer.io import sha256_file
 from edgeformer.quantize.calibration import CalibrationError, load_rows
@@ -40,7 +40,8 @@ def cli(*args: object, code: int | tuple[int, ...] = 1, says: str = "") -> str:
     """Run the CLI in-process: it must exit with ``code``, print ``says`` and no traceback."""
     result = CliRunner().invoke(main, [str(a) for a in args])
     codes = (code,) if isinstance(code, int) else code
-    assert isinstance(result.exception, SystemExit), (args, repr(result.exception), result.output)
+    ok = result.exception is None if result.exit_code == 0 else isinstance(result.exception, SystemExit)
+    assert ok, (args, repr(result.exception), result.output)
     assert result.exit_code in codes, (args, result.exit_code, result.output)
     assert "Traceback" not in result.output, result.output
     assert says.lower() in result.output.lower(), (says, result.output)
@@ -277,3 +278,157 @@ def test_long_file_names_in_every_path_argument(request, tmp_path, args):
     out = cli(*argv, code=(1, 2))
     assert any(s in out.lower() for s in ("too long", "does not exist", "no such")), out
     assert len(out) < 2000, out  # the message shortens the path, not 300 characters of it twice
+
+
+# ----- outputs on a read-only, full or special file system -----------------------------------------
+
+
+def _fail_with(monkeypatch, errno_: int, where: str) -> None:
+    """Make the file system refuse: ``where`` is "create" (temporary files and folders: a read-only
+    file system refuses the first write) or "commit" (the final rename: all the work is done)."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_), str(kwargs.get("dir") or (args[1] if len(args) > 1 else args[0])))
+
+    if where == "create":
+        monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:
+        import edgeformer.io
+
+        real = os.replace
+        monkeypatch.setattr(edgeformer.io, "exchange", refuse, raising=False)  # replacing an existing directory
+        monkeypatch.setattr(
+            edgeformer.io.os, "replace", lambda a, b, *r, **k: refuse(a, b) if ".tmp" in str(a) else real(a, b, *r, **k)
+        )
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+READ_ONLY = (30, "read-only")  # errno.EROFS
+DISK_FULL = (28, "no space left")  # errno.ENOSPC
+
+
+@pytest.mark.parametrize("errno_, says", [READ_ONLY, DISK_FULL], ids=["read-only", "disk-full"])
+def test_export_over_an_old_bundle_on_a_failing_disk(tmp_path, edge_bundle, monkeypatch, errno_, says):
+    old = tmp_path / "gpt-mini"
+    shutil.copytree(edge_bundle("gpt-mini"), old)
+    before = _tree(old)
+    _fail_with(monkeypatch, errno_, "commit" if errno_ == DISK_FULL[0] else "create")
+    cli("export", "gpt-mini", "--no-check", "-t", "portable-fp32", "-o", old, "--force", says=says)
+    assert _tree(old) == before, "the old bundle must survive whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt-mini"], "no temporary left beside it"
+
+
+@pytest.mark.parametrize("errno_, says", [READ_ONLY, DISK_FULL], ids=["read-only", "disk-full"])
+def test_fuse_and_quantize_on_a_failing_disk(tmp_path, edge_bundle, unfused, monkeypatch, errno_, says):
+    graph = edge_bundle("gpt-mini") / "model.onnx"
+    _fail_with(monkeypatch, errno_, "create")
+    cli("fuse", graph, "-o", tmp_path / "f.onnx", says=says)
+    cli("fuse", unfused, "-o", tmp_path / "fused", says=says)
+    cli("quantize", edge_bundle("gpt-mini"), "--samples", "2", "-o", tmp_path / "q", says=says)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("errno_, says", [READ_ONLY, DISK_FULL], ids=["read-only", "disk-full"])
+def test_import_and_train_on_a_failing_disk(tmp_path, monkeypatch, errno_, says):
+    hf = tiny_gpt2(tmp_path / "hf")
+    (tmp_path / "out").mkdir()
+    _fail_with(monkeypatch, errno_, "create")
+    cli("import", hf, "-o", tmp_path / "out" / "card.toml", says=says)
+    cli("train", "demo-encoder", "--steps", "1", "--out-dir", tmp_path / "out", says=says)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_proc_as_the_output(tmp_path, edge_bundle):
+    cli("export", "gpt-mini", "--no-check", "-o", "/proc/edgeformer-out", says="/proc")
+    cli("fuse", edge_bundle("gpt-mini") / "model.onnx", "-o", "/proc/self/f.onnx", says="/proc")
+    cli("import", tiny_gpt2(tmp_path / "hf"), "-o", "/proc/card.toml", says="/proc")
+
+
+# ----- paths relative to a bundle --------------------------------------------------------------------
+
+
+def test_fuse_file_to_an_existing_directory_is_refused_before_work(tmp_path, edge_bundle):
+    (tmp_path / "here").mkdir()
+    out = cli("fuse", edge_bundle("gpt-mini") / "model.onnx", "-o", tmp_path / "here", says="is a directory")
+    assert "skip_layer_norm" not in out  # refused before the passes ran
+    assert list((tmp_path / "here").iterdir()) == []
+
+
+def test_fuse_and_quantize_dot_inside_a_bundle(tmp_path, unfused, monkeypatch):
+    bundle = tmp_path / "gpt-mini"
+    shutil.copytree(unfused, bundle)
+    before = _tree(bundle)
+    monkeypatch.chdir(bundle)
+    cli("fuse", ".", "-o", "inside", says="inside the input")
+    cli("fuse", ".", "-o", ".", says="is the input")
+    cli("fuse", ".", "-o", "..", says="holds the input")
+    cli("quantize", ".", "-o", "sub/q", says="inside the input")
+    cli("quantize", "./", "-o", "../gpt-mini", "--force", says="is the input")
+    assert _tree(bundle) == before
+    cli("quantize", ".", "--samples", "2", code=0)  # the default output goes beside the bundle, by its name
+    assert (tmp_path / "gpt-mini-int8" / "manifest.json").is_file()
+    assert _tree(bundle) == before
+
+
+def _edit_manifest(bundle: Path, change) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda m: m.pop("config"), "no model config"),
+        (lambda m: m.update(config={"family": "decoder"}), "config.vocab_size"),
+        (lambda m: m["config"].update(max_positions=-3), "config.max_positions must be an integer >= 1"),
+        (lambda m: m["config"].update(pad_token_id="0"), "config.pad_token_id"),
+    ],
+    ids=["no config", "no vocab", "negative positions", "text pad"],
+)
+def test_quantize_a_bundle_without_a_usable_config(tmp_path, edge_bundle, change, says):
+    bundle = tmp_path / "b"
+    shutil.copytree(edge_bundle("gpt-mini"), bundle)
+    _edit_manifest(bundle, change)
+    out = cli("quantize", bundle, "-o", tmp_path / "q", says=says)
+    assert "quantizing" not in out and not (tmp_path / "q").exists()
+
+
+def test_fuse_and_quantize_a_bundle_with_a_file_in_a_subfolder(tmp_path, unfused):
+    bundle = tmp_path / "b"
+    shutil.copytree(unfused, bundle)
+    (bundle / "docs").mkdir()
+    (bundle / "docs" / "LICENSE.txt").write_text("terms\n")
+    _edit_manifest(bundle, lambda m: m["files"].update({"docs/LICENSE.txt": sha256_file(bundle / "docs/LICENSE.txt")}))
+    cli("quantize", bundle, "--samples", "2", "-o", tmp_path / "q", code=0)
+    cli("fuse", bundle, "-o", tmp_path / "f", code=0)
+    for out in (tmp_path / "q", tmp_path / "f"):
+        assert (out / "docs" / "LICENSE.txt").read_text() == "terms\n"
+        runtime.load(out)  # the copy is listed and verified
+
+
+# ----- API arguments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", b"", 123, 1.5, ["a"], object(), "a\0b"], ids=repr)
+def test_runtime_load_of_a_non_path(value):
+    with pytest.raises(OptionError, match="load()"):
+        runtime.load(value)
+
+
+def test_runtime_load_of_a_long_path(tmp_path):
+    with pytest.raises(BundleFormatError, match="too long"):
+        runtime.load(tmp_path / LONG)
+    with pytest.raises(BundleFormatError, match="too long"):
+        runtime.load("y" * 5000)
+
+
+def test_generate_with_a_negative_seed_is_an_option_error(edge_bundle):
+    model = runtime.load(edge_bundle("gpt-mini"))
+    with pytest.raises(OptionError):
+        model.generate([1, 2, 3], max_new_tokens=2, seed=-1)
