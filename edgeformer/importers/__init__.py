@@ -15,6 +15,7 @@ sentence-transformers directories of a BertModel), GPT-2 (GPT2LMHeadModel, GPT2M
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -98,8 +99,8 @@ def import_directory(directory: str | Path, *, name: str | None = None) -> Impor
     or tensors missing, unexpected or of the wrong shape — named, with expected and found shapes).
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelImportError(f"{directory} is not a directory")
+    if not os.path.isdir(directory):  # False, not OSError, for a name too long or with NUL
+        raise ModelImportError(f"{str(directory)[:200]} is not a directory")
     layout = read_layout(directory)
     model_dir = layout.transformer if layout else directory
     hf = HFConfig.read(model_dir / "config.json")
