@@ -432,6 +432,7 @@ def fuse(
     fusion, compares the blocks in the graph with the fused ops, and says why any block did not fuse.
     """
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
+    from edgeformer.paths import default_output
 
     providers = tuple(p.strip() for p in provider_list.split(",") if p.strip()) if provider_list else None
     if provider_list is not None:
@@ -458,7 +459,7 @@ def fuse(
     dims = _dim_sizes(dim_specs)
     echo = functools.partial(click.echo, err=True)
     if source.is_dir():
-        out = output or source.with_name(source.name + "-fused")
+        out = output or default_output(source, "fused")
         manifest = fuse_bundle(source, out, form, providers=providers, dims=dims, force=force, debug=debug, log=echo)
         reports = manifest["fusions"]
     else:
@@ -544,6 +545,7 @@ def quantize(
     The report (size, metrics on calibration and validation data, nodes kept in float and why) is
     printed and stored in the new bundle's manifest; `edgeformer check` judges it by the budget.
     """
+    from edgeformer.paths import default_output
     from edgeformer.quantize.budget import parse_budget
     from edgeformer.quantize.bundle import quantize_bundle
 
@@ -551,7 +553,7 @@ def quantize(
         budget = parse_budget(budget_items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from None
-    out = output or bundle.with_name(f"{bundle.name}-{precision}")
+    out = output or default_output(bundle, precision)
     manifest = quantize_bundle(
         bundle,
         out,

@@ -22,11 +22,11 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeformer import safe_read
 from edgeformer.errors import CardError
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
@@ -284,23 +284,19 @@ def _type_name(expected: type | tuple[type, ...]) -> str:
     return {int: "an integer", str: "a string", bool: "true or false"}.get(expected, expected.__name__)
 
 
+CARD_BYTES = 4 << 20  # a card or target is a few kilobytes; a file claiming to be one may not be larger
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A card or target file as TOML data, through safe_read: special files, huge files, deep
+    nesting, unusable names (too long, NUL) and OSErrors all become a CardError naming the file."""
+    return safe_read.read_toml(path, what=what, error=CardError, max_bytes=CARD_BYTES)
+
+
 def load_card(path: str | Path) -> ModelCard:
     """Load and validate one card file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CardError(f"{path}: no such card file") from None
-    except UnicodeDecodeError:
-        raise CardError(f"{path}: a card must be UTF-8 text") from None
-    except OSError as exc:
-        raise CardError(f"{path}: cannot read the card ({exc.strerror})") from None
-    except ValueError as exc:  # a NUL byte in the name
-        raise CardError(f"{str(path)!r}: not a usable file name ({exc})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CardError(f"{path}: not valid TOML ({exc})") from None
+    data = _read_toml(path, "card")
     card = parse_card(data, source=str(path), base_dir=path.parent)
     return dataclasses.replace(card, path=path)
 
@@ -458,14 +454,5 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
 
 def load_target(path: str | Path) -> Target:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CardError(f"{path}: no such target file") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CardError(f"{path}: not a valid TOML target ({exc})") from None
-    except OSError as exc:
-        raise CardError(f"{path}: cannot read the target ({exc.strerror})") from None
-    except ValueError as exc:  # a NUL byte in the name
-        raise CardError(f"{str(path)!r}: not a usable file name ({exc})") from None
+    data = _read_toml(path, "target")
     return dataclasses.replace(parse_target(data, source=str(path)), path=path)

@@ -56,6 +56,8 @@ def read_bytes(path: str | Path, *, what: str, error: type[Exception], max_bytes
         raise error(f"{what} {path} is a directory, not a file") from None
     except OSError as exc:
         raise error(f"{what} {path} cannot be opened ({os_reason(exc)})") from None
+    except ValueError:  # an embedded NUL byte: no file can have that name
+        raise error(f"{what} {str(path)!r} is not a usable file name (it holds a NUL byte)") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edgeformer.config import ModelCard, Target, load_card, load_target
@@ -46,7 +47,7 @@ def resolve_card(name_or_path: str | Path) -> ModelCard:
     """A shipped card by name (``bert-mini``) or any card file by path."""
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith(".toml") or _is_file(path):
+    if text.endswith(".toml") or "/" in text or os.sep in text or _is_file(path):  # a path, not a card name
         return load_card(path)
     candidate = cards_dir() / f"{text}.toml"
     if _is_file(candidate):
@@ -63,7 +64,7 @@ def target_names() -> list[str]:
 def resolve_target(name_or_path: str | Path) -> Target:
     """A shipped target by name (``cpu-fp32``) or any target file by path."""
     text = str(name_or_path)
-    if text.endswith(".toml") or _is_file(Path(text)):
+    if text.endswith(".toml") or "/" in text or os.sep in text or _is_file(Path(text)):  # a path, not a name
         return load_target(text)
     candidate = targets_dir() / f"{text}.toml"
     if _is_file(candidate):

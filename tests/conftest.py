@@ -47,4 +47,5 @@ def pytest_terminal_summary(terminalreporter):
     props = sys.modules.get("props")
     if props is not None and props.CASES:
         counts = ", ".join(f"{name} {n} ({props.PASSED[name]} ok)" for name, n in sorted(props.CASES.items()))
-        terminalreporter.write_line(f"hypothesis cases tried: {sum(props.CASES.values())} ({counts})")
+        total = sum(props.CASES.values())
+        terminalreporter.write_line(f"property-based cases: {total:,} generated ({len(props.CASES)} kinds: {counts})")

@@ -129,7 +129,7 @@ CASES = {
         (["train", "demo-encoder", "--steps", "0"], 2, "--steps"),
         (["train", "demo-encoder", "--seed", str(-(2**70))], 2, "--seed"),
         (["train", "{truncated card}"], 1, "not valid TOML"),
-        (["train", "{latin-1 card}"], 1, "must be UTF-8"),
+        (["train", "{latin-1 card}"], 1, "is not UTF-8"),
     ],
     "import": [
         (["import", "{hf dir}"], 1, "config.json"),
@@ -139,11 +139,11 @@ CASES = {
     ],
     "export": [
         (["export", "{truncated card}", "-o", "{dir}/out"], 1, "not valid TOML"),
-        (["export", "{latin-1 card}", "-o", "{dir}/out"], 1, "must be UTF-8"),
+        (["export", "{latin-1 card}", "-o", "{dir}/out"], 1, "is not UTF-8"),
         (["export", "{wrong type card}", "-o", "{dir}/out"], 1, "[model].n_heads must be an integer"),
         (["export", "{huge card}", "-o", "{dir}/out"], 1, "available; refused before building the model"),
         (["export", "{missing checkpoint card}", "-o", "{dir}/out"], 1, "does not exist"),
-        (["export", "gpt-mini", "-t", "{random target}", "-o", "{dir}/out"], 1, "not a valid TOML target"),
+        (["export", "gpt-mini", "-t", "{random target}", "-o", "{dir}/out"], 1, "random-target.toml is not UTF-8"),
         (["export", "gpt-mini", "-t", "{bad target}", "-o", "{dir}/out"], 1, "precision 'fp8'"),
         (["export", "gpt-mini", "-t", "no-such-target", "-o", "{dir}/out"], 1, "known targets"),
         (["export", "gpt-mini", "--max-sequence", "1"], 2, "--max-sequence"),

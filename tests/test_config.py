@@ -95,7 +95,7 @@ def test_malformed_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00name")
     with pytest.raises(CardError, match="UTF-8"):
         load_card(binary)
-    with pytest.raises(CardError, match="no such card file"):
+    with pytest.raises(CardError, match="does not exist"):
         load_card(tmp_path / "absent.toml")
 
 

@@ -24,7 +24,6 @@ or ``return_dict=True``; a returned ModelOutput is read by name).
 from __future__ import annotations
 
 import importlib
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgeformer import safe_read
 from edgeformer.errors import ExportError
 from edgeformer.export.graphs import GraphPlan, TensorSpec, make_inputs
 
 DTYPES = ("int64", "int32", "float32", "float16", "bool")
+IO_BYTES = 1 << 20  # an input declaration is a few lines
 
 
 def _fail(msg: str) -> ExportError:
@@ -77,12 +78,8 @@ def parse_io(data: Mapping[str, Any]) -> tuple[list[TensorSpec], dict[str, int],
 
 
 def load_io(path: str | Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _fail(f"{path} does not exist") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise _fail(f"{path} is not valid TOML ({exc})") from None
+    """The TOML input declaration at ``path`` (special files, huge or deeply nested files refused)."""
+    return safe_read.read_toml(path, what="input declaration", error=ExportError, max_bytes=IO_BYTES)
 
 
 def load_factory(spec: str) -> Any:

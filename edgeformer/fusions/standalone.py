@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import onnx_ir as ir
 from edgeformer.errors import BundleError, ExportError
 from edgeformer.fusions.pipeline import FusionReport, fuse_model
 from edgeformer.io import atomic_path
+from edgeformer.paths import refuse_overlap
 
 _NP = {
     ir.DataType.FLOAT: np.float32,
@@ -97,6 +99,16 @@ def _fuse_checked(
     return report
 
 
+def refuse_file_paths(src: Path, out: Path) -> None:
+    """Before any work: ``out`` must be a file path that is not ``src`` (fuse FILE writes one file)."""
+    refuse_overlap(src, out, ExportError)
+    if os.path.isdir(out):
+        raise ExportError(
+            f"{out} is a directory; fusing a graph file writes one .onnx file: give -o a file path, "
+            f"e.g. {out / (src.stem + '.fused.onnx')}"
+        )
+
+
 def fuse_file(
     src: Path,
     out: Path,
@@ -109,6 +121,7 @@ def fuse_file(
 ) -> FusionReport:
     from edgeformer.runtime.bundle import check_external_data
 
+    refuse_file_paths(src, out)
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
     refuse_unknown_dims(dims, [model])
@@ -133,6 +146,7 @@ def fuse_bundle(
     ``providers`` default to the bundle target's (cpu where it names none)."""
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, save_graph, write_manifest
 
+    refuse_overlap(src, out, BundleError)
     manifest = read_manifest(src)
     if manifest.get("fusions"):
         raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")
@@ -150,6 +164,7 @@ def fuse_bundle(
             files += save_graph(model, tmp / graph["file"])
         for name in manifest["files"]:
             if name not in files and not (tmp / name).exists():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
                 shutil.copy2(src / name, tmp / name)
                 files.append(name)
         manifest["fusions"] = reports

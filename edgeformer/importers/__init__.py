@@ -128,8 +128,8 @@ def import_directory(
     or tensors missing, unexpected or of the wrong shape — named, with expected and found shapes).
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelImportError(f"{directory} is not a directory")
+    if not os.path.isdir(directory):  # False, not OSError, for a name too long or with NUL
+        raise ModelImportError(f"{str(directory)[:200]} is not a directory")
     layout = read_layout(directory)
     model_dir = layout.transformer if layout else directory
     hf = HFConfig.read(model_dir / "config.json")

@@ -11,7 +11,6 @@ convert it (GPT-2's Conv1D weights are transposed, its fused q/k/v projection is
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edgeformer import safe_read
 from edgeformer.errors import CheckpointError, ModelImportError
 from edgeformer.nn.checkpoint import read_state_dict
-from edgeformer.safe_read import read_json
 
 # In the order they are looked for; an index file names shards of the same format.
 WEIGHT_FILES = (
@@ -32,7 +31,17 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+JSON_BYTES = 64 << 20  # config.json, an index: kilobytes to a few megabytes
 LIST_LIMIT = 12  # names listed per kind of problem; the rest are counted
+
+
+def exists(path: Path) -> bool:
+    """Whether something is at ``path`` (a dangling link or a FIFO counts: safe_read then says what
+    it is); False for names no file can have (too long, a NUL byte)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except (OSError, ValueError):
+        return False
 
 
 class HFConfig:
@@ -44,12 +53,12 @@ class HFConfig:
 
     @classmethod
     def read(cls, path: Path) -> HFConfig:
-        if not os.path.lexists(path):
+        if not exists(path):
             raise ModelImportError(
                 f"{path.parent} has no config.json; a Hugging Face model directory holds config.json "
                 "and model.safetensors (or pytorch_model.bin)"
             )
-        data = read_json(path, what="config.json", error=ModelImportError)  # no FIFO, no /dev/zero, bounded depth
+        data = safe_read.read_json(path, what="config", error=ModelImportError, max_bytes=JSON_BYTES)
         if not isinstance(data, dict):
             raise ModelImportError(f"{path} must hold a JSON object")
         return cls(data, path)
@@ -108,15 +117,17 @@ def weight_files(directory: Path) -> list[Path]:
     """The checkpoint file(s) of a model directory: one file, or the shards an index names."""
     for name in WEIGHT_FILES:
         path = directory / name
-        if not path.is_file():
+        if not exists(path):
             continue
+        if not path.is_file():
+            raise ModelImportError(f"{path} is not a regular file (a FIFO, a device or a directory); weights are files")
         if not name.endswith(".index.json"):
             return [path]
-        index = read_json(path, what="weight index", error=ModelImportError)
-        try:
-            shards = sorted(set(index["weight_map"].values()))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ModelImportError(f"{path} is not a weight index (needs a weight_map): {exc}") from None
+        index = safe_read.read_json(path, what="weight index", error=ModelImportError, max_bytes=JSON_BYTES)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ModelImportError(f"{path} is not a weight index: it needs a weight_map of tensor name -> shard file")
+        shards = sorted(set(weight_map.values()))
         files = []
         for shard in shards:
             shard_path = directory / shard

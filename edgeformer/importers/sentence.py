@@ -5,12 +5,13 @@ as an encoder whose embedding head pools (and L2-normalizes) the same way."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeformer import safe_read
 from edgeformer.errors import ModelImportError
+from edgeformer.importers.common import JSON_BYTES, exists
 
 LEGACY_MODES = {  # sentence-transformers < 5 wrote one boolean per mode
     "pooling_mode_cls_token": "cls",
@@ -32,12 +33,9 @@ class SentenceLayout:
 
 
 def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelImportError(f"{path} is missing (named by modules.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelImportError(f"{path} is not valid JSON ({exc})") from None
+    if not exists(path):
+        raise ModelImportError(f"{path} is missing (named by modules.json)")
+    return safe_read.read_json(path, what="sentence-transformers file", error=ModelImportError, max_bytes=JSON_BYTES)
 
 
 def _inside(directory: Path, relative: object, where: Path) -> Path:
@@ -67,7 +65,7 @@ def pooling_mode(config: dict[str, Any], path: Path) -> str:
 def read_layout(directory: Path) -> SentenceLayout | None:
     """The layout modules.json declares, or None when the directory has no modules.json."""
     index = directory / "modules.json"
-    if not index.is_file():
+    if not exists(index):
         return None
     modules = _json(index)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):

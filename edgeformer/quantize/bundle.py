@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 
 from edgeformer.errors import EdgeformerError
+from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, half_storage, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
@@ -28,6 +29,24 @@ MODES = ("dynamic", "static")
 
 class QuantizeError(EdgeformerError):
     """A bundle that cannot be quantized as asked."""
+
+
+def model_config(manifest: dict[str, Any], src: Path) -> dict[str, Any]:
+    """The manifest's model config, with the fields calibration reads checked: quantize measures
+    the budget on token rows, so it needs the vocabulary size and the longest sequence."""
+    config = manifest.get("config")
+    if not isinstance(config, dict) or not config:
+        raise QuantizeError(
+            f"{src}/manifest.json has no model config: quantize takes bundles of edgeformer models "
+            "(a bundle of a factory's own module has none); export the model with an edgeformer card"
+        )
+    for key, low in (("vocab_size", 1), ("max_positions", 1), ("pad_token_id", None)):
+        value = config.get(key, 0 if low is None else None)
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            raise QuantizeError(
+                f"{src}/manifest.json: config.{key} must be an integer{f' >= {low}' if low else ''}, got {value!r:.40}"
+            )
+    return config
 
 
 def _quantizer(
@@ -82,6 +101,7 @@ def quantize_bundle(
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, write_manifest
 
     src, out = Path(src), Path(out)
+    refuse_overlap(src, out, QuantizeError)
     manifest = read_manifest(src)
     if manifest.get("precision", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already {manifest['precision']}; quantize the fp32 bundle it came from")
@@ -91,7 +111,7 @@ def quantize_bundle(
         raise QuantizeError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if method not in int8.METHODS:
         raise QuantizeError(f"calibration method {method!r} is not one of {', '.join(int8.METHODS)}")
-    config, tokenizer = manifest["config"], manifest.get("tokenizer")
+    config, tokenizer = model_config(manifest, src), manifest.get("tokenizer")
     if precision == "int8" and mode == "static" and calibration_file is None and tokenizer != "bytes":
         raise QuantizeError(
             "static int8 needs calibration data: give --calibration FILE.npz (input_ids, attention_mask)"
@@ -186,6 +206,7 @@ def quantize_bundle(
                 log(f"  BUDGET NOT MET: {'; '.join(budgets.violations(result.measured, judged))}")
         for name in manifest["files"]:
             if name not in files and not any(name.startswith(f) for f in files):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
                 shutil.copy2(src / name, tmp / name)
                 files.append(name)
         manifest["precision"] = precision

@@ -16,17 +16,22 @@ bundle's own float encoder.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from edgeformer import safe_read
 from edgeformer.errors import EdgeformerError
 
 Feeds = dict[str, np.ndarray]
+MAX_TOKENS = 1 << 24  # rows x tokens of a calibration .npz (quantize uses a few thousand)
+MAX_TEXT_BYTES = 256 << 20  # a calibration text file
 
 
 class CalibrationError(EdgeformerError):
@@ -53,6 +58,50 @@ def _byte_rows(text: str, length: int, n: int, pad: int) -> tuple[np.ndarray, np
     return ids, mask
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refused (CalibrationError) unless it is a regular file: a FIFO
+    would hang np.load, a device would never end, a name too long or with NUL cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such calibration file") from None
+    except (OSError, ValueError) as exc:
+        reason = safe_read.os_reason(exc) if isinstance(exc, OSError) else "a NUL byte in the name"
+        raise CalibrationError(f"{str(path)[:200]!r}: the calibration file cannot be opened ({reason})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CalibrationError(f"{path}: the calibration file is not a regular file (a FIFO, a device or a directory)")
+    return os.fdopen(fd, "rb")
+
+
+def _array_elements(data: Any, key: str) -> int:
+    """How many elements array ``key`` of an open .npz holds, read from its header (not decompressed)."""
+    with data.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(member)
+    return int(np.prod(shape, dtype=object))
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(input_ids, attention_mask or None) of a calibration .npz: no pickles, arrays bounded in size."""
+    with _open_regular(path) as file:
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                if "input_ids" not in data.files:
+                    raise CalibrationError(f"{path}: an .npz of calibration data needs an 'input_ids' array")
+                keys = [k for k in ("input_ids", "attention_mask") if k in data.files]
+                for key in keys:
+                    if _array_elements(data, key) > MAX_TOKENS:
+                        raise CalibrationError(f"{path}: {key} holds more than {MAX_TOKENS:,} tokens; give fewer rows")
+                ids = np.asarray(data["input_ids"], dtype=np.int64)
+                mask = np.asarray(data["attention_mask"], dtype=np.int64) if "attention_mask" in keys else None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise CalibrationError(f"{path}: not a readable .npz of arrays ({exc})") from None
+    return ids, mask
+
+
 def load_rows(
     config: dict[str, Any],
     tokenizer: str | None,
@@ -69,19 +118,8 @@ def load_rows(
     vocab = int(config["vocab_size"])
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise CalibrationError(f"{path}: no such calibration file")
         if path.suffix == ".npz":
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    if "input_ids" not in data.files:
-                        raise CalibrationError(f"{path}: an .npz of calibration data needs an 'input_ids' array")
-                    ids = np.asarray(data["input_ids"], dtype=np.int64)
-                    mask = (
-                        np.asarray(data["attention_mask"], dtype=np.int64) if "attention_mask" in data.files else None
-                    )
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-                raise CalibrationError(f"{path}: not a readable .npz of arrays ({exc})") from None
+            ids, mask = _read_npz(path)
             if ids.ndim != 2 or ids.shape[0] == 0:
                 raise CalibrationError(f"{path}: input_ids must be (rows, tokens), got shape {ids.shape}")
             if ids.min() < 0 or ids.max() >= vocab:
@@ -95,10 +133,7 @@ def load_rows(
             raise CalibrationError(
                 f"{path}: text calibration needs a byte-level model; give an .npz with input_ids instead"
             )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise CalibrationError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        text = safe_read.read_text(path, what="calibration file", error=CalibrationError, max_bytes=MAX_TEXT_BYTES)
         ids, mask = _byte_rows(text, length, n, pad)
         return Rows(ids, mask, f"{path.name} ({ids.shape[0]} rows of {length} bytes)")
     if tokenizer == "bytes":

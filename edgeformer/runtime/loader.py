@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,29 @@ def _check_graphs(bundle: Bundle) -> None:
 
 
 FORMATS = ("auto", "onnx", "ort")
+
+
+def bundle_path(value: object) -> Path:
+    """``load``'s first argument as a Path: a str, bytes or os.PathLike naming a directory. None,
+    other types, an empty string (which would mean the working directory) and NUL are refused."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, str | os.PathLike):
+        raise OptionError(
+            f"load() takes the path of a bundle directory (str or pathlib.Path), got {type(value).__name__}"
+        )
+    text = os.fspath(value)
+    text = os.fsdecode(text) if isinstance(text, bytes) else text
+    if not text:
+        raise OptionError('load() was given an empty path; give the path of a bundle directory ("." for this one)')
+    if "\0" in text:
+        raise OptionError(f"load() was given a path with a NUL byte ({text!r:.80}); no directory has that name")
+    try:
+        os.stat(text)
+    except OSError as exc:  # a missing directory is read_bundle's to report; a name no system takes is ours
+        if exc.errno == errno.ENAMETOOLONG:
+            raise BundleFormatError(f"{text[:60]!r}... ({len(text)} characters): the path is too long") from None
+    return Path(text)
 
 
 def graph_file(bundle: Bundle, graph: Graph, format: str) -> Path:
@@ -131,6 +156,7 @@ def load(
     ``ort_file``, written by the mobile and web targets: onnxruntime's ORT format, what a minimal
     mobile build runs), or "auto" (the ``file``, whichever format it is).
     """
+    bundle_dir = bundle_path(bundle_dir)
     if format not in FORMATS:
         raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     bundle = read_bundle(bundle_dir, verify=verify)
