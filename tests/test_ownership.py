@@ -1,0 +1,206 @@
+"""--force replaces only what edgeformer wrote; nothing the user owns is written over (issue #18,
+"Data loss"). Every hostile directory, file and name is built in the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeformer.cli import main
+from edgeformer.errors import CardError, ExportError
+from edgeformer.ownership import check_bundle_output, foreign_entries, stamped_onnx
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _mydocs(tmp_path: Path) -> Path:
+    docs = tmp_path / "mydocs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "thesis.txt").write_text("four years of work")
+    (docs / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return docs
+
+
+def _intact(docs: Path) -> None:
+    assert (docs / "thesis.txt").read_text() == "four years of work"
+    assert (docs / "sub" / "data.csv").read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in docs.iterdir()) == ["sub", "thesis.txt"]
+
+
+def _refused_foreign(result, docs: Path) -> None:
+    assert result.exit_code == 1, result.output
+    assert "did not write" in result.output and "thesis.txt" in result.output, result.output
+    assert "Move them or choose another -o" in result.output and "Traceback" not in result.output
+    _intact(docs)
+
+
+def test_export_force_keeps_a_users_directory(tmp_path):
+    docs = _mydocs(tmp_path)
+    _refused_foreign(run("export", "bert-mini", "-o", docs, "--force"), docs)
+    _refused_foreign(run("export", "bert-mini", "-t", "cpu-int8", "-o", docs, "--force"), docs)  # the reduced path
+
+
+def test_fuse_and_quantize_force_keep_a_users_directory(edge_bundle, tmp_path):
+    docs = _mydocs(tmp_path)
+    _refused_foreign(run("fuse", edge_bundle("bert-mini"), "-o", docs, "--force"), docs)
+    _refused_foreign(run("quantize", edge_bundle("bert-mini"), "-o", docs, "--force"), docs)
+
+
+def test_an_earlier_bundle_is_ours_and_one_foreign_file_makes_it_not(edge_bundle, tmp_path):
+    out = tmp_path / "old"
+    shutil.copytree(edge_bundle("bert-mini"), out)
+    assert foreign_entries(out) == []
+    check_bundle_output(out, True, ExportError)  # replaceable with --force
+    with pytest.raises(ExportError, match="pass --force"):
+        check_bundle_output(out, False, ExportError)
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(ExportError, match=r"did not write \(notes\.md\)"):
+        check_bundle_output(out, True, ExportError)
+    (out / "notes.md").unlink()
+    (out / "extra").mkdir()
+    assert foreign_entries(out) == ["extra/"]
+    (out / "extra").rmdir()
+    (out / "tokenizer.json").symlink_to(out / "model.onnx")  # a link is never ours
+    assert foreign_entries(out) == ["tokenizer.json"]
+
+
+def test_a_manifest_edgeformer_did_not_write_is_not_ours(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"files": {"x": "0"}, "format_version": 1}))  # no producer
+    (out / "x").write_text("x")
+    assert foreign_entries(out) == ["x"]
+    (out / "manifest.json").write_text("[" * 10_000)  # unreadable: not ours, and no RecursionError
+    assert foreign_entries(out) == ["x"]
+    (out / "x").unlink()
+    assert foreign_entries(out) == ["manifest.json (not one edgeformer wrote)"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_bundle_output(empty, True, ExportError)
+
+
+def test_a_file_where_a_bundle_goes_is_refused_even_with_force(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    result = run("export", "bert-mini", "-o", notes, "--force")
+    assert result.exit_code == 1 and "is a file, not a bundle directory" in result.output
+    assert notes.read_text() == "mine"
+
+
+def test_export_force_replaces_an_earlier_bundle(edge_bundle, tmp_path):
+    out = tmp_path / "bundle"
+    shutil.copytree(edge_bundle("bert-mini"), out)
+    before = json.loads((out / "manifest.json").read_text())["created"]
+    result = run("export", "bert-mini", "-t", "unfused-fp32", "-o", out, "--force", "--no-check", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["seed"] == 3 and manifest["created"] >= before
+    assert stamped_onnx(out / "model.onnx")
+
+
+# ----- fuse FILE: never over a file without --force, and with it only over edgeformer's own -------
+
+
+@pytest.fixture
+def onnx_file(edge_bundle, tmp_path) -> Path:
+    path = tmp_path / "m.onnx"
+    shutil.copyfile(edge_bundle("bert-mini") / "model.onnx", path)
+    return path
+
+
+def test_fuse_file_never_replaces_a_users_file(onnx_file, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    result = run("fuse", onnx_file, "-o", notes)
+    assert result.exit_code == 1 and "already exists; pass --force" in result.output
+    result = run("fuse", onnx_file, "-o", notes, "--force")
+    assert result.exit_code == 1 and "not a file edgeformer wrote" in result.output, result.output
+    assert notes.read_text() == "mine"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = run("fuse", onnx_file, "-o", folder)
+    assert result.exit_code == 1 and "is a directory; give the file to write with -o" in result.output
+    assert list(folder.iterdir()) == []
+
+
+def test_fuse_file_replaces_its_earlier_output_only_with_force(onnx_file):
+    fused = onnx_file.with_suffix(".fused.onnx")
+    shutil.copyfile(onnx_file, fused)  # a graph edgeformer wrote (stamped)
+    before = fused.read_bytes()
+    result = run("fuse", onnx_file)
+    assert result.exit_code == 1 and "pass --force" in result.output and fused.read_bytes() == before
+    result = run("fuse", onnx_file, "--force")
+    assert result.exit_code == 0, result.output
+    assert fused.read_bytes() != before and stamped_onnx(fused)
+
+
+# ----- names are names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("../escaped", "path separator"),
+        ("/tmp/absolute", "path separator"),
+        ("a\\b", "path separator"),
+        ("..", "not a name"),
+        ("", "missing"),
+        ("nul\x00name", "control character"),
+        ("line\nbreak", "control character"),
+        ("x" * 300, "at most 100"),
+    ],
+)
+def test_a_card_name_is_a_name_not_a_path(tmp_path, monkeypatch, name, rule):
+    from edgeformer.config import load_card
+
+    card = tmp_path / "card.toml"
+    text = json.dumps(name)  # a TOML basic string is a JSON string
+    model = '[model]\nfamily = "encoder"\nvocab_size = 8\nd_model = 8\nn_heads = 2\nn_layers = 1\n'
+    card.write_text(f"name = {text}\n{model}")
+    with pytest.raises(CardError, match=rule):
+        load_card(card)
+    monkeypatch.chdir(tmp_path)
+    result = run("export", card, "--no-check")
+    assert result.exit_code == 1 and rule in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.toml"]
+    assert not (tmp_path.parent / "escaped-cpu-fp32").exists()
+
+
+def test_import_name_is_a_name(tmp_path):
+    result = run("import", tmp_path, "--name", "../escaped")
+    assert result.exit_code == 1 and "--name" in result.output and "path separator" in result.output
+
+
+# ----- modes follow the umask ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, mask):
+    from edgeformer.io import atomic_dir, atomic_group, atomic_path
+
+    old = os.umask(mask)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "bundle") as tmp:
+            (tmp / "sub").mkdir()
+            with atomic_path(tmp / "sub" / "g.onnx") as inner:  # mkstemp: 0600 until committed
+                inner.write_bytes(b"x")
+        with atomic_group([tmp_path / "a.toml", tmp_path / "a.safetensors"]) as tmps:
+            for t in tmps:
+                t.write_text("x")
+    finally:
+        os.umask(old)
+    files, dirs = 0o666 & ~mask, 0o777 & ~mask
+    for path in [tmp_path / "f.json", tmp_path / "bundle" / "sub" / "g.onnx", tmp_path / "a.toml"]:
+        assert stat.S_IMODE(path.stat().st_mode) == files, path
+    for path in [tmp_path / "bundle", tmp_path / "bundle" / "sub"]:
+        assert stat.S_IMODE(path.stat().st_mode) == dirs, path
