@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from edgeformer.cli import main
 from edgeformer.errors import CardError, ExportError
-from edgeformer.ownership import check_bundle_output, foreign_entries, stamped_onnx
+from edgeformer.ownership import TRAIN_MARKER, check_bundle_output, foreign_entries, stamped_onnx
 
 
 def run(*args: object):
@@ -204,3 +204,62 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, mask):
         assert stat.S_IMODE(path.stat().st_mode) == files, path
     for path in [tmp_path / "bundle", tmp_path / "bundle" / "sub"]:
         assert stat.S_IMODE(path.stat().st_mode) == dirs, path
+
+
+# ----- runtime.load(optimized_model_path=...) ---------------------------------------------------
+
+
+def test_optimized_model_path_never_writes_over_the_bundle_or_a_users_file(edge_bundle, tmp_path):
+    from edgeformer import runtime
+    from edgeformer.runtime.errors import OptionError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(edge_bundle("bert-mini"), bundle)
+    graph = (bundle / "model.onnx").read_bytes()
+    for inside in (bundle / "model.onnx", bundle, bundle / "sub" / "x.onnx"):
+        with pytest.raises(OptionError, match="inside the bundle"):
+            runtime.load(bundle, optimized_model_path=inside)
+    assert (bundle / "model.onnx").read_bytes() == graph
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    with pytest.raises(OptionError, match="not a graph onnxruntime saved"):
+        runtime.load(bundle, optimized_model_path=notes)
+    assert notes.read_text() == "mine"
+    saved = tmp_path / "opt.onnx"
+    runtime.load(bundle, optimized_model_path=saved)
+    assert saved.is_file()
+    runtime.load(bundle, optimized_model_path=saved)  # its own earlier output: written again
+
+
+# ----- train writes a new directory, never the shipped model ---------------------------------------
+
+
+def test_train_writes_a_new_directory_and_never_the_shipped_card(tmp_path, monkeypatch):
+    from edgeformer.zoo import resolve_card
+
+    shipped = resolve_card("demo-decoder")
+    before = (shipped.path.read_bytes(), sha256_of(shipped.checkpoint))
+    monkeypatch.chdir(tmp_path)
+    result = run("train", "demo-decoder", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo-decoder-trained"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "demo-decoder.safetensors",
+        "demo-decoder.toml",
+        "edgeformer-train.json",
+    ]
+    assert (shipped.path.read_bytes(), sha256_of(shipped.checkpoint)) == before
+    again = run("train", "demo-decoder", "--steps", "1")
+    assert again.exit_code == 1 and "pass --force" in again.output
+    exported = run("export", out / "demo-decoder.toml", "-t", "unfused-fp32", "--no-check", "-o", tmp_path / "b")
+    assert exported.exit_code == 0, exported.output
+    check_bundle_output(out, True, CardError, marker=TRAIN_MARKER)  # --force may replace it...
+    (out / "notes.txt").write_text("mine")
+    refused = run("train", "demo-decoder", "--steps", "1", "--force")  # ...but not with the user's file in it
+    assert refused.exit_code == 1 and "notes.txt" in refused.output and (out / "notes.txt").read_text() == "mine"
+
+
+def sha256_of(path: Path) -> str:
+    from edgeformer.io import sha256_file
+
+    return sha256_file(path)
