@@ -5,6 +5,7 @@ the user owns."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ POINTS = [
     "atomic_group:committed",
 ]
 WRITER = """
+import shutil
 import sys
 from pathlib import Path
 from edgeformer.io import atomic_group
@@ -133,3 +135,12 @@ def test_import_force_killed_between_its_writes(hf_dir, tmp_path, point):
     assert sha256_file(loaded.checkpoint) == loaded.checkpoint_sha256
     if loaded.name == "first":
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+def test_a_long_directory_name_makes_a_card_name_within_the_limit(hf_dir, tmp_path, monkeypatch):
+    long_dir = tmp_path / ("m" * 200)
+    shutil.copytree(hf_dir, long_dir)
+    monkeypatch.chdir(tmp_path)
+    result = _import(long_dir)
+    assert result.exit_code == 0, result.output
+    assert load_card(tmp_path / f"{'m' * 100}.toml").name == "m" * 100

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from edgeformer.config import ModelCard, ModelConfig, load_card, render_card
+from edgeformer.config import MAX_NAME_CHARS, ModelCard, ModelConfig, check_card_name, load_card, render_card
 from edgeformer.errors import BundleError, EdgeformerError, ModelImportError, UnsupportedArchitectureError
 from edgeformer.importers import bart, bert, gpt2
 from edgeformer.importers.common import HFConfig, load_mapped, read_weights, weight_files
@@ -86,8 +86,8 @@ def _architecture(hf: HFConfig) -> tuple[ModuleType, str]:
 
 
 def card_name(directory: Path) -> str:
-    """A card name from a directory name: letters, digits, '.', '_' and '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", directory.resolve().name).strip("-.")
+    """A card name from a directory name: letters, digits, '.', '_' and '-', at most MAX_NAME_CHARS."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", directory.resolve().name)[:MAX_NAME_CHARS].strip("-.")
     return name or "imported"
 
 
@@ -176,6 +176,7 @@ def write_card(imported: Imported, card_path: str | Path, *, force: bool = False
     card_path = Path(card_path)
     if card_path.suffix != ".toml":
         raise ModelImportError(f"{card_path}: a card is a .toml file")
+    check_card_name(imported.name, "the card's name")  # refused before anything is written
     files = card_files(card_path, imported.tokenizer is not None)
     if card_path.parent.is_dir():
         repair_groups(card_path.parent)  # an earlier import killed midway: its files back first
