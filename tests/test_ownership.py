@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from props import fuzz, outcome
 
 from edgeformer.cli import main
 from edgeformer.errors import CardError, ExportError
@@ -263,3 +266,52 @@ def sha256_of(path: Path) -> str:
     from edgeformer.io import sha256_file
 
     return sha256_file(path)
+
+
+# ----- generated: a name that passes is a plain name in the working directory ----------------------
+
+_NAME_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs",))
+_names = st.one_of(
+    st.text(_NAME_CHARS, max_size=120),
+    st.lists(st.sampled_from(["..", ".", "/", "\\", "\x00", "\n", "a", "-", "~", "C:", " "]), max_size=8).map("".join),
+    st.text("ab/.\\", min_size=95, max_size=110),
+)
+
+
+@fuzz(1000)
+@given(_names)
+def test_generated_card_names_stay_in_the_working_directory(name):
+    from edgeformer.config import check_card_name
+
+    result = outcome("card name as a path", lambda: check_card_name(name), CardError)
+    if isinstance(result, CardError):
+        return
+    here = Path("/work/here")
+    for output in (here / f"{name}-cpu-fp32", here / f"{name}.toml", here / f"{name}-trained"):
+        assert output.parent == here and Path(os.path.normpath(output)).parent == here, name
+    assert 0 < len(name) <= 100 and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+
+
+_entry_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="/\x00"), min_size=1)
+_kinds = st.sampled_from(["file", "dir", "link", "fifo", "nested"])
+
+
+@fuzz(400)
+@given(st.lists(st.tuples(_entry_names.filter(lambda n: n not in (".", "..")), _kinds), max_size=4))
+def test_generated_extra_entries_make_a_bundle_not_ours(tmp_path_factory, extras):
+    out = tmp_path_factory.mktemp("gen") / "b"
+    out.mkdir()
+    manifest = {"format_version": 1, "producer": {"edgeformer": "0"}, "files": {"model.onnx": "0"}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "model.onnx").write_bytes(b"x")
+    made = set()
+    for name, kind in extras:
+        path = out / name
+        if os.path.lexists(path) or len(name.encode()) > 200 or name == "manifest.sha256":
+            continue
+        {"file": lambda p: p.write_text("mine"), "dir": Path.mkdir, "link": lambda p: p.symlink_to("/etc"),
+         "fifo": os.mkfifo, "nested": lambda p: (p.mkdir(), (p / "x").write_text("mine"))}[kind](path)  # fmt: skip
+        made.add(name)
+    error = outcome("extra entries in a bundle dir", lambda: check_bundle_output(out, True, ExportError), ExportError)
+    assert isinstance(error, ExportError) == bool(made), (extras, error)
+    assert {e.split("/")[0] for e in foreign_entries(out)} == made
