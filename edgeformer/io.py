@@ -247,12 +247,36 @@ def _journal_owner(name: str) -> int | None:
     return int(parts[-3]) if parts[-3].isdigit() else None
 
 
+def _valid_entries(entries: object, pid: int) -> bool:
+    """A journal names only siblings: each file a plain name, its new and old files temporaries of
+    that name owned by the journal's process (a planted journal cannot reach other files)."""
+    if not isinstance(entries, list) or not entries:
+        return False
+    for e in entries:
+        if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("path", "new", "sha256")):
+            return False
+        name, old = e["path"], e.get("old")
+        if name in (".", "..") or any(c in name for c in "/\\\0"):
+            return False
+        if _owner(e["new"], name) != pid or not e["new"].endswith(".tmp"):
+            return False
+        if old is not None and (not isinstance(old, str) or _owner(old, name) != pid or not old.endswith(".old")):
+            return False
+    return True
+
+
+def _is_new(path: Path, sha256: str) -> bool:
+    """Whether ``path`` is the file the group moved in (by its digest), not someone else's."""
+    return path.is_file() and not path.is_symlink() and sha256_file(path) == sha256
+
+
 def _undo(directory: Path, entries: list[dict[str, str | None]]) -> None:
     for entry in reversed(entries):
         path, new, old = (directory / str(entry["path"])), directory / str(entry["new"]), entry.get("old")
-        if old is not None and os.path.lexists(directory / old):
-            os.replace(directory / old, path)  # the earlier file back (over a new one moved in)
-        elif old is None and not os.path.lexists(new) and os.path.lexists(path):
+        moved_in = not os.path.lexists(new) and _is_new(path, str(entry["sha256"]))
+        if old is not None and os.path.lexists(directory / old) and (moved_in or not os.path.lexists(path)):
+            os.replace(directory / old, path)  # the earlier file back (over the new one moved in)
+        elif old is None and moved_in:
             path.unlink()  # there was no earlier file; the new one had been moved in
         with contextlib.suppress(FileNotFoundError):
             new.unlink()
@@ -277,10 +301,15 @@ def repair_groups(directory: str | Path) -> list[Path]:
             pid = _journal_owner(name)
             if pid is None or _alive(pid):
                 continue
+            journal = directory / name
             try:
-                entries = json.loads((directory / name).read_text(encoding="utf-8"))["entries"]
-            except (OSError, ValueError, KeyError, TypeError):
+                if journal.is_symlink() or journal.stat().st_size > 1 << 16:
+                    continue
+                entries = json.loads(journal.read_text(encoding="utf-8"))["entries"]
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 continue  # not a journal this module wrote: leave it
+            if not _valid_entries(entries, pid):
+                continue
             (_finish if name.endswith(_DONE) else _undo)(directory, entries)
             (directory / name).unlink(missing_ok=True)
             done.append(directory / name)
@@ -325,7 +354,7 @@ def atomic_group(paths: list[Path]) -> Iterator[list[Path]]:
         for path, tmp in zip(paths, tmps, strict=True):
             user_modes(tmp)
             old = f"{tmp.name[: -len('.tmp')]}.old" if os.path.lexists(path) else None
-            entries.append({"path": path.name, "new": tmp.name, "old": old})
+            entries.append({"path": path.name, "new": tmp.name, "old": old, "sha256": sha256_file(tmp)})
         journal = directory / f"{_tmp_prefix(paths[0])}{os.urandom(4).hex()}{_JOURNAL}"
         write_text_atomic(journal, json.dumps({"entries": entries}))
         pause_point("atomic_group:journaled")

@@ -144,3 +144,30 @@ def test_a_long_directory_name_makes_a_card_name_within_the_limit(hf_dir, tmp_pa
     result = _import(long_dir)
     assert result.exit_code == 0, result.output
     assert load_card(tmp_path / f"{'m' * 100}.toml").name == "m" * 100
+
+
+def test_a_planted_journal_touches_no_file_of_the_user(tmp_path):
+    """A card directory from a stranger may hold a journal: the card reader's repair must not let it
+    delete, replace or reach any file (only a group's own temporaries, by name and digest)."""
+    import json
+
+    (tmp_path / "thesis.txt").write_text("mine")
+    (tmp_path / ".thesis.txt.999999.ab.old").write_text("the stranger's version")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep.txt").write_text("mine too")
+    plants = {
+        "replace": [{"path": "thesis.txt", "new": ".thesis.txt.999999.ab.tmp", "old": ".thesis.txt.999999.ab.old"}],
+        "delete": [{"path": "thesis.txt", "new": ".thesis.txt.999999.cd.tmp", "old": None}],
+        "escape": [{"path": "outside/keep.txt", "new": ".keep.txt.999999.ab.tmp", "old": None}],
+        "absolute": [{"path": str(tmp_path / "outside" / "keep.txt"), "new": ".k.999999.ab.tmp", "old": None}],
+    }
+    for i, (why, entries) in enumerate(plants.items()):
+        for entry in entries:
+            entry["sha256"] = "0" * 64
+        (tmp_path / f".card.toml.999999.{i}{why}.journal").write_text(json.dumps({"entries": entries}))
+    repair_groups(tmp_path)
+    (tmp_path / "card.toml").write_text('name = "x"\n[model]\nfamily = "encoder"\n')
+    with pytest.raises(Exception, match="vocab_size"):
+        load_card(tmp_path / "card.toml")  # the reader repairs first, too
+    assert (tmp_path / "thesis.txt").read_text() == "mine"
+    assert (tmp_path / "outside" / "keep.txt").read_text() == "mine too"
