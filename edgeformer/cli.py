@@ -3,7 +3,6 @@ becomes a one-paragraph message and exit code 1 (click's usage errors exit with 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -100,45 +99,38 @@ def models(as_json: bool) -> None:
 @click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
 @click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
 @click.option(
-    "--out-dir",
+    "-o",
+    "--output",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write the checkpoint and the updated card (default: next to the card).",
+    help="New directory for the trained card and checkpoint (default: ./<card>-trained).",
 )
+@click.option("--out-dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), hidden=True)
+@click.option("--force", is_flag=True, help="Replace an earlier training output directory (nothing else).")
 @friendly
-def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path | None) -> None:
+def train_cmd(
+    card_name: str, steps: int | None, seed: int | None, output: Path | None, out_dir: Path | None, force: bool
+) -> None:
     """Re-run the training recipe of a demo card (demo-decoder, demo-encoder).
 
     Reads the recipe from the card's [training] table, trains on the docstrings of this Python's
-    standard library, writes the safetensors checkpoint and records the held-out metrics and the
-    checkpoint's sha256 in the card.
+    standard library, and writes a new directory (default ./<card>-trained) holding the card, with
+    the held-out metrics and the checkpoint's sha256, and the safetensors checkpoint; `edgeformer
+    export DIR/<card>.toml` takes it from there. The shipped card and checkpoint are never changed.
     """
-    from edgeformer.config import render_card
-    from edgeformer.demo import train_demo
-    from edgeformer.io import write_text_atomic
+    from edgeformer.demo import write_trained
     from edgeformer.zoo import resolve_card
 
+    if out_dir is not None:
+        click.echo("--out-dir is deprecated; use -o/--output", err=True)
     card = resolve_card(card_name)
     if card.path is None or card.checkpoint is None:
         raise click.ClickException(f"card {card.name!r} names no checkpoint to train")
-    target_dir = out_dir or card.path.parent
-    ckpt = target_dir / card.checkpoint.name
+    out = output or out_dir or Path(f"{card.name}-trained")
 
     def log(step: int, loss: float, lr: float) -> None:
         click.echo(f"step {step + 1:>5}  loss {loss:.4f}  lr {lr:.2e}", err=True)
 
-    metrics, result, sha = train_demo(card, ckpt, steps=steps, seed=seed, log=log)
-    training = dict(card.training)
-    if steps is not None:
-        training["steps"] = steps
-    if seed is not None:
-        training["seed"] = seed
-    updated = dataclasses.replace(card, checkpoint=ckpt, checkpoint_sha256=sha, metrics=metrics, training=training)
-    write_text_atomic(target_dir / card.path.name, render_card(updated))
-    click.echo(
-        json_text(
-            {"card": str(target_dir / card.path.name), "checkpoint": str(ckpt), "sha256": sha, "metrics": metrics}
-        )
-    )
+    click.echo(json_text(write_trained(card, out, steps=steps, seed=seed, force=force, log=log)))
 
 
 @main.command(name="import")
@@ -150,7 +142,7 @@ def train_cmd(card_name: str, steps: int | None, seed: int | None, out_dir: Path
     help="Card to write (default: ./<directory name>.toml); the checkpoint and tokenizer go beside it.",
 )
 @click.option("--name", help="The card's name (default: the directory's name).")
-@click.option("--force", is_flag=True, help="Replace an existing card.")
+@click.option("--force", is_flag=True, help="Replace an earlier import's card and its files (nothing else).")
 @click.option(
     "--memory-check/--no-memory-check",
     default=True,
@@ -169,8 +161,11 @@ def import_cmd(
     downloaded. Writes CARD.toml, CARD.safetensors (edgeformer's tensor names) and, when the
     directory has tokenizer.json, CARD.tokenizer.json; `edgeformer export CARD.toml` takes it from there.
     """
+    from edgeformer.config import check_card_name
     from edgeformer.importers import MemoryPlan, card_name, import_directory, write_card
 
+    if name is not None:
+        check_card_name(name, "--name")
     imported = import_directory(directory, name=name, memory=MemoryPlan() if memory_check else None)
     out = output or Path(f"{name or card_name(directory)}.toml")
     card = write_card(imported, out, force=force)
@@ -410,7 +405,9 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
     help="Size of a named input dimension in the per-pass parity check (repeatable), for a graph that "
     "only runs at some sizes, e.g. --dim sequence=128. Default: batch 2, sequence 7, past 3.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing output (a bundle or .onnx file edgeformer wrote; nothing else)."
+)
 @click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
 @friendly
@@ -464,7 +461,9 @@ def fuse(
         reports = manifest["fusions"]
     else:
         out = output or source.with_suffix(".fused.onnx")
-        report = fuse_file(source, out, form, providers=providers or ("cpu",), dims=dims, debug=debug, log=echo)
+        report = fuse_file(
+            source, out, form, providers=providers or ("cpu",), dims=dims, force=force, debug=debug, log=echo
+        )
         reports = {source.name: report.to_dict()}
         if debug and report.debug:
             echo(report.debug)

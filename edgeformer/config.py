@@ -235,12 +235,32 @@ class ModelCard:
     path: Path | None = None
 
 
+MAX_NAME_CHARS = 100
+
+
+def check_card_name(name: object, where: str = "card") -> str:
+    """A card's name chooses default output paths (``./<name>-<target>``, ``./<name>.toml``): it
+    must be a plain name, not a path. Refuses (CardError, naming the rule) an empty name, ``.`` and
+    ``..``, a name with ``/``, ``\\``, NUL or another control character, or one over 100 characters."""
+    if not isinstance(name, str) or not name:
+        raise CardError(f"{where}: key 'name' is missing or not a string")
+    shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
+    if len(name) > MAX_NAME_CHARS:
+        raise CardError(f"{where}: name {shown} is {len(name)} characters; a name has at most {MAX_NAME_CHARS}")
+    if name in (".", ".."):
+        raise CardError(f"{where}: name {shown} is not a name; choose a plain name like 'my-model'")
+    if "/" in name or "\\" in name:
+        raise CardError(f"{where}: name {shown} contains a path separator; a name is not a path (use e.g. 'my-model')")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise CardError(f"{where}: name {shown} contains a control character (NUL, newline...); use a plain name")
+    return name
+
+
 def parse_card(data: dict[str, Any], *, source: str = "<card>", base_dir: Path | None = None) -> ModelCard:
     unknown = sorted(set(data) - CARD_KEYS)
     if unknown:
         raise CardError(f"{source}: unknown key {unknown[0]!r}; a card takes {', '.join(sorted(CARD_KEYS))}")
-    if "name" not in data or not isinstance(data["name"], str) or not data["name"]:
-        raise CardError(f"{source}: key 'name' is missing or not a string")
+    check_card_name(data.get("name"), source)
     model = data.get("model")
     if not isinstance(model, dict):
         raise CardError(f"{source}: the [model] table is missing")
@@ -294,8 +314,12 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
 
 
 def load_card(path: str | Path) -> ModelCard:
-    """Load and validate one card file."""
+    """Load and validate one card file (after finishing or undoing an import that a kill
+    interrupted beside it: ``io.repair_groups``)."""
+    from edgeformer.io import repair_groups
+
     path = Path(path)
+    repair_groups(path.parent)
     data = _read_toml(path, "card")
     card = parse_card(data, source=str(path), base_dir=path.parent)
     return dataclasses.replace(card, path=path)

@@ -193,3 +193,40 @@ def train_demo(
     metrics["train_seconds"] = round(result.seconds, 1)
     sha = save_checkpoint(model, out)
     return metrics, result, sha
+
+
+def write_trained(
+    card: ModelCard,
+    out: Path,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    force: bool = False,
+    log: Callable[[int, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``card`` (``train_demo``) into the new directory ``out``: the card (with the metrics,
+    the checkpoint's sha256 and the recipe as run), the checkpoint and ``edgeformer-train.json``
+    listing them, written atomically. An existing ``out`` is replaced only with ``force`` and only
+    when it is an earlier training output; the shipped card and checkpoint are never touched."""
+    import dataclasses
+
+    from edgeformer import __version__
+    from edgeformer.config import render_card
+    from edgeformer.io import atomic_dir, json_text, sha256_file
+    from edgeformer.ownership import TRAIN_MARKER, check_bundle_output
+
+    assert card.path is not None and card.checkpoint is not None
+    check_bundle_output(out, force, CardError, marker=TRAIN_MARKER)
+    card_file, ckpt_file = f"{card.name}.toml", card.checkpoint.name
+    with atomic_dir(out) as tmp:
+        metrics, _result, sha = train_demo(card, tmp / ckpt_file, steps=steps, seed=seed, log=log)
+        training = dict(card.training) | ({"steps": steps} if steps is not None else {})
+        training |= {"seed": seed} if seed is not None else {}
+        updated = dataclasses.replace(
+            card, checkpoint=out / ckpt_file, checkpoint_sha256=sha, metrics=metrics, training=training
+        )
+        (tmp / card_file).write_text(render_card(updated), encoding="utf-8")
+        files = {name: sha256_file(tmp / name) for name in (card_file, ckpt_file)}
+        marker = {"format_version": 1, "producer": {"edgeformer": __version__}, "files": files}
+        (tmp / TRAIN_MARKER).write_text(json_text(marker) + "\n", encoding="utf-8")
+    return {"card": str(out / card_file), "checkpoint": str(out / ckpt_file), "sha256": sha, "metrics": metrics}

@@ -42,7 +42,8 @@ def test_train_refuses_unknown_and_untrainable_cards():
 
 
 def test_train_writes_checkpoint_and_card(tmp_path):
-    result = run("train", "demo-encoder", "--steps", "2", "--out-dir", str(tmp_path))
+    result = run("train", "demo-encoder", "--steps", "2", "--out-dir", str(tmp_path / "out"))  # the old spelling
+    tmp_path = tmp_path / "out"
     assert result.exit_code == 0, result.output
     card = tomllib.loads((tmp_path / "demo-encoder.toml").read_text())
     assert card["training"]["steps"] == 2

@@ -25,7 +25,7 @@ from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render
 from edgeformer.errors import BundleError, CardError, EdgeformerError, ExportError
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
-from edgeformer.io import atomic_dir, json_text, pause_point, sha256_file
+from edgeformer.io import atomic_dir, json_text, pause_point, scratch_dir, sha256_file
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
 from edgeformer.travel import copy_travelling, travelling_file
@@ -186,8 +186,17 @@ def weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
+def stamp(model: ir.Model) -> None:
+    """Mark a graph as edgeformer's (``ownership.STAMP_KEY`` in its metadata), so that ``--force``
+    may later replace the file and nothing else."""
+    from edgeformer.ownership import STAMP_KEY
+
+    model.metadata_props[STAMP_KEY] = __version__
+
+
 def save_graph(model: ir.Model, path: Path) -> list[str]:
     """Write one graph; weights over EXTERNAL_DATA_BYTES go to <file>.data. Returns the files written."""
+    stamp(model)
     if weight_bytes(model) > EXTERNAL_DATA_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data")
         return [path.name, f"{path.name}.data"]
@@ -285,9 +294,12 @@ def check_producer_fields(manifest: dict[str, Any], where: str) -> None:
 
 
 def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[Path]:
-    """The temporary directory a bundle is written to, renamed to ``out`` when complete."""
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
+    """The temporary directory a bundle is written to, renamed to ``out`` when complete. What is
+    at ``out`` is replaced only with ``force`` and only when it is a bundle edgeformer wrote
+    (``edgeformer.ownership``); anything else is refused before a byte is written."""
+    from edgeformer.ownership import check_bundle_output
+
+    check_bundle_output(out, force, ExportError)
     return atomic_dir(out)
 
 
@@ -424,13 +436,12 @@ def export_reduced(
     """An int8 / int4 / fp16 bundle: the fp32 bundle first (fused, checked against torch), then
     quantized within the target's budget, then checked against torch by that budget."""
     import dataclasses
-    import tempfile
 
+    from edgeformer.ownership import check_bundle_output
     from edgeformer.parity import check_source
     from edgeformer.quantize.bundle import quantize_bundle
 
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
+    check_bundle_output(out, force, ExportError)
     static = target.precision == "int8" and target.quantization == "static"
     if static and calibration is None and source.tokenizer != "bytes":
         raise ExportError(
@@ -445,10 +456,8 @@ def export_reduced(
         target, name=f"{target.name}(fp32 stage)", precision="fp32", budget=(), ort_format=False
     )
     fixed = mobile.fixed_source(source, target)  # refuses what a static-shape target cannot take, before tracing
-    with tempfile.TemporaryDirectory(
-        prefix=".edgeformer-fp32-", dir=out.parent if out.parent.exists() else None
-    ) as tmp:
-        float_bundle = Path(tmp) / "fp32"
+    with scratch_dir(out) as tmp:  # beside the output, removed by the next write if a kill leaves it
+        float_bundle = tmp / "fp32"
         # attention as MultiHeadAttention with separate projections, which the quantizer reaches
         export_bundle(source, float_target, float_bundle, check=check, log=log, packed_attention=False)
 

@@ -116,16 +116,23 @@ def fuse_file(
     *,
     providers: tuple[str, ...] = ("cpu",),
     dims: dict[str, int] | None = None,
+    force: bool = False,
     debug: bool = False,
     log: Any = print,
 ) -> FusionReport:
+    """Fuse one .onnx file into ``out``. An existing ``out`` is replaced only with ``force`` and
+    only when it is an ONNX file edgeformer wrote (``edgeformer.ownership``)."""
+    from edgeformer.export.bundle import stamp
+    from edgeformer.ownership import check_file_output, stamped_onnx
     from edgeformer.runtime.bundle import check_external_data
 
     refuse_file_paths(src, out)
+    check_file_output(out, force, ExportError, stamped_onnx)  # before the work, not after it
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
     refuse_unknown_dims(dims, [model])
     report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
+    stamp(model)
     with atomic_path(out) as tmp:
         ir.save(model, tmp)
     return report
@@ -145,8 +152,10 @@ def fuse_bundle(
     """Fuse every graph of a bundle into a new bundle; the manifest records the reports.
     ``providers`` default to the bundle target's (cpu where it names none)."""
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, save_graph, write_manifest
+    from edgeformer.ownership import check_bundle_output
 
     refuse_overlap(src, out, BundleError)
+    check_bundle_output(out, force, ExportError)  # before the work: refused now, not after it
     manifest = read_manifest(src)
     if manifest.get("fusions"):
         raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from edgeformer.config import ModelCard, ModelConfig, load_card, render_card
-from edgeformer.errors import BundleError, CardError, ModelImportError, UnsupportedArchitectureError
+from edgeformer.config import MAX_NAME_CHARS, ModelCard, ModelConfig, check_card_name, load_card, render_card
+from edgeformer.errors import BundleError, CardError, EdgeformerError, ModelImportError, UnsupportedArchitectureError
 from edgeformer.importers import bart, bert, gpt2
 from edgeformer.importers.common import HFConfig, load_mapped, read_weights, weight_files
 from edgeformer.importers.memory import MemoryPlan, check_memory
 from edgeformer.importers.sentence import SUPPORTED_MODULES, read_layout
-from edgeformer.io import atomic_path, sha256_file, write_text_atomic
+from edgeformer.io import atomic_group, repair_groups, sha256_file
 from edgeformer.travel import travelling_file
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ def _architecture(hf: HFConfig) -> tuple[ModuleType, str]:
 
 
 def card_name(directory: Path) -> str:
-    """A card name from a directory name: letters, digits, '.', '_' and '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", directory.resolve().name).strip("-.")
+    """A card name from a directory name: letters, digits, '.', '_' and '-', at most MAX_NAME_CHARS."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", directory.resolve().name)[:MAX_NAME_CHARS].strip("-.")
     return name or "imported"
 
 
@@ -158,26 +158,68 @@ def import_directory(
     )
 
 
+def card_files(card_path: Path, tokenizer: bool) -> list[Path]:
+    """The files an import writes: the card, its checkpoint and (when there is one) its tokenizer."""
+    files = [card_path, card_path.with_suffix(".safetensors")]
+    return files + [card_path.with_name(f"{card_path.stem}.{TOKENIZER_FILE}")] if tokenizer else files
+
+
+def _earlier_import(card_path: Path) -> set[Path]:
+    """The files of an earlier import at ``card_path``: the card (when it is a card) and the
+    checkpoint and tokenizer it names beside it. Empty when ``card_path`` is not a card."""
+    if not card_path.is_file():
+        return set()
+    try:
+        card = load_card(card_path)
+    except EdgeformerError:
+        return set()
+    named = [card.checkpoint, card_path.parent / card.tokenizer if card.tokenizer else None]
+    return {card_path} | {p for p in named if p is not None and p.parent == card_path.parent}
+
+
+def check_card_outputs(files: list[Path], force: bool) -> None:
+    """Refuse to write over any of ``files`` without ``force``; with it, over any that is not part
+    of an earlier import (the card at ``files[0]`` and the files it names)."""
+    existing = [p for p in files if os.path.lexists(p)]
+    if not existing:
+        return
+    for path in existing:
+        if path.is_symlink() or not path.is_file():
+            raise ModelImportError(f"{path} exists and is not a regular file; choose another -o (nothing was written)")
+    if not force:
+        also = f" (and {', '.join(map(str, existing[1:]))})" if len(existing) > 1 else ""
+        raise ModelImportError(f"{existing[0]} already exists{also}; pass --force to replace an earlier import")
+    ours = _earlier_import(files[0])
+    foreign = [p for p in existing if p not in ours]
+    if foreign:
+        raise ModelImportError(
+            f"{', '.join(map(str, foreign))} not written by an earlier `edgeformer import` to {files[0]}; "
+            "--force replaces only that. Move them or choose another -o"
+        )
+
+
 def write_card(imported: Imported, card_path: str | Path, *, force: bool = False) -> ModelCard:
     """Write the card, its checkpoint (``<card>.safetensors``, edgeformer's tensor names) and, when
-    the directory has one, its tokenizer (``<card>.tokenizer.json``) beside it; every file atomically."""
+    the directory has one, its tokenizer (``<card>.tokenizer.json``) beside it, as one unit
+    (``io.atomic_group``): a kill at any moment leaves the earlier set or the new one."""
     from edgeformer.nn.checkpoint import save_checkpoint
 
     card_path = Path(card_path)
     if card_path.suffix != ".toml":
         raise ModelImportError(f"{card_path}: a card is a .toml file")
-    if card_path.exists() and not force:
-        raise ModelImportError(f"{card_path} already exists; pass --force to replace it")
-    checkpoint = card_path.with_suffix(".safetensors")
-    sha = save_checkpoint(imported.model, checkpoint)
-    tokenizer = ""
-    if imported.tokenizer is not None:
-        target = card_path.with_name(f"{card_path.stem}.{TOKENIZER_FILE}")
-        with atomic_path(target) as tmp:
-            shutil.copyfile(imported.tokenizer, tmp)
-        tokenizer = target.name
-    card = ModelCard(imported.name, imported.config, imported.description, checkpoint, sha, tokenizer)
-    write_text_atomic(card_path, render_card(card))
+    check_card_name(imported.name, "the card's name")  # refused before anything is written
+    files = card_files(card_path, imported.tokenizer is not None)
+    if card_path.parent.is_dir():
+        repair_groups(card_path.parent)  # an earlier import killed midway: its files back first
+    check_card_outputs(files, force)
+    with atomic_group(files) as tmps:
+        sha = save_checkpoint(imported.model, tmps[1])
+        tokenizer = ""
+        if imported.tokenizer is not None:
+            shutil.copyfile(imported.tokenizer, tmps[2])
+            tokenizer = files[2].name
+        card = ModelCard(imported.name, imported.config, imported.description, files[1], sha, tokenizer)
+        tmps[0].write_text(render_card(card), encoding="utf-8")
     return load_card(card_path)
 
 

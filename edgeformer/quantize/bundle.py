@@ -10,7 +10,6 @@ choosing what stays in float, then on held-out validation rows for the report.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,11 +97,15 @@ def quantize_bundle(
     log: Log = lambda _m: None,
     before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    from edgeformer.errors import ExportError
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, write_manifest
+    from edgeformer.io import scratch_dir
+    from edgeformer.ownership import check_bundle_output
 
     src, out = Path(src), Path(out)
     refuse_overlap(src, out, QuantizeError)
     manifest = read_manifest(src)
+    check_bundle_output(out, force, ExportError)  # before the work: refused now, not after minutes
     if manifest.get("precision", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already {manifest['precision']}; quantize the fp32 bundle it came from")
     if precision not in ("int8", "int4", "fp16"):
@@ -151,7 +154,7 @@ def quantize_bundle(
         "graphs": {},
     }
     report["budget_applied"] = judged
-    with new_bundle_dir(out, force) as tmp, tempfile.TemporaryDirectory() as scratch:
+    with new_bundle_dir(out, force) as tmp, scratch_dir(out) as scratch:
         files = []
         for name, graph in graphs.items():
             log(f"quantizing {graph['file']} ({precision}{', ' + mode if precision == 'int8' else ''}) ...")
@@ -167,7 +170,7 @@ def quantize_bundle(
             if attention:
                 log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
             quantize = _quantizer(precision, mode, method, calib_feeds[name], heads, attention)
-            trial = Path(scratch) / graph["file"]
+            trial = scratch / graph["file"]
             result = quantize_within_budget(
                 model,
                 trial,

@@ -144,7 +144,7 @@ def quantize_static(
         "entropy": CalibrationMethod.Entropy,
     }[method]
     names = {i.name for i in model.graph.input}
-    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+    with _quiet(), tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:  # beside out: the caller's scratch
         src = Path(tmp) / "float.onnx"
         onnx.save(model, src)
         ort_quantize_static(

@@ -12,6 +12,7 @@ from edgeformer.runtime.bundle import Bundle, Graph, read_bundle
 from edgeformer.runtime.cuda import BoundSession
 from edgeformer.runtime.errors import BundleFormatError, OptionError
 from edgeformer.runtime.models import DecoderModel, EncoderModel, RuntimeModel, Seq2SeqModel
+from edgeformer.runtime.onnxfile import STAMP_KEY, MalformedProtobuf, model_metadata
 from edgeformer.runtime.session import open_session
 
 CLASSES: dict[str, type[RuntimeModel]] = {
@@ -122,6 +123,35 @@ def _check_session(graph: Graph, session: object) -> None:
             )
 
 
+def _previous_output(path: Path) -> bool:
+    """Whether ``path`` is a graph onnxruntime saved for an earlier load: an ORT-format file, or an
+    ONNX file carrying edgeformer's stamp (onnxruntime keeps the model's metadata)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        return head[4:8] == b"ORTM" or STAMP_KEY in model_metadata(path)
+    except (OSError, MalformedProtobuf):
+        return False
+
+
+def check_optimized_paths(bundle: Path, paths: list[Path]) -> None:
+    """Refuse (OptionError) an ``optimized_model_path`` inside the bundle (onnxruntime would write
+    over the bundle's own files) or naming an existing file that is not an earlier optimized graph."""
+    root = bundle.resolve()
+    for path in paths:
+        where = path.resolve()
+        if where == root or root in where.parents:
+            raise OptionError(
+                f"optimized_model_path {path} is inside the bundle {bundle}; the bundle's files are not "
+                "written over. Give a path outside it"
+            )
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file() or not _previous_output(path)):
+            raise OptionError(
+                f"optimized_model_path {path} exists and is not a graph onnxruntime saved for edgeformer; "
+                "it is not written over. Move it or give another path"
+            )
+
+
 def load(
     bundle_dir: str | Path,
     providers: Sequence[str] | str = ("cpu",),
@@ -161,6 +191,9 @@ def load(
         raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     bundle = read_bundle(bundle_dir, verify=verify)
     _check_graphs(bundle)
+    if optimized_model_path is not None:
+        saved = [optimized_path(optimized_model_path, name, len(bundle.graphs)) for name in bundle.graphs]
+        check_optimized_paths(Path(bundle_dir), [p for p in saved if p is not None])
     sessions = {}
     outcomes: dict[str, str] = {}
     for name, graph in bundle.graphs.items():

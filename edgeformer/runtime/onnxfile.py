@@ -143,3 +143,23 @@ def external_refs(path: str | Path) -> list[ExternalRef]:
             out: list[ExternalRef] = []
             _walk(buf, "model", 0, size, 0, out)
             return out
+
+
+STAMP_KEY = "edgeformer.producer"  # metadata_props key of every ONNX file edgeformer writes (its version)
+
+
+def model_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model file (ModelProto field 14: key 1, value 2).
+
+    Raises MalformedProtobuf for a file that is not a protobuf message, OSError when unreadable."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            raise MalformedProtobuf(0, "the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            props: dict[str, str] = {}
+            for field, wire, a, b in _fields(buf, 0, size):
+                if field == 14 and wire == 2:
+                    entry = {f: _text(buf, s, e) for f, w, s, e in _fields(buf, a, b) if w == 2 and f in (1, 2)}
+                    props[entry.get(1, "")] = entry.get(2, "")
+            return props
