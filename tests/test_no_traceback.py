@@ -342,7 +342,7 @@ def test_import_and_train_on_a_failing_disk(tmp_path, monkeypatch, errno_, says)
     (tmp_path / "out").mkdir()
     _fail_with(monkeypatch, errno_, "create")
     cli("import", hf, "-o", tmp_path / "out" / "card.toml", says=says)
-    cli("train", "demo-encoder", "--steps", "1", "--out-dir", tmp_path / "out", says=says)
+    cli("train", "demo-encoder", "--steps", "1", "-o", tmp_path / "out" / "trained", says=says)
     assert list((tmp_path / "out").iterdir()) == []
 
 
