@@ -51,6 +51,7 @@ class ParityReport:
     generation: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None
     budget: dict[str, float] | None = None
+    torch_parity = "checked"  # a verify_bundle.SourcelessReport says "not checked"
 
     @property
     def ok(self) -> bool:
@@ -67,6 +68,7 @@ class ParityReport:
         worst = self.worst()
         return {
             "ok": self.ok,
+            "torch_parity": self.torch_parity,
             "precision": self.precision,
             "tolerance": self.tolerance,
             "budget": self.budget,
@@ -356,17 +358,33 @@ def check_bundle(
     log: Any = lambda _msg: None,
     memory_check: bool = True,
     providers: tuple[str, ...] = ("cpu",),
-) -> ParityReport:
+    factory: str | None = None,
+    expect_manifest_sha256: str | None = None,
+) -> Any:
     """Rebuild the torch source a bundle records and check the bundle's graphs against it
     (refused before the torch model is built when it would not fit in memory, unless not
-    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error)."""
+    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error).
+
+    The manifest is verified against manifest.sha256 and ``expect_manifest_sha256`` when given.
+    No code the bundle names is imported: a user's factory runs only when named by ``factory``;
+    without it the result is a ``verify_bundle.SourcelessReport`` (``torch_parity`` "not
+    checked") of what needs no torch source. A ParityReport has ``torch_parity`` "checked"."""
     from pathlib import Path
 
-    from edgeformer.export.bundle import read_manifest, rebuild_source
+    from edgeformer.errors import UserCodeNotRun
+    from edgeformer.export.bundle import read_checked, rebuild_source
+    from edgeformer.verify_bundle import check_without_source
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    source = rebuild_source(manifest, max_sequence, memory_check=memory_check)
+    read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256)
+    manifest = read.manifest
+    stamp = "matches manifest.sha256" if read.manifest_stamped else "NO manifest.sha256: edits cannot be detected"
+    log(f"manifest sha256 {read.manifest_sha256} ({stamp}{'; as expected' if expect_manifest_sha256 else ''})")
+    try:
+        source = rebuild_source(manifest, max_sequence, memory_check=memory_check, factory=factory, log=log)
+    except UserCodeNotRun as exc:
+        why = f"the torch source is user code ({exc.spec}); pass --factory {exc.spec} to run it"
+        return check_without_source(bundle, manifest, why, providers=providers, log=log)
     graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
     return check_source(
         source,

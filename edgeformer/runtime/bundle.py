@@ -36,6 +36,12 @@ FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
 DIGEST_FILE = "manifest.sha256"
 MANIFEST_MAX_BYTES = 16 << 20  # an edgeformer manifest is kilobytes
 ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"  # onnxruntime reads a raw memory address for this location
+NOT_FROM_MEMORY = (  # onnxruntime 1.32 opens such files itself, by path, after edgeformer checked them
+    "{graph} keeps the data of a node attribute, a function default, a subgraph or a sparse tensor in "
+    "{name}; onnxruntime takes external data from verified memory for the main graph's initializers only, "
+    "so edgeformer does not load it: save the graph with external data in initializers only "
+    "(onnx.save_model(..., save_as_external_data=True, convert_attribute=False))"
+)
 
 
 @dataclass(frozen=True)
@@ -115,13 +121,14 @@ def check_external_data(
     given, in a file the manifest does not list (it would escape the sha256 check). Runs before
     onnxruntime or onnx opens the graph, on ``data`` (the graph's bytes) when given; returns the
     external files (relative to ``root``). ``.ort`` files hold no external data."""
-    return [name for _, name in external_members(root, graph_file, listed, data)]
+    return [name for _, name, _ in external_members(root, graph_file, listed, data)]
 
 
 def external_members(
     root: Path, graph_file: Path, listed: set[str] | None = None, data: bytes | None = None
-) -> list[tuple[str, str]]:
-    """``check_external_data``, as (location written in the graph, file name under ``root``)."""
+) -> list[tuple[str, str, bool]]:
+    """``check_external_data``, as (location written in the graph, file name under ``root``,
+    whether the tensor is a dense initializer of the main graph)."""
     if graph_file.suffix == ".ort":
         return []
     try:
@@ -131,7 +138,7 @@ def external_members(
     except OSError as exc:
         raise BundleFormatError(f"{graph_file} cannot be read ({exc.strerror or exc})") from None
     real_root = root.resolve()
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, bool]] = []
     for ref in refs:
         where = f"{graph_file.name}: tensor {ref.tensor!r} keeps its data in {ref.location!r}"
         if not ref.location:
@@ -150,7 +157,7 @@ def external_members(
         name = real.relative_to(real_root).as_posix()
         if listed is not None and name not in listed:
             raise BundleIntegrityError(f"{where}, a file manifest.json does not list (so no sha256 checks it)")
-        found.append((ref.location, name))
+        found.append((ref.location, name, ref.initializer))
     return found
 
 
@@ -338,9 +345,12 @@ def read_bundle(
             blobs.setdefault(bundle / name, read_verified(bundle / name, name, files[name], bundle))
         data = blobs.get(bundle / names[0])
         external = external_members(bundle, graph.path, set(files) if verify else None, data)
-        for _, name in external if keep else ():
+        for _, name, initializer in external if keep else ():
+            if not initializer:
+                raise BundleFormatError(NOT_FROM_MEMORY.format(graph=graph.path.name, name=name))
             blobs.setdefault(bundle / name, read_verified(bundle / name, name, files[name], bundle))
-        graphs[gname] = Graph(graph.name, graph.path, graph.inputs, graph.outputs, graph.ort_path, tuple(external))
+        pairs = tuple((location, name) for location, name, _ in external)
+        graphs[gname] = Graph(graph.name, graph.path, graph.inputs, graph.outputs, graph.ort_path, pairs)
     for name, want in files.items() if verify else ():
         if bundle / name not in blobs and sha256_file(bundle / name) != want:
             raise BundleIntegrityError(

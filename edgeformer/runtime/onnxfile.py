@@ -60,6 +60,7 @@ class ExternalRef:
 
     tensor: str
     location: str | None  # None: data_location is EXTERNAL but no location is given
+    initializer: bool = False  # a dense initializer of the main graph (what onnxruntime takes from memory)
 
 
 def _varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
@@ -111,7 +112,7 @@ def _text(buf: mmap.mmap | bytes, start: int, end: int) -> str:
     return bytes(buf[start:end]).decode("utf-8", errors="replace")
 
 
-def _tensor(buf: mmap.mmap | bytes, start: int, end: int) -> list[ExternalRef]:
+def _tensor(buf: mmap.mmap | bytes, start: int, end: int, initializer: bool) -> list[ExternalRef]:
     name, locations, external = "", [], False
     for field, wire, a, b in _fields(buf, start, end):
         if field == 8 and wire == 2:
@@ -123,11 +124,14 @@ def _tensor(buf: mmap.mmap | bytes, start: int, end: int) -> list[ExternalRef]:
             if entry.get(1) == "location":
                 locations.append(entry.get(2, ""))
     if locations:
-        return [ExternalRef(name, location) for location in locations]
-    return [ExternalRef(name, None)] if external else []
+        return [ExternalRef(name, location, initializer) for location in locations]
+    return [ExternalRef(name, None, initializer)] if external else []
 
 
-def _walk(buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, out: list[ExternalRef]) -> None:
+def _walk(
+    buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, out: list[ExternalRef], main: bool = False
+) -> None:
+    """Collect the external tensors under one message; ``main``: it is the model's graph (field 7)."""
     if depth > MAX_DEPTH:
         raise MalformedProtobuf(start, f"subgraphs nested deeper than {MAX_DEPTH}")
     children = _CHILDREN[kind]
@@ -136,9 +140,9 @@ def _walk(buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, o
         if child is None or wire != 2:
             continue
         if child == "tensor":
-            out += _tensor(buf, a, b)
+            out += _tensor(buf, a, b, initializer=main and field == 5)
         else:
-            _walk(buf, child, a, b, depth + (child == "graph"), out)
+            _walk(buf, child, a, b, depth + (child == "graph"), out, main=kind == "model" and field == 7)
 
 
 def external_refs(path: str | Path) -> list[ExternalRef]:
