@@ -122,6 +122,8 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
 def _user_factory(recipe: dict[str, Any], factory: str | None, log: Log) -> Source:
     """The source from the factory the user named; a bundle's own recipe never chooses code to import."""
     recorded = recipe.get("factory") if recipe.get("kind") == "factory" else None
+    if recipe.get("kind") == "factory" and not recorded:
+        raise BundleError("the manifest's source names no factory to rebuild the torch module from")
     if factory is None:
         raise UserCodeNotRun(str(recorded))
     if factory != recorded:
