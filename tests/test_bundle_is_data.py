@@ -391,3 +391,20 @@ def test_listed_external_data_of_a_function_default_is_not_opened_by_path(tmp_pa
     with pytest.raises(runtime.BundleFormatError, match="initializers only"):
         runtime.load(tmp_path / "b")
     assert opened == []
+
+
+def test_a_manifest_naming_a_directory_loads_nothing_from_it_unless_its_weights_match(tmp_path, monkeypatch):
+    """A "huggingface" source names a directory on the receiver's machine: its weight files are
+    hashed and compared before any is loaded or a model is built."""
+    import edgeformer.importers as importers
+    from edgeformer.errors import BundleError
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"\0" * 64)
+    loaded: list[object] = []
+    monkeypatch.setattr(importers, "import_directory", lambda *a, **k: loaded.append(a))
+    recipe = {"kind": "huggingface", "directory": str(tmp_path / "hf"), "weights_sha256": {"model.safetensors": "0"}}
+    with pytest.raises(BundleError, match="changed since the bundle was exported"):
+        importers.rebuild_source(recipe)
+    assert loaded == []

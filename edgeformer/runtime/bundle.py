@@ -339,6 +339,8 @@ def read_bundle(
     graphs = {gname: _graph(bundle, gname, entry, files, verify) for gname, entry in raw_graphs.items()}
     keep = keep_bytes and verify
     blobs: dict[Path, bytes] = {}
+    if verify and not keep:  # a changed file is named as such before its contents are parsed
+        _verify_files(bundle, files, blobs)
     for gname, graph in graphs.items():
         names = [raw_graphs[gname]["file"], *([raw_graphs[gname]["ort_file"]] if graph.ort_path else [])]
         for name in names if keep else ():
@@ -351,9 +353,15 @@ def read_bundle(
             blobs.setdefault(bundle / name, read_verified(bundle / name, name, files[name], bundle))
         pairs = tuple((location, name) for location, name, _ in external)
         graphs[gname] = Graph(graph.name, graph.path, graph.inputs, graph.outputs, graph.ort_path, pairs)
-    for name, want in files.items() if verify else ():
-        if bundle / name not in blobs and sha256_file(bundle / name) != want:
+    if keep:
+        _verify_files(bundle, files, blobs)
+    return Bundle(bundle, manifest, graphs, digest, stamped, blobs)
+
+
+def _verify_files(bundle: Path, files: dict[str, str], done: dict[Path, bytes]) -> None:
+    """Check every listed file not already read and verified (in ``done``) against its sha256."""
+    for name, want in files.items():
+        if bundle / name not in done and sha256_file(bundle / name) != want:
             raise BundleIntegrityError(
                 f"{bundle}: {name} does not match its sha256 in the manifest (changed or corrupted); re-export it"
             )
-    return Bundle(bundle, manifest, graphs, digest, stamped, blobs)
