@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ def main() -> None:
 
     Model cards (TOML) describe the architectures; `edgeformer models` lists the shipped ones.
     """
+    warnings.formatwarning = _plain_warning
+
+
+_python_warning = warnings.formatwarning
+
+
+def _plain_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """edgeformer's own warnings (an unverifiable manifest) as one line, without a source line."""
+    from edgeformer.runtime.errors import UnverifiedManifestWarning
+
+    if issubclass(category, UnverifiedManifestWarning):
+        return f"warning: {message}\n"
+    return _python_warning(message, category, *args, **kwargs)
 
 
 def _human_bytes(n: float) -> str:
