@@ -349,56 +349,6 @@ def format_failure(report: ParityReport) -> str:
     return "\n".join(lines[:20])
 
 
-def check_bundle(
-    bundle: Any,
-    *,
-    generation_steps: int = 32,
-    real_inputs: dict[str, np.ndarray] | None = None,
-    max_sequence: int | None = None,
-    log: Any = lambda _msg: None,
-    memory_check: bool = True,
-    providers: tuple[str, ...] = ("cpu",),
-    factory: str | None = None,
-    expect_manifest_sha256: str | None = None,
-) -> Any:
-    """Rebuild the torch source a bundle records and check the bundle's graphs against it
-    (refused before the torch model is built when it would not fit in memory, unless not
-    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error).
-
-    The manifest is verified against manifest.sha256 and ``expect_manifest_sha256`` when given.
-    No code the bundle names is imported: a user's factory runs only when named by ``factory``;
-    without it the result is a ``verify_bundle.SourcelessReport`` (``torch_parity`` "not
-    checked") of what needs no torch source. A ParityReport has ``torch_parity`` "checked"."""
-    from pathlib import Path
-
-    from edgeformer.errors import UserCodeNotRun
-    from edgeformer.export.bundle import read_checked, rebuild_source
-    from edgeformer.verify_bundle import check_without_source
-
-    bundle = Path(bundle)
-    read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256)
-    manifest = read.manifest
-    stamp = "matches manifest.sha256" if read.manifest_stamped else "NO manifest.sha256: edits cannot be detected"
-    log(f"manifest sha256 {read.manifest_sha256} ({stamp}{'; as expected' if expect_manifest_sha256 else ''})")
-    try:
-        source = rebuild_source(manifest, max_sequence, memory_check=memory_check, factory=factory, log=log)
-    except UserCodeNotRun as exc:
-        why = f"the torch source is user code ({exc.spec}); pass --factory {exc.spec} to run it"
-        return check_without_source(bundle, manifest, why, providers=providers, log=log)
-    graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
-    return check_source(
-        source,
-        graphs,
-        manifest.get("precision", "fp32"),
-        opset=int(manifest.get("opset", 18)),
-        generation_steps=generation_steps,
-        real_inputs=real_inputs,
-        log=log,
-        providers=providers,
-        budget=(manifest.get("target") or {}).get("budget") or None,
-    )
-
-
 def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -> dict[str, np.ndarray]:
     """Real inputs from an .npz file, or from text for a bundle with the byte-level tokenizer."""
     import zipfile
@@ -421,3 +371,6 @@ def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -
         raise ParityError("--text is empty; give at least one character")
     limit = int((manifest.get("config") or {}).get("max_positions", 0)) or None
     return {"input_ids": np.array([tokenizer.encode(text, bos=True)[:limit]], dtype=np.int64)}
+
+
+from edgeformer.verify_bundle import check_bundle  # noqa: E402, F401 - importable from here, as before

@@ -1,4 +1,4 @@
-"""What ``edgeformer check`` verifies of a bundle whose torch source it may not rebuild.
+"""``check_bundle``: a bundle against its torch source, and what it verifies when that source is code.
 
 A bundle whose source is a user's factory (``module:function``) names code; edgeformer never
 imports code because a bundle names it. Without ``--factory``, ``check`` verifies what needs no
@@ -120,3 +120,51 @@ def check_without_source(
         log(f"  {check}: {outcome}")
     log(f"torch parity NOT checked: {reason}")
     return report
+
+
+def check_bundle(
+    bundle: Any,
+    *,
+    generation_steps: int = 32,
+    real_inputs: dict[str, np.ndarray] | None = None,
+    max_sequence: int | None = None,
+    log: Any = lambda _msg: None,
+    memory_check: bool = True,
+    providers: tuple[str, ...] = ("cpu",),
+    factory: str | None = None,
+    expect_manifest_sha256: str | None = None,
+) -> Any:
+    """Rebuild the torch source a bundle records and check the bundle's graphs against it
+    (refused before the torch model is built when it would not fit in memory, unless not
+    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error).
+
+    The manifest is verified against manifest.sha256 and ``expect_manifest_sha256`` when given.
+    No code the bundle names is imported: a user's factory runs only when named by ``factory``;
+    without it the result is a ``verify_bundle.SourcelessReport`` (``torch_parity`` "not
+    checked") of what needs no torch source. A ParityReport has ``torch_parity`` "checked"."""
+    from edgeformer.errors import UserCodeNotRun
+    from edgeformer.export.bundle import read_checked, rebuild_source
+    from edgeformer.parity import check_source
+
+    bundle = Path(bundle)
+    read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256)
+    manifest = read.manifest
+    stamp = "matches manifest.sha256" if read.manifest_stamped else "NO manifest.sha256: edits cannot be detected"
+    log(f"manifest sha256 {read.manifest_sha256} ({stamp}{'; as expected' if expect_manifest_sha256 else ''})")
+    try:
+        source = rebuild_source(manifest, max_sequence, memory_check=memory_check, factory=factory, log=log)
+    except UserCodeNotRun as exc:
+        why = f"the torch source is user code ({exc.spec}); pass --factory {exc.spec} to run it"
+        return check_without_source(bundle, manifest, why, providers=providers, log=log)
+    graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
+    return check_source(
+        source,
+        graphs,
+        manifest.get("precision", "fp32"),
+        opset=int(manifest.get("opset", 18)),
+        generation_steps=generation_steps,
+        real_inputs=real_inputs,
+        log=log,
+        providers=providers,
+        budget=(manifest.get("target") or {}).get("budget") or None,
+    )
