@@ -14,6 +14,7 @@ torch source, and says plainly that torch parity was not checked:
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def check_bundle(
     from edgeformer.parity import check_source
 
     bundle = Path(bundle)
-    read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256)
+    read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256, keep_bytes=True)
     manifest = read.manifest
     stamp = "matches manifest.sha256" if read.manifest_stamped else "NO manifest.sha256: edits cannot be detected"
     log(f"manifest sha256 {read.manifest_sha256} ({stamp}{'; as expected' if expect_manifest_sha256 else ''})")
@@ -156,15 +157,29 @@ def check_bundle(
     except UserCodeNotRun as exc:
         why = f"the torch source is user code ({exc.spec}); pass --factory {exc.spec} to run it"
         return check_without_source(bundle, manifest, why, providers=providers, log=log)
-    graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
-    return check_source(
-        source,
-        graphs,
-        manifest.get("precision", "fp32"),
-        opset=int(manifest.get("opset", 18)),
-        generation_steps=generation_steps,
-        real_inputs=real_inputs,
-        log=log,
-        providers=providers,
-        budget=(manifest.get("target") or {}).get("budget") or None,
-    )
+    with tempfile.TemporaryDirectory(prefix="edgeformer-check-") as tmp:
+        private = _private_copy(read, Path(tmp))
+        graphs = {name: private / g["file"] for name, g in manifest["graphs"].items()}
+        return check_source(
+            source,
+            graphs,
+            manifest.get("precision", "fp32"),
+            opset=int(manifest.get("opset", 18)),
+            generation_steps=generation_steps,
+            real_inputs=real_inputs,
+            log=log,
+            providers=providers,
+            budget=(manifest.get("target") or {}).get("budget") or None,
+        )
+
+
+def _private_copy(read: Any, tmp: Path) -> Path:
+    """The verified graph bytes (and their external data) written into ``tmp``, a directory of
+    this process: what the parity check opens is what was hashed, whatever happens to the bundle
+    meanwhile. The bytes are released once written."""
+    for path, data in read.blobs.items():
+        dest = tmp / path.relative_to(read.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    read.blobs.clear()
+    return tmp

@@ -269,14 +269,17 @@ def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
     return read_checked(bundle, verify=verify).manifest
 
 
-def read_checked(bundle: str | Path, *, verify: bool = True, expect_manifest_sha256: str | None = None) -> Any:
+def read_checked(
+    bundle: str | Path, *, verify: bool = True, expect_manifest_sha256: str | None = None, keep_bytes: bool = False
+) -> Any:
     """``read_manifest``, returning the runtime's ``Bundle`` (with ``manifest_sha256`` and
-    whether manifest.sha256 was there); ``expect_manifest_sha256`` pins the manifest."""
+    whether manifest.sha256 was there); ``expect_manifest_sha256`` pins the manifest;
+    ``keep_bytes`` keeps the verified graph bytes (``runtime.bundle.read_bundle``)."""
     from edgeformer.runtime.bundle import read_bundle
     from edgeformer.runtime.errors import RuntimeBundleError
 
     try:
-        read = read_bundle(bundle, verify=verify, expect_manifest_sha256=expect_manifest_sha256)
+        read = read_bundle(bundle, verify=verify, expect_manifest_sha256=expect_manifest_sha256, keep_bytes=keep_bytes)
     except RuntimeBundleError as exc:
         raise BundleError(str(exc)) from None
     check_producer_fields(read.manifest, f"{bundle}/manifest.json")
