@@ -118,7 +118,7 @@ def test_bench_never_imports_code_from_the_bundle_or_the_working_directory(edge_
     assert [r["variant"] for r in runs] == ["bundle"]
 
 
-def test_a_named_factory_is_rebuilt_and_a_different_one_wins_with_a_note(tmp_path):
+def test_a_factory_bundle_is_rebuilt_only_when_the_user_names_the_factory(tmp_path):
     from edgeformer.export.bundle import export_bundle, source_from_factory
     from edgeformer.parity import check_bundle
     from edgeformer.zoo import resolve_target
