@@ -136,6 +136,14 @@ def _is_bundle_arg(text: str) -> bool:
     return path.is_dir() or (not text.endswith(".toml") and ("/" in text or os.sep in text))
 
 
+def _user_source(bundle: Path) -> bool:
+    """Whether a bundle's torch source is a user's factory (never imported because a bundle names it)."""
+    from edgeformer.runtime.bundle import read_bundle
+
+    source = read_bundle(bundle, verify=False).manifest.get("source")
+    return isinstance(source, dict) and source.get("kind") == "factory"
+
+
 def plan_variants(
     models: Sequence[str],
     *,
@@ -176,6 +184,8 @@ def plan_variants(
     if with_torch:
         if cards:
             out.append(Variant("torch", "torch", card=str(cards[0].path or cards[0].name), weights_seed=seed))
+        elif _user_source(bundles[0]):
+            log(f"torch eager left out: {bundles[0]}'s torch source is user code, which a bundle cannot make bench run")
         else:
             out.append(Variant("torch", "torch", bundle=bundles[0]))
     if cards:
@@ -237,8 +247,13 @@ def _worker(argv: list[str], what: str, tmp: Path) -> dict[str, Any]:
     from edgeformer.runtime import bench_report as report_mod
 
     out = tmp / f"{len(list(tmp.iterdir()))}.json"
-    cmd = [sys.executable, "-m", *argv, "--quiet", "--json", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # -P: the worker's sys.path does not start with the working directory (it may be a bundle, or any
+    # folder holding a module named like one edgeformer imports); this edgeformer is found through
+    # PYTHONPATH instead, the folder it was imported from
+    cmd = [sys.executable, "-P", "-m", *argv, "--quiet", "--json", str(out)]
+    home = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0 or not out.is_file():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise BenchError(f"{what} failed (exit status {done.returncode}):\n{tail}")

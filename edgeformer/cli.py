@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ def main() -> None:
 
     Model cards (TOML) describe the architectures; `edgeformer models` lists the shipped ones.
     """
+    warnings.formatwarning = _plain_warning
+
+
+_python_warning = warnings.formatwarning
+
+
+def _plain_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """edgeformer's own warnings (an unverifiable manifest) as one line, without a source line."""
+    from edgeformer.runtime.errors import UnverifiedManifestWarning
+
+    if issubclass(category, UnverifiedManifestWarning):
+        return f"warning: {message}\n"
+    return _python_warning(message, category, *args, **kwargs)
 
 
 def _human_bytes(n: float) -> str:
@@ -311,6 +325,23 @@ def export_cmd(
     help="Execution provider to run the graphs on (cpu, cuda, tensorrt, ...), strictly: one that this "
     "onnxruntime lacks or that fails to start is an error, never a silent fallback. Repeat for a list.",
 )
+@click.option(
+    "--factory",
+    metavar="MODULE:FUNCTION",
+    help="The torch source of a bundle exported from your own module: edgeformer never imports code because "
+    "a bundle names it, so name it here to have torch parity checked (the bundle records which one).",
+)
+@click.option(
+    "--expect-sha256",
+    "expect_sha256",
+    metavar="HEX",
+    help="The manifest's sha256 as the sender gave it to you (check prints it): pins the whole bundle.",
+)
+@click.option(
+    "--require-torch-parity",
+    is_flag=True,
+    help="Exit with 1 when torch parity cannot be checked (a user's source without --factory); for CI gates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
 def check(
@@ -321,6 +352,9 @@ def check(
     max_sequence: int | None,
     memory_check: bool,
     providers: tuple[str, ...],
+    factory: str | None,
+    expect_sha256: str | None,
+    require_torch_parity: bool,
     as_json: bool,
 ) -> None:
     """Check a bundle against the torch source it was exported from.
@@ -328,6 +362,12 @@ def check(
     Reports, per output and shape, the max absolute and relative error and the cosine similarity
     against the precision's tolerance, and for decoders whether greedy generation gives the same
     tokens. Exits with 1 when the check fails.
+
+    A bundle exported from your own module (MODULE:FUNCTION) names code, which check does not
+    import unless you pass --factory: without it, check verifies the manifest's and every file's
+    sha256, the graphs against the IO spec, that they run with finite outputs, and the parity
+    recorded at export; it prints "torch parity NOT checked" and exits 0 when all of that passed
+    (1 with --require-torch-parity); the JSON report says "torch_parity": "not checked".
     """
     from edgeformer.errors import ParityError
     from edgeformer.parity import check_bundle, read_real_inputs
@@ -342,6 +382,8 @@ def check(
             log=_progress,
             memory_check=memory_check,
             providers=providers,
+            factory=factory,
+            expect_manifest_sha256=expect_sha256,
         )
     except ParityError as exc:
         if as_json:
@@ -349,7 +391,9 @@ def check(
         raise
     if as_json:
         click.echo(json_text(report.to_dict()))
-    else:
+    if report.torch_parity != "checked":
+        _sourceless_outcome(report, require_torch_parity, as_json)
+    elif not as_json:
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
         on = f" on {', '.join(providers)}" if tuple(providers) != ("cpu",) else ""
@@ -357,6 +401,19 @@ def check(
             click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget}")
         else:
             click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+
+
+def _sourceless_outcome(report: Any, require_torch_parity: bool, as_json: bool) -> None:
+    """Exit status of a check that could not rebuild the torch source (see ``check``)."""
+    from edgeformer.errors import ParityError
+
+    if not report.ok:
+        failed = "; ".join(f"{k}: {v}" for k, v in report.checks.items() if v != "ok" and not v.startswith("none"))
+        raise ParityError(f"the bundle failed what could be checked without its torch source: {failed}")
+    if require_torch_parity:
+        raise ParityError(f"torch parity NOT checked ({report.reason}) and --require-torch-parity was given")
+    if not as_json:
+        click.echo("bundle ok (files, IO spec, graphs run, finite outputs, recorded parity); torch parity NOT checked")
 
 
 def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:

@@ -36,3 +36,15 @@ class ModelImportError(EdgeformerError):
 
 class UnsupportedArchitectureError(ModelImportError):
     """The directory's architecture is not one edgeformer imports; the message lists those it does."""
+
+
+class UserCodeNotRun(BundleError):
+    """A bundle's torch source is a user's factory (``module:function``): edgeformer never imports
+    code a bundle names; the user names it (``--factory``) to have it run. ``spec`` is the one recorded."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(
+            f"the torch source is user code ({spec}), which edgeformer does not import because a bundle names it; "
+            f"pass --factory {spec} (API: factory={spec!r}) if you trust that code and want torch parity checked"
+        )
+        self.spec = spec

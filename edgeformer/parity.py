@@ -52,6 +52,7 @@ class ParityReport:
     generation: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None
     budget: dict[str, float] | None = None
+    torch_parity = "checked"  # a verify_bundle.SourcelessReport says "not checked"
 
     @property
     def ok(self) -> bool:
@@ -68,6 +69,7 @@ class ParityReport:
         worst = self.worst()
         return {
             "ok": self.ok,
+            "torch_parity": self.torch_parity,
             "precision": self.precision,
             "tolerance": self.tolerance,
             "budget": self.budget,
@@ -366,40 +368,6 @@ def format_failure(report: ParityReport) -> str:
     return "\n".join(lines[:20])
 
 
-def check_bundle(
-    bundle: Any,
-    *,
-    generation_steps: int = 32,
-    real_inputs: dict[str, np.ndarray] | None = None,
-    max_sequence: int | None = None,
-    log: Any = lambda _msg: None,
-    memory_check: bool = True,
-    providers: tuple[str, ...] = ("cpu",),
-) -> ParityReport:
-    """Rebuild the torch source a bundle records and check the bundle's graphs against it
-    (refused before the torch model is built when it would not fit in memory, unless not
-    ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error)."""
-    from pathlib import Path
-
-    from edgeformer.export.bundle import read_manifest, rebuild_source
-
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    source = rebuild_source(manifest, max_sequence, memory_check=memory_check)
-    graphs = {name: bundle / g["file"] for name, g in manifest["graphs"].items()}
-    return check_source(
-        source,
-        graphs,
-        manifest.get("precision", "fp32"),
-        opset=int(manifest.get("opset", 18)),
-        generation_steps=generation_steps,
-        real_inputs=real_inputs,
-        log=log,
-        providers=providers,
-        budget=(manifest.get("target") or {}).get("budget") or None,
-    )
-
-
 def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -> dict[str, np.ndarray]:
     """Real inputs from an .npz file, or from text for a bundle with the byte-level tokenizer."""
     import zipfile
@@ -422,3 +390,6 @@ def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -
         raise ParityError("--text is empty; give at least one character")
     limit = int((manifest.get("config") or {}).get("max_positions", 0)) or None
     return {"input_ids": np.array([tokenizer.encode(text, bos=True)[:limit]], dtype=np.int64)}
+
+
+from edgeformer.verify_bundle import check_bundle  # noqa: E402, F401 - importable from here, as before

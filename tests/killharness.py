@@ -123,7 +123,7 @@ def bundle_state(path: Path, old_files: dict[str, str]) -> str:
     assert path.is_dir(), f"{path} is missing: neither the old bundle nor the new one"
     bundle = read_bundle(path, verify=True)  # raises on a half-written or mixed bundle
     files = bundle.manifest["files"]
-    extra = sorted({p.name for p in path.iterdir()} - set(files) - {"manifest.json"})
+    extra = sorted({p.name for p in path.iterdir()} - set(files) - {"manifest.json", "manifest.sha256"})
     assert not extra, f"{path} holds files its manifest does not list: {extra}"
     return "old" if files == old_files else "new"  # a mix of the two would fail its sha256 checks
 

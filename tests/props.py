@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from edgeformer.errors import EdgeformerError
 from edgeformer.io import sha256_file
+from edgeformer.runtime.bundle import stamp_manifest
 
 CASES: Counter[str] = Counter()  # test name -> examples run
 PASSED: Counter[str] = Counter()  # test name -> examples that returned (the rest raised a typed error)
@@ -66,4 +67,5 @@ def with_word_tokenizer(bundle: Path, dest: Path) -> Path | None:
     manifest["tokenizer"] = "tokenizer.json"
     manifest["files"]["tokenizer.json"] = sha256_file(dest / "tokenizer.json")
     (dest / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(dest)  # the digest follows the edit
     return dest

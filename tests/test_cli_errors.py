@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from edgeformer.cli import main
 from edgeformer.config import render_card
+from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.zoo import resolve_card
 
 
@@ -81,6 +82,7 @@ def files(tmp_path, edge_bundle):
     f["garbage manifest"] = tmp_path / "garbage"
     shutil.copytree(f["bundle"], f["garbage manifest"])
     (f["garbage manifest"] / "manifest.json").write_bytes(b"\xff\xfe{not json")
+    stamp_manifest(f["garbage manifest"])  # the digest follows the edit
     f["tampered"] = tmp_path / "tampered"
     shutil.copytree(f["bundle"], f["tampered"])
     with open(f["tampered"] / "model.onnx", "ab") as out:
@@ -94,6 +96,7 @@ def files(tmp_path, edge_bundle):
         manifest = json.loads((f[name] / "manifest.json").read_text())
         change(manifest)
         (f[name] / "manifest.json").write_text(json.dumps(manifest))
+        stamp_manifest(f[name])  # the digest follows the edit
     f["pickled npz"] = tmp_path / "pickled.npz"
     np.savez(f["pickled npz"], input_ids=np.array([object()], dtype=object))
     f["garbage npz"] = tmp_path / "garbage.npz"

@@ -20,6 +20,7 @@ from edgeformer.export.bundle import export_bundle, source_from_card
 from edgeformer.export.graphs import make_inputs
 from edgeformer.export.trace import trace
 from edgeformer.fusions.pipeline import fuse_model
+from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.providers import PROVIDERS
 from edgeformer.zoo import resolve_card, resolve_target
 
@@ -126,6 +127,7 @@ def test_bundle_without_ort_is_refused_for_format_ort(nnapi_bundle, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     del manifest["graphs"]["model"]["ort_file"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(copy)  # the digest follows the edit
     with pytest.raises(runtime.RuntimeBundleError, match="has no .ort file"):
         runtime.load(copy, format="ort")
 

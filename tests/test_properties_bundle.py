@@ -24,6 +24,7 @@ from props import CASES, PASSED, fuzz, outcome
 from edgeformer import runtime
 from edgeformer.cli import main
 from edgeformer.io import sha256_file
+from edgeformer.runtime.bundle import stamp_manifest
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=False), st.text(max_size=6)),
@@ -121,6 +122,7 @@ def _apply(bundle: Path, kind: str, details: tuple) -> None:
                 "empty": b"",
             }[how]
         )
+    stamp_manifest(bundle)  # the digest follows the edit: what is tested is the reading of the fields
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +137,7 @@ def sources(edge_bundle, tmp_path_factory):
         manifest = json.loads((copy / "manifest.json").read_text())
         manifest.pop("fusions", None)
         (copy / "manifest.json").write_text(json.dumps(manifest))
+        stamp_manifest(copy)  # the digest follows the edit
         out[f"{name} for fuse"] = copy
     return out
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from props import fuzz, outcome, with_word_tokenizer
 
 from edgeformer import runtime
+from edgeformer.runtime.bundle import stamp_manifest
 
 INPUT_ERRORS = (runtime.InputError, runtime.OptionError)
 VOCAB, MAX_POS = 1024, 128  # the edge cards' vocabulary and positions
@@ -35,6 +36,7 @@ def models(edge_bundle, tmp_path_factory):
     manifest = json.loads((text_bundle / "manifest.json").read_text())
     manifest["tokenizer"] = "bytes"  # ids 0-258 are inside gpt-mini's 1024: text runs through it
     (text_bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(text_bundle)  # the digest follows the edit
     load = {"spinning": False, "threads": 1}
     words = with_word_tokenizer(edge_bundle("gpt-mini"), tmp_path_factory.mktemp("words") / "gpt-mini-words")
     return {

@@ -21,6 +21,7 @@ from edgeformer import runtime, tokenizer
 from edgeformer.errors import EdgeformerError
 from edgeformer.nn.checkpoint import load_model
 from edgeformer.parity import torch_greedy
+from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
 from edgeformer.zoo import resolve_card
 
@@ -337,6 +338,7 @@ def _edit_manifest(bundle: Path, change) -> None:  # noqa: ANN001
     manifest = json.loads((bundle / "manifest.json").read_text())
     change(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(bundle)  # the digest follows the edit
 
 
 def test_bundle_files_are_checked(bundles, tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from edgeformer import runtime, tokenizer
+from edgeformer.runtime.bundle import stamp_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ROOT / "runtimes"
@@ -171,6 +172,7 @@ def _edit_manifest(bundle: Path, change) -> None:  # noqa: ANN001
     manifest = json.loads((bundle / "manifest.json").read_text())
     change(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(bundle)  # the digest follows the edit
 
 
 @pytest.mark.parametrize("runner", ["node", "web-node"])

@@ -27,6 +27,7 @@ from edgeformer.config import render_card
 from edgeformer.errors import CheckpointError
 from edgeformer.io import sha256_file
 from edgeformer.nn.checkpoint import load_model, read_state_dict
+from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.zoo import resolve_card
 
 # ----- checkpoints ----------------------------------------------------------------------------------
@@ -106,6 +107,7 @@ def _externalize(bundle: Path, location: str = "model.onnx.data", listed: bool =
     if listed:
         manifest["files"][location] = sha256_file(data)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(bundle)  # the digest follows the edit
 
 
 def _point_at(bundle: Path, location: str) -> None:
@@ -119,6 +121,7 @@ def _point_at(bundle: Path, location: str) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["model.onnx"] = sha256_file(bundle / "model.onnx")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(bundle)  # the digest follows the edit
 
 
 @pytest.fixture

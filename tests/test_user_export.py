@@ -33,7 +33,8 @@ def test_user_module_exports_and_checks(tmp_path):
     }
     dims = [c["dims"] for c in manifest["parity"]["cases"]]
     assert {"batch": 1, "sequence": 1, "total_sequence": 1} in dims and any(d["sequence"] == 32 for d in dims)
-    assert check_bundle(tmp_path / "b").ok  # rebuilt from the manifest alone
+    report = check_bundle(tmp_path / "b", factory="fixtures.factories:tiny_tagger")  # the user names the code
+    assert report.ok and report.torch_parity == "checked"
 
 
 @needs_transformers

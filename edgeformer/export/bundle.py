@@ -22,7 +22,7 @@ from torch import nn
 
 from edgeformer import __version__
 from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render_card
-from edgeformer.errors import BundleError, CardError, EdgeformerError, ExportError
+from edgeformer.errors import BundleError, CardError, EdgeformerError, ExportError, UserCodeNotRun
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
 from edgeformer.io import atomic_dir, json_text, pause_point, scratch_dir, sha256_file
@@ -114,8 +114,9 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
     torch.manual_seed(seed)
     try:
         model = factory()
-    except Exception as exc:  # noqa: BLE001 - user code
-        raise ExportError(f"factory {spec} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code; sys.exit must not end a check as a success
+        first = (str(exc).splitlines() or [""])[0]
+        raise ExportError(f"factory {spec} failed: {type(exc).__name__}: {first}") from None
     if not isinstance(model, nn.Module):
         raise ExportError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     model.eval()
@@ -124,17 +125,41 @@ def source_from_factory(spec: str, io: dict[str, Any] | None = None, *, seed: in
     return Source(spec.rpartition(":")[2], model, None, [plan], recipe, example_dims=sizes)
 
 
-def rebuild_source(manifest: dict[str, Any], max_sequence: int | None = None, *, memory_check: bool = True) -> Source:
+def _user_factory(recipe: dict[str, Any], factory: str | None, log: Log) -> Source:
+    """The source from the factory the user named; a bundle's own recipe never chooses code to import."""
+    recorded = recipe.get("factory") if recipe.get("kind") == "factory" else None
+    if recipe.get("kind") == "factory" and not recorded:
+        raise BundleError("the manifest's source names no factory to rebuild the torch module from")
+    if factory is None:
+        raise UserCodeNotRun(str(recorded))
+    if factory != recorded:
+        log(f"note: using the factory you named, {factory}; the bundle records {recorded or recipe.get('kind')!r}")
+    io = recipe.get("io") if recorded is not None else None
+    return source_from_factory(factory, io, seed=recipe.get("seed", 0))
+
+
+def rebuild_source(
+    manifest: dict[str, Any],
+    max_sequence: int | None = None,
+    *,
+    memory_check: bool = True,
+    factory: str | None = None,
+    log: Log = lambda _msg: None,
+) -> Source:
     """The torch source a manifest records: its card (with checkpoint, verified by sha256) or seed,
-    or the user's factory. ``memory_check`` as in ``source_from_card``."""
+    or the Hugging Face directory it was imported from (weights verified by sha256).
+    ``memory_check`` as in ``source_from_card``.
+
+    A manifest is data: no code it names is imported. A source of kind "factory" (a user's
+    ``module:function``) is rebuilt only from ``factory``, the one the user names (``--factory``);
+    without it, UserCodeNotRun. A ``factory`` given for a bundle that records another source
+    replaces that source, with a note to ``log``."""
     import tomllib
 
     check_producer_fields(manifest, "manifest.json")
     recipe = manifest.get("source") or {}
-    if recipe.get("kind") == "factory":
-        if "factory" not in recipe:
-            raise BundleError("the manifest's source names no factory to rebuild the torch module from")
-        return source_from_factory(recipe["factory"], recipe.get("io"), seed=recipe.get("seed", 0))
+    if recipe.get("kind") == "factory" or factory is not None:
+        return _user_factory(recipe, factory, log)
     if recipe.get("kind") == "huggingface":
         from edgeformer.importers import rebuild_source as rebuild_imported
 
@@ -208,17 +233,23 @@ def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:
     return {name: sha256_file(directory / name) for name in names}
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> str:
     """Write ``manifest`` into the bundle ``directory``, with each graph's ``weights_read_bytes``
     (export/weight_reads.py: what the benchmark divides weight-reading bandwidth by) measured from
-    the graph file as it is now; every writer of a bundle (export, fuse, quantize) comes here."""
+    the graph file as it is now, and manifest.sha256 beside it (the sha256 of manifest.json's
+    bytes, in ``sha256sum`` format; see ``edgeformer.runtime.bundle``). Every writer of a bundle
+    (export, fuse, quantize, the mobile targets through export) comes here. Returns the digest:
+    give it to the bundle's receivers by another channel, and they pin the bundle with
+    ``edgeformer check --expect-sha256`` / ``runtime.load(..., expect_manifest_sha256=...)``."""
     from edgeformer.export.weight_reads import graph_weights_read
+    from edgeformer.runtime.bundle import stamp_manifest
 
     for graph in manifest.get("graphs", {}).values():
         path = directory / graph["file"]
         if path.suffix == ".onnx" and path.is_file():
             graph["weights_read_bytes"] = graph_weights_read(path)
     (directory / "manifest.json").write_text(json_text(manifest) + "\n", encoding="utf-8")
+    return stamp_manifest(directory)
 
 
 def build_manifest(source: Source, target: Target, files: list[str], directory: Path) -> dict[str, Any]:
@@ -250,15 +281,24 @@ def build_manifest(source: Source, target: Target, files: list[str], directory: 
 def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """The manifest of a bundle, read and checked by the runtime's reader (the one apps use):
     file names must stay inside the bundle, files must exist and, with ``verify``, match their sha256."""
+    return read_checked(bundle, verify=verify).manifest
+
+
+def read_checked(
+    bundle: str | Path, *, verify: bool = True, expect_manifest_sha256: str | None = None, keep_bytes: bool = False
+) -> Any:
+    """``read_manifest``, returning the runtime's ``Bundle`` (with ``manifest_sha256`` and
+    whether manifest.sha256 was there); ``expect_manifest_sha256`` pins the manifest;
+    ``keep_bytes`` keeps the verified graph bytes (``runtime.bundle.read_bundle``)."""
     from edgeformer.runtime.bundle import read_bundle
     from edgeformer.runtime.errors import RuntimeBundleError
 
     try:
-        manifest = read_bundle(bundle, verify=verify).manifest
+        read = read_bundle(bundle, verify=verify, expect_manifest_sha256=expect_manifest_sha256, keep_bytes=keep_bytes)
     except RuntimeBundleError as exc:
         raise BundleError(str(exc)) from None
-    check_producer_fields(manifest, f"{bundle}/manifest.json")
-    return manifest
+    check_producer_fields(read.manifest, f"{bundle}/manifest.json")
+    return read
 
 
 # what the tools (check, fuse, quantize) read beyond the runtime's fields, and their types

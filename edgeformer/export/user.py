@@ -89,7 +89,7 @@ def load_factory(spec: str) -> Any:
         raise ExportError(f"{spec!r} is not of the form package.module:factory")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, SystemExit) as exc:  # a module that exits on import must not end a check as a success
         raise ExportError(f"cannot import {module_name!r} for factory {spec!r}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):

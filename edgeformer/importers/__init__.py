@@ -264,6 +264,11 @@ def rebuild_source(recipe: dict[str, Any], max_sequence: int | None = None) -> S
             f"the torch source's directory {directory} is not on this machine; "
             "parity needs the weights the bundle was exported from"
         )
+    # a manifest names this directory: its weights must be the recorded ones before any is loaded
+    layout = read_layout(directory)
+    files = weight_files(layout.transformer if layout else directory)
+    if {str(f.relative_to(directory)): sha256_file(f) for f in files} != recipe.get("weights_sha256"):
+        raise BundleError(f"the weights in {directory} changed since the bundle was exported (sha256 differs)")
     imported = import_directory(directory, memory=MemoryPlan(max_sequence, parity=True))
     if _weight_hashes(imported) != recipe.get("weights_sha256"):
         raise BundleError(f"the weights in {directory} changed since the bundle was exported (sha256 differs)")

@@ -28,6 +28,7 @@ from edgeformer.runtime.errors import (
     SequenceTooLongError,
     TextEncodingError,
     TokenRangeError,
+    UnverifiedManifestWarning,
 )
 from edgeformer.runtime.loader import load
 from edgeformer.runtime.models import DecoderModel, EncoderModel, RuntimeModel, Seq2SeqModel, Step
@@ -54,5 +55,6 @@ __all__ = [
     "Step",
     "TextEncodingError",
     "TokenRangeError",
+    "UnverifiedManifestWarning",
     "load",
 ]

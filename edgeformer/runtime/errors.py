@@ -63,3 +63,9 @@ class NoTokenizerError(InputError):
 
 class InferenceError(RuntimeBundleError):
     """onnxruntime failed while running a graph; the message is onnxruntime's first line."""
+
+
+class UnverifiedManifestWarning(UserWarning):
+    """A bundle's manifest.json has no manifest.sha256 beside it (written by edgeformer < 0.2, or
+    removed): its files are checked against their sha256, but edits of the manifest itself cannot
+    be detected. Pin the bundle with ``load(..., expect_manifest_sha256=...)`` to close that gap."""

@@ -94,6 +94,16 @@ def graph_file(bundle: Bundle, graph: Graph, format: str) -> Path:
     return graph.path
 
 
+def _source(bundle: Bundle, graph: Graph, path: Path) -> tuple[Path | bytes, dict[str, bytes] | None]:
+    """What onnxruntime opens for ``path``: the verified bytes kept by ``read_bundle`` (and the
+    external data by the location the graph names), or the path itself when nothing was kept."""
+    data = bundle.blobs.get(path)
+    if data is None:
+        return path, None
+    external = {} if path.suffix == ".ort" else {loc: bundle.blobs[bundle.path / name] for loc, name in graph.external}
+    return data, external
+
+
 ORT_TYPES = {"float": "float32", "double": "float64"}  # onnxruntime's "tensor(x)" -> numpy name
 
 
@@ -166,6 +176,7 @@ def load(
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     io_binding: bool = False,
     format: str = "auto",
+    expect_manifest_sha256: str | None = None,
 ) -> RuntimeModel:
     """Open a bundle: read manifest.json, check every file's sha256 (``verify``), open one
     session per graph, and return the model of its family (EncoderModel, DecoderModel,
@@ -185,11 +196,20 @@ def load(
     format: which file of each graph to open: "onnx" (the manifest's ``file``), "ort" (its
     ``ort_file``, written by the mobile and web targets: onnxruntime's ORT format, what a minimal
     mobile build runs), or "auto" (the ``file``, whichever format it is).
+    expect_manifest_sha256: the sha256 of manifest.json you were given by another channel
+    (``edgeformer check`` prints it); the manifest lists every file's sha256, so this pins the
+    whole bundle. A different manifest is a BundleIntegrityError.
+
+    With ``verify``, each graph file (and its external data) is read once, checked against its
+    sha256, and those bytes are what onnxruntime gets: a file replaced on disk after the check is
+    never the one that runs. Without ``verify``, onnxruntime opens the files itself.
     """
     bundle_dir = bundle_path(bundle_dir)
     if format not in FORMATS:
         raise OptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    bundle = read_bundle(bundle_dir, verify=verify)
+    if expect_manifest_sha256 is not None and not verify:
+        raise OptionError("expect_manifest_sha256 pins the files through their sha256; it needs verify=True")
+    bundle = read_bundle(bundle_dir, verify=verify, expect_manifest_sha256=expect_manifest_sha256, keep_bytes=verify)
     _check_graphs(bundle)
     if optimized_model_path is not None:
         saved = [optimized_path(optimized_model_path, name, len(bundle.graphs)) for name in bundle.graphs]
@@ -197,9 +217,11 @@ def load(
     sessions = {}
     outcomes: dict[str, str] = {}
     for name, graph in bundle.graphs.items():
+        model, external = _source(bundle, graph, graph_file(bundle, graph, format))
         session, graph_outcomes = open_session(
-            graph_file(bundle, graph, format),
+            model,
             providers,
+            external_data=external,
             strict=strict,
             threads=threads,
             spinning=spinning,

@@ -4,8 +4,21 @@ The runtime may not import ``onnx`` (apps ship onnxruntime and numpy only), yet 
 files a graph will make onnxruntime read before onnxruntime reads them: a tensor whose
 ``external_data`` location is ``../../home/me/.ssh/id_rsa`` or ``/etc/passwd`` is an attack, and
 one that names a file the manifest does not list escapes the sha256 check. The walk below reads
-only what leads to tensors (graph initializers, constant attributes, subgraphs, functions) and
-skips everything else by its length, so a 1 GiB graph costs a few thousand field headers.
+only what leads to tensors and skips everything else by its length, so a 1 GiB graph costs a few
+thousand field headers. Every path from ModelProto to a TensorProto in onnx.proto3 (onnx 1.23):
+
+- ModelProto.graph (7), .training_info (20: TrainingInfoProto.initialization 1, .algorithm 2),
+  .functions (25);
+- GraphProto.initializer (5), .sparse_initializer (15: SparseTensorProto.values 1, .indices 2),
+  .node (1);
+- NodeProto.attribute (5); FunctionProto.node (7) and .attribute_proto (11: the default values of
+  the function's attributes, which onnxruntime loads);
+- AttributeProto.t (5), .tensors (10), .sparse_tensor (22), .sparse_tensors (23), and the
+  subgraphs .g (6) and .graphs (11), walked again from GraphProto.
+
+A tensor counts as external when its data_location is EXTERNAL or when it carries a ``location``
+entry at all; every ``location`` entry is reported (a parser that keeps the last one and one that
+keeps the first must both be covered).
 
 Field numbers are those of onnx.proto3 (ModelProto, GraphProto, NodeProto, AttributeProto,
 TensorProto, SparseTensorProto, FunctionProto, TrainingInfoProto, StringStringEntryProto).
@@ -25,7 +38,7 @@ _CHILDREN: dict[str, dict[int, str]] = {
     "model": {7: "graph", 20: "training", 25: "function"},
     "training": {1: "graph", 2: "graph"},
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "function": {7: "node"},
+    "function": {7: "node", 11: "attribute"},  # attribute_proto: default values of the function's attributes
     "node": {5: "attribute"},
     "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
     "sparse": {1: "tensor", 2: "tensor"},
@@ -47,6 +60,7 @@ class ExternalRef:
 
     tensor: str
     location: str | None  # None: data_location is EXTERNAL but no location is given
+    initializer: bool = False  # a dense initializer of the main graph (what onnxruntime takes from memory)
 
 
 def _varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
@@ -98,8 +112,8 @@ def _text(buf: mmap.mmap | bytes, start: int, end: int) -> str:
     return bytes(buf[start:end]).decode("utf-8", errors="replace")
 
 
-def _tensor(buf: mmap.mmap | bytes, start: int, end: int) -> ExternalRef | None:
-    name, location, external = "", None, False
+def _tensor(buf: mmap.mmap | bytes, start: int, end: int, initializer: bool) -> list[ExternalRef]:
+    name, locations, external = "", [], False
     for field, wire, a, b in _fields(buf, start, end):
         if field == 8 and wire == 2:
             name = _text(buf, a, b)
@@ -108,13 +122,16 @@ def _tensor(buf: mmap.mmap | bytes, start: int, end: int) -> ExternalRef | None:
         elif field == 13 and wire == 2:  # StringStringEntryProto: key 1, value 2
             entry = {f: _text(buf, s, e) for f, w, s, e in _fields(buf, a, b) if w == 2 and f in (1, 2)}
             if entry.get(1) == "location":
-                location = entry.get(2, "")
-    if location is not None or external:
-        return ExternalRef(name, location)
-    return None
+                locations.append(entry.get(2, ""))
+    if locations:
+        return [ExternalRef(name, location, initializer) for location in locations]
+    return [ExternalRef(name, None, initializer)] if external else []
 
 
-def _walk(buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, out: list[ExternalRef]) -> None:
+def _walk(
+    buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, out: list[ExternalRef], main: bool = False
+) -> None:
+    """Collect the external tensors under one message; ``main``: it is the model's graph (field 7)."""
     if depth > MAX_DEPTH:
         raise MalformedProtobuf(start, f"subgraphs nested deeper than {MAX_DEPTH}")
     children = _CHILDREN[kind]
@@ -123,11 +140,9 @@ def _walk(buf: mmap.mmap | bytes, kind: str, start: int, end: int, depth: int, o
         if child is None or wire != 2:
             continue
         if child == "tensor":
-            ref = _tensor(buf, a, b)
-            if ref is not None:
-                out.append(ref)
+            out += _tensor(buf, a, b, initializer=main and field == 5)
         else:
-            _walk(buf, child, a, b, depth + (child == "graph"), out)
+            _walk(buf, child, a, b, depth + (child == "graph"), out, main=kind == "model" and field == 7)
 
 
 def external_refs(path: str | Path) -> list[ExternalRef]:
@@ -140,9 +155,17 @@ def external_refs(path: str | Path) -> list[ExternalRef]:
         if size == 0:
             raise MalformedProtobuf(0, "the file is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            out: list[ExternalRef] = []
-            _walk(buf, "model", 0, size, 0, out)
-            return out
+            return external_refs_of(buf)
+
+
+def external_refs_of(data: mmap.mmap | bytes) -> list[ExternalRef]:
+    """``external_refs`` of a model already in memory (the bytes that were hashed, and that
+    onnxruntime will be given)."""
+    if len(data) == 0:
+        raise MalformedProtobuf(0, "the file is empty")
+    out: list[ExternalRef] = []
+    _walk(data, "model", 0, len(data), 0, out)
+    return out
 
 
 STAMP_KEY = "edgeformer.producer"  # metadata_props key of every ONNX file edgeformer writes (its version)

@@ -101,6 +101,7 @@ def open_session(
     strict: bool = False,
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     precision: str = "fp32",
+    external_data: Mapping[str, bytes] | None = None,
     **options: object,
 ) -> tuple[ort.InferenceSession, dict[str, str]]:
     """A session on the first providers of the preference list that start, and what happened to
@@ -111,12 +112,17 @@ def open_session(
     (the CPU provider last). With ``strict``, either every requested provider runs or ProviderError.
     ``provider_options`` (short or full provider name -> options) update edgeformer's defaults for
     the bundle's ``precision`` (``cuda.provider_options``: CUDA without TF32 for fp32 parity).
+    ``model`` given as bytes (a graph already read and verified) takes its external data from
+    ``external_data`` (location as the graph names it -> the file's bytes), never from disk.
     """
     chosen = plan(providers, strict=strict)
     per_provider = cuda.provider_options(chosen.requested + chosen.candidates, provider_options, precision)
     considered = dict.fromkeys(chosen.requested + chosen.candidates)  # preference order, CPU fallback last
     outcomes = {short_name(p): chosen.skipped.get(p, "not tried") for p in considered}
     opts = session_options(**options)  # type: ignore[arg-type]
+    if external_data:
+        names, buffers = list(external_data), list(external_data.values())
+        opts.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
     source = model if isinstance(model, bytes) else str(model)
     label = "the graph" if isinstance(model, bytes) else Path(model).name
     error = ""
