@@ -3,7 +3,8 @@
 1. Quantize everything; measure the budget metrics against the float graph on the calibration
    data. Within budget: done.
 2. Otherwise measure each quantizable node's sensitivity: the graph with only that node in int8,
-   scored by the fraction of the budget it uses up alone (``budget.budget_used``).
+   scored by the fraction of the budget it uses up alone (``budget.budget_used``); or, given
+   ``rank``, by the quantizer's own ranking (int4: each node's output error, from one run).
 3. Keep the k most sensitive nodes in float, with the smallest k that meets the budget (found by
    bisection); if even all of them in float miss it, that is reported as a failure.
 """
@@ -23,6 +24,8 @@ from edgeformer.quantize import budget as budgets
 
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
+# (model, the all-quantized graph, candidates, feeds) -> (score per node, most sensitive highest; what it means)
+Ranker = Callable[[onnx.ModelProto, Path, Sequence[str], Sequence[Feeds]], tuple[dict[str, float], str]]
 
 
 @dataclass
@@ -70,6 +73,7 @@ def quantize_within_budget(
     candidates: Sequence[str],
     language_model: bool = False,
     log: Callable[[str], None] = lambda _m: None,
+    rank: Ranker | None = None,
 ) -> MixedResult:
     start = time.perf_counter()
     work = out.with_name(out.name + ".trial.onnx")
@@ -86,8 +90,10 @@ def quantize_within_budget(
         work.replace(out)
         return MixedResult(out, measured, True, tried=tried, seconds=time.perf_counter() - start)
     log(f"  all nodes in int8 break the budget ({'; '.join(budgets.violations(measured, budget))}); ranking nodes")
-    sensitivity = {}
-    for i, name in enumerate(candidates):
+    sensitivity, key = {}, "budget_used_alone"
+    if rank is not None:  # one instrumented run instead of one whole graph per node
+        sensitivity, key = rank(model, work, candidates, feeds)
+    for i, name in enumerate(candidates if rank is None else ()):
         sensitivity[name] = budgets.budget_used(score([], include=[name]), budget)
         tried += 1
         if (i + 1) % 10 == 0:
@@ -121,7 +127,7 @@ def quantize_within_budget(
         out,
         measured,
         ok,
-        kept_in_float=[{"node": n, "budget_used_alone": round(sensitivity[n], 4)} for n in kept],
+        kept_in_float=[{"node": n, key: round(sensitivity[n], 4)} for n in kept],
         tried=tried,
         seconds=time.perf_counter() - start,
     )
