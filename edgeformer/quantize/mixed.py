@@ -4,7 +4,7 @@
    data. Within budget: done.
 2. Otherwise measure each quantizable node's sensitivity: the graph with only that node in int8,
    scored by the fraction of the budget it uses up alone (``budget.budget_used``); or, given
-   ``rank``, by the quantizer's own ranking (int4: each node's output error, from one run).
+   ``rank``, by the quantizer's own ranking (int4: the same score from one session, ``int4_rank``).
 3. Keep the k most sensitive nodes in float, with the smallest k that meets the budget (found by
    bisection); if even all of them in float miss it, that is reported as a failure.
 """
@@ -24,8 +24,9 @@ from edgeformer.quantize import budget as budgets
 
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
-# (model, the all-quantized graph, candidates, feeds) -> (score per node, most sensitive highest; what it means)
-Ranker = Callable[[onnx.ModelProto, Path, Sequence[str], Sequence[Feeds]], tuple[dict[str, float], str]]
+# (model, the all-quantized graph, candidates, feeds, judge: outputs of the first feeds -> budget used)
+#   -> (score per node, the most sensitive highest; what the score means)
+Ranker = Callable[..., tuple[dict[str, float], str]]
 
 
 @dataclass
@@ -91,8 +92,14 @@ def quantize_within_budget(
         return MixedResult(out, measured, True, tried=tried, seconds=time.perf_counter() - start)
     log(f"  all nodes in int8 break the budget ({'; '.join(budgets.violations(measured, budget))}); ranking nodes")
     sensitivity, key = {}, "budget_used_alone"
-    if rank is not None:  # one instrumented run instead of one whole graph per node
-        sensitivity, key = rank(model, work, candidates, feeds)
+    if rank is not None:  # one session for all nodes instead of a graph written and loaded per node
+
+        def judge(got: list[dict[str, np.ndarray]]) -> float:
+            n = len(got)
+            measured = budgets.measure(reference[:n], got, feeds[:n], language_model=language_model)
+            return budgets.budget_used(measured, budget)
+
+        sensitivity, key = rank(model, work, candidates, feeds, judge)
     for i, name in enumerate(candidates if rank is None else ()):
         sensitivity[name] = budgets.budget_used(score([], include=[name]), budget)
         tried += 1

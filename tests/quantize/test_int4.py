@@ -71,9 +71,9 @@ def test_the_search_costs_a_few_whole_graphs_not_one_per_node(mixed):
     n = len(entry["kept_in_float"]) + len(entry["int4_nodes"])
     # all-int4, all-float, the bisection, and the chosen graph again: no graph per node
     assert entry["graphs_tried"] <= 3 + math.ceil(math.log2(n)), entry["graphs_tried"]
-    assert all(set(k) == {"node", "output_error_alone"} for k in entry["kept_in_float"])
-    errors = [k["output_error_alone"] for k in entry["kept_in_float"]]
-    assert errors == sorted(errors, reverse=True) and all(0 < e < 1 for e in errors)
+    assert all(set(k) == {"node", "budget_used_alone"} for k in entry["kept_in_float"])
+    used = [k["budget_used_alone"] for k in entry["kept_in_float"]]
+    assert used == sorted(used, reverse=True) and all(u > 0 for u in used)
 
 
 def test_to_int4_leaves_the_model_it_is_given_unchanged(edge_bundle, tmp_path):
@@ -124,8 +124,9 @@ def test_a_graph_that_differs_from_the_report_is_refused(edge_bundle, tmp_path):
     assert _int4_nodes(tmp_path / "all.onnx", candidates, []) == candidates
 
 
-def test_rank_scores_each_node_by_its_own_output_error(edge_bundle, tmp_path):
-    """A MatMul whose weight has one huge value per block (int4 steps coarse for the rest) ranks first."""
+def test_rank_scores_each_node_alone_in_int4_from_one_session(edge_bundle, tmp_path):
+    """A gate open on one node is the whole model with that node alone in int4: the same numbers as
+    writing that graph; a MatMul with an outlier in every block of its weight ranks first."""
     from edgeformer.quantize import int4_rank
 
     model = int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx")))
@@ -134,12 +135,23 @@ def test_rank_scores_each_node_by_its_own_output_error(edge_bundle, tmp_path):
     inits = {i.name: i for i in model.graph.initializer}
     weight = inits[next(n for n in model.graph.node if n.name == target).input[1]]
     w = onnx.numpy_helper.to_array(weight).copy()
-    w[::32] *= 40.0  # an outlier in every block of 32 along the input dimension
+    w[::32] *= 40.0  # an outlier in every block of 32 along the input dimension: coarse int4 steps
     weight.CopyFrom(onnx.numpy_helper.from_array(w, weight.name))
     weights.to_int4(model, tmp_path / "all.onnx")
     rows = np.random.default_rng(0).integers(0, 500, (2, 16))
     feeds = [{"input_ids": rows, "attention_mask": np.ones_like(rows), "position_ids": np.tile(np.arange(16), (2, 1))}]
     feeds[0] |= {i.name: np.zeros((2, 8, 0, 16), np.float32) for i in model.graph.input if i.name.startswith("past")}
-    scores, key = int4_rank.rank(model, tmp_path / "all.onnx", candidates, feeds)
-    assert key == "output_error_alone" and set(scores) == set(candidates)
+    onnx.save(model, tmp_path / "float.onnx")
+    reference = outputs_of(_session(tmp_path / "float.onnx"), feeds)
+    seen: list[list[dict[str, np.ndarray]]] = []
+
+    def judge(got):
+        seen.append(got)
+        return 1 - budgets.measure(reference, got, feeds)["cosine"]
+
+    scores, key = int4_rank.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
+    assert key == "budget_used_alone" and set(scores) == set(candidates) and len(seen) == len(candidates)
     assert max(scores, key=scores.get) == target, scores
+    weights.to_int4(model, tmp_path / "one.onnx", exclude=tuple(c for c in candidates if c != target))
+    alone = outputs_of(_session(tmp_path / "one.onnx"), feeds)  # the graph written with only target in int4
+    np.testing.assert_allclose(seen[3][0]["logits"], alone[0]["logits"], rtol=0, atol=1e-5)
