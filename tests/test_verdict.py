@@ -45,9 +45,7 @@ def test_the_provider_is_named_and_a_missing_target_provider_is_said():
     assert provider_note("CUDAExecutionProvider", ("cuda", "cpu")) == "CUDAExecutionProvider"
 
 
-def test_a_budget_miss_exits_1_writes_nothing_and_an_accepted_one_is_recorded_and_shown_by_check(
-    tmp_path, edge_bundle
-):
+def test_a_budget_miss_exits_1_writes_nothing_and_an_accepted_one_is_recorded_and_shown_by_check(tmp_path, edge_bundle):
     """Before: quantize printed "BUDGET NOT MET", exited 0 and wrote the bundle, and check said
     "parity ok: within the budget". Now the miss exits 1 with nothing written; accepted, it is
     recorded, and check exits 1 unless accepted there too."""
@@ -100,3 +98,52 @@ def test_calibration_advice_only_when_none_was_given(tmp_path, edge_bundle):
         )
     assert "give --calibration" not in str(caught.value) and not (tmp_path / "q").exists()
     assert "tried: model: all 0 quantizable node(s)" in str(caught.value)
+
+
+def _graph(bias: float):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    shift = numpy_helper.from_array(np.full(4, bias, dtype=np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [weight, shift],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), onnx
+
+
+def test_the_search_meets_the_budget_on_the_rows_the_verdict_judges(tmp_path):
+    """Before: the search judged its own calibration rows only, and said "within budget" where the
+    final check on other rows (longer, held out: where trained weights' outliers show) disagreed.
+    A 'quantized' node here shifts its output by 1: invisible on the large calibration activations,
+    ruinous on the small verdict rows, so only keeping it in float meets the budget there."""
+    import numpy as np
+
+    from edgeformer.quantize import budget as budgets
+    from edgeformer.quantize.mixed import quantize_within_budget
+
+    model, onnx = _graph(0.0)
+
+    def fake_quantize(m, out, exclude=()):
+        onnx.save(_graph(0.0 if "mm" in exclude else 1.0)[0], out)
+        return out
+
+    rng = np.random.default_rng(0)
+    calib = [{"x": (1000 + rng.standard_normal((8, 4))).astype(np.float32)}]
+    held_out = [{"x": rng.standard_normal((8, 4)).astype(np.float32) * 0.1}]
+    own_rows = quantize_within_budget(
+        model, tmp_path / "a.onnx", fake_quantize, calib, {"cosine": 0.99}, candidates=["mm"]
+    )
+    assert own_rows.within_budget and own_rows.kept_in_float == []  # what the old search said
+    result = quantize_within_budget(
+        model, tmp_path / "b.onnx", fake_quantize, calib, {"cosine": 0.99}, candidates=["mm"], verdict_feeds=held_out
+    )
+    assert result.within_budget and [k["node"] for k in result.kept_in_float] == ["mm"]
+    assert result.verdict_measured["cosine"] >= 0.99  # the verdict rows agree with the search
+    assert not budgets.violations(result.verdict_measured, {"cosine": 0.99})

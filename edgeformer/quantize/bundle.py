@@ -46,7 +46,7 @@ def budget_miss_message(verdict: Any, calibration_given: bool) -> str:
         "try another calibration method or dynamic mode",
     ]
     if not calibration_given:
-        advice.insert(0, "give --calibration FILE.npz with real inputs (the rows were not real data)")
+        advice.insert(0, "give --calibration FILE.npz of your app's real inputs (none was given)")
     return (
         f"{verdict.line()}. No bundle was written. To meet the budget: {'; or '.join(advice)}. To write the "
         "bundle anyway, pass --accept-budget-miss (the manifest records the miss and `edgeformer check` shows it)."

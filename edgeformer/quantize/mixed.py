@@ -47,7 +47,7 @@ class MixedResult:
         if self.tried > 1:
             text += f"; then up to all of them kept in float, most sensitive first ({self.tried} graphs tried)"
         if self.kept_in_float:
-            text += f"; chose {len(self.kept_in_float)} kept in float"
+            text += f"; {'chose' if self.within_budget else 'ended with'} {len(self.kept_in_float)} kept in float"
         return text
 
     def to_dict(self) -> dict[str, Any]:
