@@ -47,34 +47,23 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def parameter_count(cfg: Any) -> int:
-    """Parameters of the model a config describes, counted on the meta device (no memory used)."""
-    import torch
-
-    from edgeformer.nn.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
 @friendly
 def models(as_json: bool) -> None:
     """List the shipped model cards: name, family, shape, parameters and fp32 size."""
-    from edgeformer.zoo import list_cards
+    from edgeformer.zoo import list_cards, parameter_count
 
     rows = []
     for card in list_cards():
         cfg = card.config
         params = parameter_count(cfg)
-        layers = f"{cfg.n_layers}+{cfg.decoder_layers}" if cfg.family == "encoder-decoder" else str(cfg.n_layers)
         rows.append(
             {
                 "name": card.name,
                 "family": cfg.family,
-                "layers": layers,
+                "layers": cfg.n_layers,
+                "decoder_layers": cfg.decoder_layers if cfg.family == "encoder-decoder" else None,
                 "d_model": cfg.d_model,
                 "heads": cfg.n_heads,
                 "attention": cfg.attention,
@@ -92,7 +81,7 @@ def models(as_json: bool) -> None:
         (
             r["name"],
             r["family"],
-            r["layers"],
+            f"{r['layers']}+{r['decoder_layers']}" if r["decoder_layers"] is not None else str(r["layers"]),
             str(r["d_model"]),
             str(r["heads"]),
             r["attention"],
