@@ -13,7 +13,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
-from edgeformer.cli_types import COUNT_LIMIT, count
+from edgeformer.cli_types import COUNT_LIMIT, count, merge_providers, providers_option, seed_option
 from edgeformer.io import json_text
 
 
@@ -100,7 +100,7 @@ def models(as_json: bool) -> None:
 @main.command(name="train")
 @click.argument("card_name", metavar="CARD")
 @click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
-@click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
+@seed_option("Override the training recipe's seed.", default=None)
 @click.option(
     "-o",
     "--output",
@@ -208,13 +208,7 @@ def _progress(msg: str) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
-@click.option(
-    "--seed",
-    type=click.IntRange(-(2**63), 2**64 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of random weights for cards without a checkpoint.",
-)
+@seed_option()
 @click.option(
     "--max-sequence",
     type=count(2),
@@ -305,14 +299,10 @@ def export_cmd(
     show_default=True,
     help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
 )
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    default=("cpu",),
-    show_default=True,
-    help="Execution provider to run the graphs on (cpu, cuda, tensorrt, ...), strictly: one that this "
-    "onnxruntime lacks or that fails to start is an error, never a silent fallback. Repeat for a list.",
+@providers_option(
+    "The graphs run there strictly: one that this onnxruntime lacks or that fails to start is an error, "
+    "never a silent fallback.",
+    default="cpu",
 )
 @click.option(
     "--factory",
@@ -340,7 +330,8 @@ def check(
     text: str | None,
     max_sequence: int | None,
     memory_check: bool,
-    providers: tuple[str, ...],
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     factory: str | None,
     expect_sha256: str | None,
     require_torch_parity: bool,
@@ -361,6 +352,7 @@ def check(
     from edgeformer.errors import ParityError
     from edgeformer.parity import check_bundle, read_real_inputs
 
+    providers = merge_providers(providers, provider_alias) or ("cpu",)
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
         report = check_bundle(
@@ -436,12 +428,9 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
 @click.option(
     "--target", "target_name", help="Take the fused form and providers from this target (e.g. portable-fp32)."
 )
-@click.option(
-    "--providers",
-    "provider_list",
-    help="Where the graph will run, in order of preference, e.g. cuda,cpu: on onnxruntime's CPU kernels (cpu, "
-    "xnnpack) layer norms stay LayerNormalization + Add, faster there than SkipLayerNormalization. "
-    "Default: the target's, else the bundle's, else cpu.",
+@providers_option(
+    "Where the graph will run: on onnxruntime's CPU kernels (cpu, xnnpack) layer norms stay LayerNormalization "
+    "+ Add, faster there than SkipLayerNormalization. Default: the target's, else the bundle's, else cpu."
 )
 @click.option(
     "--dim",
@@ -462,7 +451,8 @@ def fuse(
     output: Path | None,
     form: str | None,
     target_name: str | None,
-    provider_list: str | None,
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     dim_specs: tuple[str, ...],
     force: bool,
     debug: bool,
@@ -477,14 +467,14 @@ def fuse(
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
     from edgeformer.paths import default_output
 
-    providers = tuple(p.strip() for p in provider_list.split(",") if p.strip()) if provider_list else None
-    if provider_list is not None:
+    providers = merge_providers(providers, provider_alias)
+    if providers is not None:
         from edgeformer.runtime.providers import PROVIDERS
 
-        unknown = [p for p in providers or () if p not in PROVIDERS]
-        if not providers or unknown:
+        unknown = [p for p in providers if p not in PROVIDERS]
+        if unknown:
             raise click.UsageError(
-                f"--providers {provider_list!r}: {'unknown ' + unknown[0] if unknown else 'no provider named'}; "
+                f"--providers {','.join(providers)!r}: unknown {unknown[0]}; "
                 f"give names from {', '.join(PROVIDERS)}, e.g. cuda,cpu"
             )
     if target_name is not None:
