@@ -198,6 +198,15 @@ def _progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _verbose(verbose: bool) -> None:
+    """--verbose: onnxruntime's quantizer may speak (on stderr) until this command ends."""
+    if verbose:
+        from edgeformer.quantize.int8 import VERBOSE
+
+        token = VERBOSE.set(True)
+        click.get_current_context().call_on_close(lambda: VERBOSE.reset(token))
+
+
 @main.command(name="export")
 @click.argument("model", required=False, default="demo-decoder", metavar="[MODEL]")
 @click.option(
@@ -232,6 +241,7 @@ def _progress(msg: str) -> None:
     help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -245,6 +255,7 @@ def export_cmd(
     io_file: Path | None,
     memory_check: bool,
     calibration: Path | None,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
@@ -258,6 +269,7 @@ def export_cmd(
     from edgeformer.export.user import load_io
     from edgeformer.zoo import resolve_card, resolve_target
 
+    _verbose(verbose)
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
@@ -558,6 +570,7 @@ main.add_command(bench_command)
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
 @friendly
 def quantize(
@@ -571,6 +584,7 @@ def quantize(
     budget_items: tuple[str, ...],
     samples: int,
     force: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Quantize an fp32 BUNDLE into a new bundle, within an accuracy budget.
@@ -588,6 +602,7 @@ def quantize(
         budget = parse_budget(budget_items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from None
+    _verbose(verbose)
     out = output or default_output(bundle, precision)
     manifest = quantize_bundle(
         bundle,
