@@ -76,3 +76,22 @@ def test_bench_json_prints_and_an_old_json_file_argument_still_writes_the_file()
     assert result.exit_code == 2 and "write it with -o r.json" in result.output
     result = CliRunner().invoke(main, ["bench", "gpt-mini", "--json", "r.json", "-o", "s.json"])
     assert result.exit_code == 2 and "takes no file" in result.output
+
+
+def test_runtime_bench_names_its_input_seed_apart_from_the_weights_seed():
+    """`python -m edgeformer.runtime.bench --seed` seeded the inputs while every other --seed seeds weights:
+    it is --input-seed now (0 to 2**64-1); --seed still works for old scripts, unlisted."""
+    import argparse
+
+    from edgeformer.runtime import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_settings_options(parser)
+    assert "--seed" not in parser.format_help() and "--input-seed" in parser.format_help()
+    assert parser.parse_args([]).seed == 0
+    assert parser.parse_args(["--input-seed", str(2**64 - 1)]).seed == 2**64 - 1
+    assert parser.parse_args(["--seed", "5"]).seed == 5
+    settings = bench.settings_from_args(parser.parse_args(["--input-seed", "7"]))
+    assert "--input-seed" in bench.settings_argv(settings)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--input-seed", str(2**64)])
