@@ -95,3 +95,17 @@ def test_runtime_bench_names_its_input_seed_apart_from_the_weights_seed():
     assert "--input-seed" in bench.settings_argv(settings)
     with pytest.raises(SystemExit):
         parser.parse_args(["--input-seed", str(2**64)])
+
+
+def test_bench_json_prints_the_report_to_stdout(edge_bundle, tmp_path):
+    import json
+
+    argv = ["bench", str(edge_bundle("bert-mini")), "--no-torch", "--repeats", "1", "--iterations", "1"]
+    argv += ["--warmup", "0", "--sequence", "4", "--threads", "1", "--no-limits", "--no-generate"]
+    result = CliRunner().invoke(main, [*argv, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [run["variant"] for run in report["runs"]] == ["bert-mini"]
+    result = CliRunner().invoke(main, [*argv, "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0 and f"wrote {tmp_path / 'r.json'}" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["variant"] == "bert-mini"
