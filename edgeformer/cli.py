@@ -249,6 +249,12 @@ def _progress(msg: str) -> None:
     help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+    "the manifest records the miss and `edgeformer check` shows it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -262,6 +268,7 @@ def export_cmd(
     io_file: Path | None,
     memory_check: bool,
     calibration: Path | None,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
@@ -287,12 +294,36 @@ def export_cmd(
             resolve_card(model), seed=seed, max_sequence=max_sequence, memory_check=memory_check, parity=check
         )
     out = output or Path(f"{source.name}-{tgt.name}")
-    manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress, calibration=calibration)
+    manifest = export_bundle(
+        source,
+        tgt,
+        out,
+        force=force,
+        check=check,
+        log=_progress,
+        calibration=calibration,
+        accept_budget_miss=accept_budget_miss,
+    )
     if as_json:
         click.echo(json_text(manifest))
+        return
+    click.echo(f"wrote {out}/ ({', '.join(manifest['files'])}); {_export_verdict(manifest)}")
+
+
+def _export_verdict(manifest: dict[str, Any]) -> str:
+    """What export says of the bundle it wrote: the torch parity (and where it ran), and for a
+    reduced precision the quantization verdict, both as recorded in the manifest."""
+    from edgeformer.verdict import Verdict
+
+    parity = manifest.get("parity")
+    if not parity:
+        said = "parity not checked (--no-check)"
     else:
-        files = ", ".join(manifest["files"])
-        click.echo(f"wrote {out}/ ({files}); parity {'ok' if manifest.get('parity', {}).get('ok') else 'not checked'}")
+        said = f"parity {'ok' if parity.get('ok') else 'NOT ok'} on {parity.get('provider') or 'unknown provider'}"
+    recorded = (manifest.get("quantization") or {}).get("verdict")
+    if recorded:
+        said += f"; {Verdict.from_dict(recorded).line()}"
+    return said
 
 
 @main.command()
@@ -342,6 +373,11 @@ def export_cmd(
     is_flag=True,
     help="Exit with 1 when torch parity cannot be checked (a user's source without --factory); for CI gates.",
 )
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Exit 0 for a bundle whose budget miss was accepted at export/quantize (it is still reported).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
 def check(
@@ -355,13 +391,19 @@ def check(
     factory: str | None,
     expect_sha256: str | None,
     require_torch_parity: bool,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Check a bundle against the torch source it was exported from.
 
     Reports, per output and shape, the max absolute and relative error and the cosine similarity
     against the precision's tolerance, and for decoders whether greedy generation gives the same
-    tokens. Exits with 1 when the check fails.
+    tokens. Exits with 1 when the check fails. Every report names the execution provider it ran on.
+
+    A reduced-precision bundle is also judged by the quantization verdict its manifest records
+    (held-out rows, the same judge as export and quantize): a miss written with
+    --accept-budget-miss is shown as "budget NOT met (accepted at export: ...)" and exits 1 unless
+    --accept-budget-miss is given to check too.
 
     A bundle exported from your own module (MODULE:FUNCTION) names code, which check does not
     import unless you pass --factory: without it, check verifies the manifest's and every file's
@@ -393,14 +435,48 @@ def check(
         click.echo(json_text(report.to_dict()))
     if report.torch_parity != "checked":
         _sourceless_outcome(report, require_torch_parity, as_json)
+    elif not report.ok:  # only a bundle whose miss was accepted when written gets here
+        if not as_json:
+            click.echo(f"parity against the torch source on {report.provider}: budget NOT met", err=True)
     elif not as_json:
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
-        on = f" on {', '.join(providers)}" if tuple(providers) != ("cpu",) else ""
+        on = f" on {report.provider}"
         if report.budget is not None:
-            click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget}")
+            click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget} against the torch source")
         else:
             click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+    if report.torch_parity == "checked":
+        _recorded_outcome(report, accept_budget_miss, as_json)
+
+
+def _recorded_outcome(report: Any, accept: bool, as_json: bool) -> None:
+    """The quantization verdict recorded in the manifest, and a miss accepted when it was written:
+    shown, and exit 1 unless --accept-budget-miss is given to check too."""
+    from edgeformer.quantize.bundle import BudgetMissError
+    from edgeformer.verdict import Verdict
+
+    recorded = Verdict.from_dict(report.recorded_verdict) if report.recorded_verdict else None
+    accepted = report.accepted_budget_miss
+    if recorded is not None and recorded.ok and not accepted:
+        if not as_json:
+            click.echo(f"recorded verdict: {recorded.line()}")
+        return
+    if recorded is None and not accepted:
+        return
+    if not accepted:  # a recorded miss nobody accepted: the manifest was edited, or written by another tool
+        raise BudgetMissError(f"the manifest records a budget miss that was not accepted: {recorded.line()}", recorded)
+    parity = [f"against torch at {c.dims}: {m}" for c in report.cases for m in c.violations]
+    listed = (recorded.misses if recorded else []) + [
+        m for m in (accepted or {}).get("misses", []) if isinstance(m, str)
+    ]
+    missed = "; ".join(dict.fromkeys(listed + parity))
+    line = f"budget NOT met (accepted at export: {missed or 'see the manifest'})"
+    if accept:
+        if not as_json:
+            click.echo(f"{line}; exit 0 because --accept-budget-miss was given")
+        return
+    raise BudgetMissError(f"{line}; pass --accept-budget-miss to check to accept it here too", recorded)
 
 
 def _sourceless_outcome(report: Any, require_torch_parity: bool, as_json: bool) -> None:
@@ -579,6 +655,12 @@ main.add_command(bench_command)
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+    "the manifest records the miss and `edgeformer check` shows it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
 @friendly
 def quantize(
@@ -592,6 +674,7 @@ def quantize(
     budget_items: tuple[str, ...],
     samples: int,
     force: bool,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Quantize an fp32 BUNDLE into a new bundle, within an accuracy budget.
@@ -600,6 +683,8 @@ def quantize(
     graph breaks the budget on the calibration data, the fewest most sensitive nodes stay in float.
     The report (size, metrics on calibration and validation data, nodes kept in float and why) is
     printed and stored in the new bundle's manifest; `edgeformer check` judges it by the budget.
+    The verdict is judged on held-out validation rows (up to the longest length the bundle takes):
+    a miss exits 1 and writes nothing, unless --accept-budget-miss.
     """
     from edgeformer.paths import default_output
     from edgeformer.quantize.budget import parse_budget
@@ -621,19 +706,23 @@ def quantize(
         budget=budget,
         samples=samples,
         force=force,
+        accept_budget_miss=accept_budget_miss,
         log=_progress,
     )
     report = manifest["quantization"]
     if as_json:
         click.echo(json_text(report))
         return
+    from edgeformer.verdict import Verdict
+
     for name, graph in report["graphs"].items():
-        verdict = "within budget" if graph["within_budget"] else "BUDGET NOT MET"
         click.echo(
             f"{name}: {graph['bytes_before'] / 1e6:.1f} MB -> {graph['bytes_after'] / 1e6:.1f} MB "
-            f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float, {verdict}; "
+            f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float; "
             f"validation {graph['validation']}"
         )
+    click.echo(f"{report['calibration']}; {report['validation']}")
+    click.echo(Verdict.from_dict(report["verdict"]).line())
     click.echo(f"wrote {out}")
 
 

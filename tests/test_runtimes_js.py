@@ -186,6 +186,18 @@ def test_a_changed_file_is_refused(models, tmp_path, runner):
     assert "model.onnx does not match its sha256 in manifest.json" in done.stderr and "at " not in done.stderr
 
 
+@pytest.mark.parametrize("runner", ["node", "web-node"])
+def test_an_edited_manifest_is_refused_by_its_digest(models, tmp_path, runner):
+    """manifest.sha256 covers the manifest: an edit that is not restamped is refused, as in Python."""
+    bundle = Path(shutil.copytree(models["bert-mini"][0], tmp_path / "edited"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["source"] = {"kind": "factory", "factory": "payload:make"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    done = _run(runner, str(bundle), "--ids", "1,2,3", ok=False)
+    assert done.returncode == 1
+    assert "manifest.json does not match manifest.sha256" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

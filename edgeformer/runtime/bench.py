@@ -488,9 +488,9 @@ def run_bundle(
     for threads in settings.threads or ():
         progress.note(f"opening {bundle.path.name} with {threads} threads")
         t0 = time.perf_counter()
-        model = load(  # strict: a provider that is missing or fails is an error, not a silent CPU run
-            bundle.path, settings.providers, strict=True, threads=threads, spinning=settings.spinning, verify=False
-        )
+        # strict: a provider that is missing or fails is an error, not a silent CPU run; verified
+        # again, as an app's load is: the sessions run the bytes that were hashed (create_s includes it)
+        model = load(bundle.path, settings.providers, strict=True, threads=threads, spinning=settings.spinning)
         session["create_s"].append(time.perf_counter() - t0)
         session["threads"].append(threads)
         session["rss_after_create_bytes"].append(report_mod.current_rss_bytes())
