@@ -43,11 +43,15 @@ class MaskToBias(pattern.RewriteRuleClassBase):
         return op.Add(scores, op.Where(mask, zero, fill))
 
 
-FINITE_FILL = -1e9  # far below any attention score, yet a row of it still softmaxes to uniform weights
+# Far enough below any attention score that fill + score rounds to fill in float32 (its spacing near
+# 1e29 is about 1e22), so a row whose every key is masked softmaxes to exactly uniform weights as in
+# torch, whatever the scores; -1e9 (spacing 64) let trained weights' scores of a few hundred through.
+# Above LARGE_NEGATIVE, so the rule does not match its own output.
+FINITE_FILL = -1e29
 
 
 class FiniteMaskFill(pattern.RewriteRuleClassBase):
-    """Where(mask, 0, fill) -> Where(mask, 0, -1e9) for the bias MaskToBias writes.
+    """Where(mask, 0, fill) -> Where(mask, 0, FINITE_FILL) for the bias MaskToBias writes.
 
     For a query whose every key is masked (a left-padded position), torch's softmax over the fill
     gives uniform weights; onnxruntime's kernel for the standard Attention op gives another answer
@@ -77,7 +81,7 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
 
 
 class InfiniteMaskFill(FiniteMaskFill):
-    """Where(mask, 0, -inf) -> Where(mask, 0, -1e9), for onnxruntime's contrib attention ops.
+    """Where(mask, 0, -inf) -> Where(mask, 0, FINITE_FILL), for onnxruntime's contrib attention ops.
 
     torch.onnx's TorchScript exporter writes scaled_dot_product_attention's boolean mask as a
     -inf bias and guards the softmax with Where(IsNaN(p), 0, p); the attention match drops the
