@@ -204,7 +204,9 @@ def complete_inputs(plan: GraphPlan, given: dict[str, np.ndarray]) -> dict[str, 
             raise ParityError(f"{spec.name} has values outside [0, {spec.high})")
     if ids.max() >= (plan.inputs[0].high or np.iinfo(np.int64).max) or ids.min() < 0:
         raise ParityError(f"input_ids has values outside [0, {plan.inputs[0].high})")
-    return out
+    from edgeformer.fixed_shapes import fit_to_fixed
+
+    return fit_to_fixed(plan, out)  # padded to a fixed-shape graph's one shape, or refused naming it
 
 
 @torch.no_grad()
@@ -388,8 +390,10 @@ def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -
         raise ParityError("--text needs a byte-level model (tokenizer 'bytes'); give --inputs FILE.npz instead")
     if not text:
         raise ParityError("--text is empty; give at least one character")
-    limit = int((manifest.get("config") or {}).get("max_positions", 0)) or None
-    return {"input_ids": np.array([tokenizer.encode(text, bos=True)[:limit]], dtype=np.int64)}
+    config = manifest.get("config") or {}
+    limit = int(config.get("max_positions", 0)) or None
+    bos = config.get("family") != "encoder"  # encoders read bytes without a begin-of-text token, as the runtime does
+    return {"input_ids": np.array([tokenizer.encode(text, bos=bos)[:limit]], dtype=np.int64)}
 
 
 from edgeformer.verify_bundle import check_bundle  # noqa: E402, F401 - importable from here, as before
