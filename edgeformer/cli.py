@@ -13,7 +13,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
-from edgeformer.cli_types import COUNT_LIMIT, count
+from edgeformer.cli_types import COUNT_LIMIT, count, merge_providers, providers_option, seed_option
 from edgeformer.io import json_text
 
 
@@ -47,34 +47,23 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def parameter_count(cfg: Any) -> int:
-    """Parameters of the model a config describes, counted on the meta device (no memory used)."""
-    import torch
-
-    from edgeformer.nn.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
 @friendly
 def models(as_json: bool) -> None:
     """List the shipped model cards: name, family, shape, parameters and fp32 size."""
-    from edgeformer.zoo import list_cards
+    from edgeformer.zoo import list_cards, parameter_count
 
     rows = []
     for card in list_cards():
         cfg = card.config
         params = parameter_count(cfg)
-        layers = f"{cfg.n_layers}+{cfg.decoder_layers}" if cfg.family == "encoder-decoder" else str(cfg.n_layers)
         rows.append(
             {
                 "name": card.name,
                 "family": cfg.family,
-                "layers": layers,
+                "layers": cfg.n_layers,
+                "decoder_layers": cfg.decoder_layers if cfg.family == "encoder-decoder" else None,
                 "d_model": cfg.d_model,
                 "heads": cfg.n_heads,
                 "attention": cfg.attention,
@@ -92,7 +81,7 @@ def models(as_json: bool) -> None:
         (
             r["name"],
             r["family"],
-            r["layers"],
+            f"{r['layers']}+{r['decoder_layers']}" if r["decoder_layers"] is not None else str(r["layers"]),
             str(r["d_model"]),
             str(r["heads"]),
             r["attention"],
@@ -111,7 +100,7 @@ def models(as_json: bool) -> None:
 @main.command(name="train")
 @click.argument("card_name", metavar="CARD")
 @click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
-@click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
+@seed_option("Override the training recipe's seed.", default=None)
 @click.option(
     "-o",
     "--output",
@@ -209,6 +198,15 @@ def _progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _verbose(verbose: bool) -> None:
+    """--verbose: onnxruntime's quantizer may speak (on stderr) until this command ends."""
+    if verbose:
+        from edgeformer.quantize.int8 import VERBOSE
+
+        token = VERBOSE.set(True)
+        click.get_current_context().call_on_close(lambda: VERBOSE.reset(token))
+
+
 @main.command(name="export")
 @click.argument("model", required=False, default="demo-decoder", metavar="[MODEL]")
 @click.option(
@@ -219,13 +217,7 @@ def _progress(msg: str) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
-@click.option(
-    "--seed",
-    type=click.IntRange(-(2**63), 2**64 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of random weights for cards without a checkpoint.",
-)
+@seed_option()
 @click.option(
     "--max-sequence",
     type=count(2),
@@ -249,6 +241,13 @@ def _progress(msg: str) -> None:
     help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+    "the manifest records the miss and `edgeformer check` shows it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -262,6 +261,8 @@ def export_cmd(
     io_file: Path | None,
     memory_check: bool,
     calibration: Path | None,
+    verbose: bool,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
@@ -275,6 +276,7 @@ def export_cmd(
     from edgeformer.export.user import load_io
     from edgeformer.zoo import resolve_card, resolve_target
 
+    _verbose(verbose)
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
@@ -287,12 +289,36 @@ def export_cmd(
             resolve_card(model), seed=seed, max_sequence=max_sequence, memory_check=memory_check, parity=check
         )
     out = output or Path(f"{source.name}-{tgt.name}")
-    manifest = export_bundle(source, tgt, out, force=force, check=check, log=_progress, calibration=calibration)
+    manifest = export_bundle(
+        source,
+        tgt,
+        out,
+        force=force,
+        check=check,
+        log=_progress,
+        calibration=calibration,
+        accept_budget_miss=accept_budget_miss,
+    )
     if as_json:
         click.echo(json_text(manifest))
+        return
+    click.echo(f"wrote {out}/ ({', '.join(manifest['files'])}); {_export_verdict(manifest)}")
+
+
+def _export_verdict(manifest: dict[str, Any]) -> str:
+    """What export says of the bundle it wrote: the torch parity (and where it ran), and for a
+    reduced precision the quantization verdict, both as recorded in the manifest."""
+    from edgeformer.verdict import Verdict
+
+    parity = manifest.get("parity")
+    if not parity:
+        said = "parity not checked (--no-check)"
     else:
-        files = ", ".join(manifest["files"])
-        click.echo(f"wrote {out}/ ({files}); parity {'ok' if manifest.get('parity', {}).get('ok') else 'not checked'}")
+        said = f"parity {'ok' if parity.get('ok') else 'NOT ok'} on {parity.get('provider') or 'unknown provider'}"
+    recorded = (manifest.get("quantization") or {}).get("verdict")
+    if recorded:
+        said += f"; {Verdict.from_dict(recorded).line()}"
+    return said
 
 
 @main.command()
@@ -316,14 +342,10 @@ def export_cmd(
     show_default=True,
     help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
 )
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    default=("cpu",),
-    show_default=True,
-    help="Execution provider to run the graphs on (cpu, cuda, tensorrt, ...), strictly: one that this "
-    "onnxruntime lacks or that fails to start is an error, never a silent fallback. Repeat for a list.",
+@providers_option(
+    "The graphs run there strictly: one that this onnxruntime lacks or that fails to start is an error, "
+    "never a silent fallback.",
+    default="cpu",
 )
 @click.option(
     "--factory",
@@ -342,6 +364,11 @@ def export_cmd(
     is_flag=True,
     help="Exit with 1 when torch parity cannot be checked (a user's source without --factory); for CI gates.",
 )
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Exit 0 for a bundle whose budget miss was accepted at export/quantize (it is still reported).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @friendly
 def check(
@@ -351,17 +378,24 @@ def check(
     text: str | None,
     max_sequence: int | None,
     memory_check: bool,
-    providers: tuple[str, ...],
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     factory: str | None,
     expect_sha256: str | None,
     require_torch_parity: bool,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Check a bundle against the torch source it was exported from.
 
     Reports, per output and shape, the max absolute and relative error and the cosine similarity
     against the precision's tolerance, and for decoders whether greedy generation gives the same
-    tokens. Exits with 1 when the check fails.
+    tokens. Exits with 1 when the check fails. Every report names the execution provider it ran on.
+
+    A reduced-precision bundle is also judged by the quantization verdict its manifest records
+    (held-out rows, the same judge as export and quantize): a miss written with
+    --accept-budget-miss is shown as "budget NOT met (accepted at export: ...)" and exits 1 unless
+    --accept-budget-miss is given to check too.
 
     A bundle exported from your own module (MODULE:FUNCTION) names code, which check does not
     import unless you pass --factory: without it, check verifies the manifest's and every file's
@@ -372,6 +406,7 @@ def check(
     from edgeformer.errors import ParityError
     from edgeformer.parity import check_bundle, read_real_inputs
 
+    providers = merge_providers(providers, provider_alias) or ("cpu",)
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
         report = check_bundle(
@@ -393,14 +428,48 @@ def check(
         click.echo(json_text(report.to_dict()))
     if report.torch_parity != "checked":
         _sourceless_outcome(report, require_torch_parity, as_json)
+    elif not report.ok:  # only a bundle whose miss was accepted when written gets here
+        if not as_json:
+            click.echo(f"parity against the torch source on {report.provider}: budget NOT met", err=True)
     elif not as_json:
         worst = report.worst()
         error = worst.max_rel if worst else 0.0
-        on = f" on {', '.join(providers)}" if tuple(providers) != ("cpu",) else ""
+        on = f" on {report.provider}"
         if report.budget is not None:
-            click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget}")
+            click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget} against the torch source")
         else:
             click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
+    if report.torch_parity == "checked":
+        _recorded_outcome(report, accept_budget_miss, as_json)
+
+
+def _recorded_outcome(report: Any, accept: bool, as_json: bool) -> None:
+    """The quantization verdict recorded in the manifest, and a miss accepted when it was written:
+    shown, and exit 1 unless --accept-budget-miss is given to check too."""
+    from edgeformer.quantize.bundle import BudgetMissError
+    from edgeformer.verdict import Verdict
+
+    recorded = Verdict.from_dict(report.recorded_verdict) if report.recorded_verdict else None
+    accepted = report.accepted_budget_miss
+    if recorded is not None and recorded.ok and not accepted:
+        if not as_json:
+            click.echo(f"recorded verdict: {recorded.line()}")
+        return
+    if recorded is None and not accepted:
+        return
+    if not accepted:  # a recorded miss nobody accepted: the manifest was edited, or written by another tool
+        raise BudgetMissError(f"the manifest records a budget miss that was not accepted: {recorded.line()}", recorded)
+    parity = [f"against torch at {c.dims}: {m}" for c in report.cases for m in c.violations]
+    listed = (recorded.misses if recorded else []) + [
+        m for m in (accepted or {}).get("misses", []) if isinstance(m, str)
+    ]
+    missed = "; ".join(dict.fromkeys(listed + parity))
+    line = f"budget NOT met (accepted at export: {missed or 'see the manifest'})"
+    if accept:
+        if not as_json:
+            click.echo(f"{line}; exit 0 because --accept-budget-miss was given")
+        return
+    raise BudgetMissError(f"{line}; pass --accept-budget-miss to check to accept it here too", recorded)
 
 
 def _sourceless_outcome(report: Any, require_torch_parity: bool, as_json: bool) -> None:
@@ -447,12 +516,9 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
 @click.option(
     "--target", "target_name", help="Take the fused form and providers from this target (e.g. portable-fp32)."
 )
-@click.option(
-    "--providers",
-    "provider_list",
-    help="Where the graph will run, in order of preference, e.g. cuda,cpu: on onnxruntime's CPU kernels (cpu, "
-    "xnnpack) layer norms stay LayerNormalization + Add, faster there than SkipLayerNormalization. "
-    "Default: the target's, else the bundle's, else cpu.",
+@providers_option(
+    "Where the graph will run: on onnxruntime's CPU kernels (cpu, xnnpack) layer norms stay LayerNormalization "
+    "+ Add, faster there than SkipLayerNormalization. Default: the target's, else the bundle's, else cpu."
 )
 @click.option(
     "--dim",
@@ -473,7 +539,8 @@ def fuse(
     output: Path | None,
     form: str | None,
     target_name: str | None,
-    provider_list: str | None,
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     dim_specs: tuple[str, ...],
     force: bool,
     debug: bool,
@@ -488,14 +555,14 @@ def fuse(
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
     from edgeformer.paths import default_output
 
-    providers = tuple(p.strip() for p in provider_list.split(",") if p.strip()) if provider_list else None
-    if provider_list is not None:
+    providers = merge_providers(providers, provider_alias)
+    if providers is not None:
         from edgeformer.runtime.providers import PROVIDERS
 
-        unknown = [p for p in providers or () if p not in PROVIDERS]
-        if not providers or unknown:
+        unknown = [p for p in providers if p not in PROVIDERS]
+        if unknown:
             raise click.UsageError(
-                f"--providers {provider_list!r}: {'unknown ' + unknown[0] if unknown else 'no provider named'}; "
+                f"--providers {','.join(providers)!r}: unknown {unknown[0]}; "
                 f"give names from {', '.join(PROVIDERS)}, e.g. cuda,cpu"
             )
     if target_name is not None:
@@ -579,6 +646,13 @@ main.add_command(bench_command)
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
+@click.option(
+    "--accept-budget-miss",
+    is_flag=True,
+    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+    "the manifest records the miss and `edgeformer check` shows it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
 @friendly
 def quantize(
@@ -592,6 +666,8 @@ def quantize(
     budget_items: tuple[str, ...],
     samples: int,
     force: bool,
+    verbose: bool,
+    accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
     """Quantize an fp32 BUNDLE into a new bundle, within an accuracy budget.
@@ -600,6 +676,8 @@ def quantize(
     graph breaks the budget on the calibration data, the fewest most sensitive nodes stay in float.
     The report (size, metrics on calibration and validation data, nodes kept in float and why) is
     printed and stored in the new bundle's manifest; `edgeformer check` judges it by the budget.
+    The verdict is judged on held-out validation rows (up to the longest length the bundle takes):
+    a miss exits 1 and writes nothing, unless --accept-budget-miss.
     """
     from edgeformer.paths import default_output
     from edgeformer.quantize.budget import parse_budget
@@ -609,6 +687,7 @@ def quantize(
         budget = parse_budget(budget_items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from None
+    _verbose(verbose)
     out = output or default_output(bundle, precision)
     manifest = quantize_bundle(
         bundle,
@@ -621,19 +700,23 @@ def quantize(
         budget=budget,
         samples=samples,
         force=force,
+        accept_budget_miss=accept_budget_miss,
         log=_progress,
     )
     report = manifest["quantization"]
     if as_json:
         click.echo(json_text(report))
         return
+    from edgeformer.verdict import Verdict
+
     for name, graph in report["graphs"].items():
-        verdict = "within budget" if graph["within_budget"] else "BUDGET NOT MET"
         click.echo(
             f"{name}: {graph['bytes_before'] / 1e6:.1f} MB -> {graph['bytes_after'] / 1e6:.1f} MB "
-            f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float, {verdict}; "
+            f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float; "
             f"validation {graph['validation']}"
         )
+    click.echo(f"{report['calibration']}; {report['validation']}")
+    click.echo(Verdict.from_dict(report["verdict"]).line())
     click.echo(f"wrote {out}")
 
 

@@ -52,6 +52,9 @@ class ParityReport:
     generation: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None
     budget: dict[str, float] | None = None
+    provider: str = ""  # where the graphs ran, e.g. "CPUExecutionProvider" (with a note when not the target's)
+    recorded_verdict: dict[str, Any] | None = None  # the quantization verdict recorded at export / quantize
+    accepted_budget_miss: dict[str, Any] | None = None  # a miss the user accepted there (--accept-budget-miss)
     torch_parity = "checked"  # a verify_bundle.SourcelessReport says "not checked"
 
     @property
@@ -73,6 +76,7 @@ class ParityReport:
             "precision": self.precision,
             "tolerance": self.tolerance,
             "budget": self.budget,
+            "provider": self.provider,
             "worst_max_rel": worst.max_rel if worst else None,
             "cases": [
                 {
@@ -87,6 +91,8 @@ class ParityReport:
             ],
             "generation": self.generation,
             "divergence": self.divergence,
+            **({"recorded_verdict": self.recorded_verdict} if self.recorded_verdict else {}),
+            **({"accepted_budget_miss": self.accepted_budget_miss} if self.accepted_budget_miss else {}),
         }
 
 
@@ -141,14 +147,15 @@ def _case(
     outputs = [compare(spec.name, want[spec.name], got[spec.name], limit) for spec in plan.outputs]
     case = CaseReport(plan.name, dims, outputs, kind)
     if budget is not None:
-        from edgeformer.quantize.budget import measure, to_jsonable, violations
+        from edgeformer.quantize.budget import measure, to_jsonable
+        from edgeformer.verdict import misses
 
         lm = plan.name in ("model", "decoder") and "logits" in want and kind == "real"
         case.metrics = to_jsonable(measure([want], [got], [inputs], language_model=lm))
         # on random tokens a model's logits are near ties that say nothing about its task: there
         # only cosine is judged; top-1 agreement and perplexity on the real inputs given
         judged = budget if kind == "real" else {k: v for k, v in budget.items() if k == "cosine"}
-        case.violations = violations(case.metrics, judged)
+        case.violations = misses(case.metrics, judged)
     return case
 
 
@@ -277,11 +284,14 @@ def check_source(
     log: Any = lambda _msg: None,
     raise_on_failure: bool = True,
     budget: dict[str, float] | None = None,
+    target_providers: tuple[str, ...] = (),
 ) -> ParityReport:
     """Compare every graph (name -> .onnx path) with the torch source at several shapes (and on
     ``real_inputs``, given to the first graph), then greedy generation. On a numeric failure,
     bisect to the first diverging module and node. fp32 is held to ``TOLERANCE``; a reduced
-    precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's)."""
+    precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's). The report
+    names the provider the graphs ran on, and says so when ``target_providers`` (the bundle's
+    target) wanted another one."""
     from edgeformer.bisect import bisect
     from edgeformer.errors import ParityError
     from edgeformer.runtime.session import make_session
@@ -292,6 +302,11 @@ def check_source(
         budget = {k: v for k, v in budget_for(precision, budget).items() if k != "perplexity" or real_inputs}
     report = ParityReport(precision, TOLERANCE.get(precision, float("inf")), budget=budget)
     sessions = {name: make_session(path, providers, precision=precision) for name, path in graphs.items()}
+    from edgeformer.verdict import provider_note
+
+    ran_on = next(iter(sessions.values())).get_providers()[0] if sessions else "none"
+    report.provider = provider_note(ran_on, tuple(target_providers))
+    log(f"  running the graphs on {report.provider}")
     real = complete_inputs(source.plans[0], real_inputs) if real_inputs is not None else None
     for plan in source.plans:
         checked = Path(graphs[plan.name]).name  # model.onnx, or the .ort file of a mobile bundle

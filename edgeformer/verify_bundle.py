@@ -162,7 +162,7 @@ def check_bundle(
     with tempfile.TemporaryDirectory(prefix="edgeformer-check-") as tmp:
         private = _private_copy(read, Path(tmp))
         graphs = {name: private / g["file"] for name, g in manifest["graphs"].items()}
-        return check_source(
+        report = check_source(
             source,
             graphs,
             manifest.get("precision", "fp32"),
@@ -172,7 +172,34 @@ def check_bundle(
             log=log,
             providers=providers,
             budget=(manifest.get("target") or {}).get("budget") or None,
+            target_providers=_target_providers(manifest),
+            raise_on_failure=not isinstance(manifest.get("accepted_budget_miss"), dict),  # the CLI says accepted
         )
+    report.recorded_verdict = _recorded_verdict(manifest)
+    accepted = manifest.get("accepted_budget_miss")
+    report.accepted_budget_miss = accepted if isinstance(accepted, dict) else None
+    return report
+
+
+def _target_providers(manifest: dict[str, Any]) -> tuple[str, ...]:
+    providers = (manifest.get("target") or {}).get("providers")
+    return tuple(p for p in providers if isinstance(p, str)) if isinstance(providers, list) else ()
+
+
+def _recorded_verdict(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The quantization verdict the manifest records, checked field by field (a manifest is data)."""
+    from edgeformer.errors import BundleError
+    from edgeformer.verdict import Verdict
+
+    recorded = (
+        (manifest.get("quantization") or {}).get("verdict") if isinstance(manifest.get("quantization"), dict) else None
+    )
+    if recorded is None:
+        return None
+    try:
+        return Verdict.from_dict(recorded).to_dict()
+    except ValueError as exc:
+        raise BundleError(f"manifest.json: quantization.verdict is malformed ({exc})") from None
 
 
 def _private_copy(read: Any, tmp: Path) -> Path:

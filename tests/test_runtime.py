@@ -442,6 +442,17 @@ def test_python_sample_embeds_like_the_runtime(bundles):
     np.testing.assert_allclose(np.array(out["logits"]), enc["logits"][0], atol=1e-6)
 
 
+def test_python_sample_refuses_an_edited_manifest(bundles, tmp_path):
+    bundle = Path(shutil.copytree(bundles("bert-mini"), tmp_path / "edited"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["source"] = {"kind": "factory", "factory": "payload:make"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    argv = [str(SAMPLE), str(bundle), "--ids", "5,17,42"]
+    code = BLOCK + f"import runpy; sys.argv = {argv!r}; runpy.run_path({str(SAMPLE)!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "manifest.json does not match manifest.sha256" in done.stderr, done.stderr
+
+
 # ----- pieces: sampling on known logits, the strict session helper ---------------------------------
 
 

@@ -392,6 +392,7 @@ def export_bundle(
     log: Log = lambda _msg: None,
     packed_attention: bool | None = None,
     calibration: str | Path | None = None,
+    accept_budget_miss: bool = False,
 ) -> dict[str, Any]:
     """Trace every graph, check parity, and write the bundle to ``out`` atomically.
 
@@ -400,7 +401,18 @@ def export_bundle(
     the quantizer of an int8 target: its accuracy budget and static activation ranges.
     """
     if target.precision != "fp32":
-        return export_reduced(source, target, Path(out), force=force, check=check, log=log, calibration=calibration)
+        return export_reduced(
+            source,
+            target,
+            Path(out),
+            force=force,
+            check=check,
+            log=log,
+            calibration=calibration,
+            accept_budget_miss=accept_budget_miss,
+        )
+    if accept_budget_miss:
+        raise ExportError(f"--accept-budget-miss is for reduced-precision targets; {target.name!r} is fp32")
     if calibration is not None:
         raise ExportError(f"--calibration is for reduced-precision targets; {target.name!r} is fp32")
     from edgeformer.export import mobile
@@ -451,6 +463,7 @@ def export_bundle(
                 providers=mobile.runnable_providers(target.providers),
                 opset=target.opset,
                 log=log,
+                target_providers=tuple(target.providers),
             )
             manifest["parity"] = report.to_dict()
         if target.ort_format:
@@ -468,9 +481,12 @@ def export_reduced(
     check: bool,
     log: Log,
     calibration: str | Path | None = None,
+    accept_budget_miss: bool = False,
 ) -> dict[str, Any]:
     """An int8 / int4 / fp16 bundle: the fp32 bundle first (fused, checked against torch), then
-    quantized within the target's budget, then checked against torch by that budget."""
+    quantized within the target's budget, judged on held-out rows (``edgeformer.verdict``), then
+    checked against torch by that budget. A miss of either raises (nothing written) unless
+    ``accept_budget_miss``: then the bundle is written and its manifest records the miss."""
     import dataclasses
 
     from edgeformer.ownership import check_bundle_output
@@ -503,9 +519,22 @@ def export_reduced(
                 log(f"checking {target.precision} parity against the torch source ...")
                 graphs = {name: directory / g["file"] for name, g in manifest["graphs"].items()}
                 report = check_source(
-                    fixed, graphs, target.precision, opset=target.opset, log=log, budget=manifest["target"]["budget"]
+                    fixed,
+                    graphs,
+                    target.precision,
+                    opset=target.opset,
+                    log=log,
+                    budget=manifest["target"]["budget"],
+                    raise_on_failure=not accept_budget_miss,
+                    target_providers=tuple(target.providers),
                 )
                 manifest["parity"] = report.to_dict()
+                if not report.ok:  # accepted: recorded beside the quantization verdict
+                    accepted = manifest.get("accepted_budget_miss") or {"accepted": True, "ok": False, "misses": []}
+                    accepted["misses"] = accepted["misses"] + [
+                        f"against torch at {c.dims}: {m}" for c in report.cases for m in c.violations
+                    ]
+                    manifest["accepted_budget_miss"] = accepted
             if target.ort_format:
                 mobile.package(
                     directory, manifest, fixed, target, log, check=check, budget=manifest["target"]["budget"]
@@ -520,6 +549,7 @@ def export_reduced(
             calibration_file=calibration,
             target_name=target.name,
             force=force,
+            accept_budget_miss=accept_budget_miss,
             log=log,
             before_commit=checked,
         )

@@ -19,8 +19,9 @@ import onnx
 from edgeformer.errors import EdgeformerError
 from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
-from edgeformer.quantize import calibration, half_storage, int8, qattention, tied_head, weights
+from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
+from edgeformer.verdict import combine, judge
 
 Log = Callable[[str], None]
 MODES = ("dynamic", "static")
@@ -28,6 +29,46 @@ MODES = ("dynamic", "static")
 
 class QuantizeError(EdgeformerError):
     """A bundle that cannot be quantized as asked."""
+
+
+class BudgetMissError(QuantizeError):
+    """The reduced graph misses its accuracy budget on the verdict rows; nothing was written.
+    ``verdict`` holds the ``edgeformer.verdict.Verdict``."""
+
+    def __init__(self, message: str, verdict: Any) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+def budget_miss_message(verdict: Any, calibration_given: bool) -> str:
+    advice = [
+        "keep more nodes in float with a looser budget (--budget METRIC=VALUE)",
+        "try another calibration method or dynamic mode",
+    ]
+    if not calibration_given:
+        advice.insert(0, "give --calibration FILE.npz of your app's real inputs (none was given)")
+    return (
+        f"{verdict.line()}. No bundle was written. To meet the budget: {'; or '.join(advice)}. To write the "
+        "bundle anyway, pass --accept-budget-miss (the manifest records the miss and `edgeformer check` shows it)."
+    )
+
+
+def verdict_rows(config: dict[str, Any], tokenizer: str | None, path: Any, n: int, static_length: int | None) -> list:
+    """The held-out rows the verdict judges: ``n`` rows of up to 128 tokens, and, when the bundle
+    claims longer sequences (its config's maximum, or its fixed length), a few rows at that length,
+    where trained weights' outlier activations show. A validation file's own rows are the rows."""
+    rows = [calibration.load_rows(config, tokenizer, path=path, split="valid", n=n, seed=1)]
+    longest = static_length or int(config["max_positions"])
+    if path is None and longest > rows[0].ids.shape[1]:
+        rows.append(calibration.load_rows(config, tokenizer, split="valid", n=min(n, 4), length=longest, seed=2))
+    return rows
+
+
+def rows_text(kind: str, rows: list, given: bool) -> str:
+    text = f"{kind}: " + " + ".join(r.source for r in rows)
+    if not given and rows[0].source.startswith("random"):
+        text += f" (give --{kind} FILE.npz for real data)"
+    return text
 
 
 def model_config(manifest: dict[str, Any], src: Path) -> dict[str, Any]:
@@ -77,8 +118,24 @@ def _quantizer(
 
         return static
     if precision == "int4":
-        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude))
+        chosen = weights.int4_settings()
+        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
     return lambda m, o, exclude=(): weights.to_fp16(m, o)
+
+
+def _int4_nodes(path: Path, candidates: list[str], kept: list[dict[str, Any]]) -> list[str]:
+    """The nodes the written graph holds in int4, after checking it against the search's report:
+    every node the report keeps in float is a float MatMul there, every other candidate is int4."""
+    floats = {k["node"] for k in kept}
+    layout = weights.int4_layout(onnx.load(str(path), load_external_data=False).graph, candidates)
+    wrong = [f"{n}: {have} (reported {'float' if n in floats else 'int4'})" for n, have in layout.items()
+             if have != ("float" if n in floats else "int4")]  # fmt: skip
+    if wrong:
+        raise QuantizeError(
+            f"the int4 graph written is not the one the search reported ({len(wrong)} node(s): "
+            f"{'; '.join(wrong[:5])}); this is a bug in edgeformer: please report it"
+        )
+    return [n for n, have in layout.items() if have == "int4"]
 
 
 def quantize_bundle(
@@ -94,6 +151,7 @@ def quantize_bundle(
     samples: int = 32,
     target_name: str | None = None,
     force: bool = False,
+    accept_budget_miss: bool = False,
     log: Log = lambda _m: None,
     before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -121,10 +179,13 @@ def quantize_bundle(
         )
     budget = budgets.budget_for(precision, budget)
     calib = calibration.load_rows(config, tokenizer, path=calibration_file, split="train", n=samples)
-    valid = calibration.load_rows(config, tokenizer, path=validation_file, split="valid", n=samples, seed=1)
-    log(f"calibration: {calib.source}; validation: {valid.source}")
+    static_length = _static_length(manifest)
+    valid_rows = verdict_rows(config, tokenizer, validation_file, samples, static_length)
+    calib_text = rows_text("calibration", [calib], calibration_file is not None)
+    valid_text = rows_text("validation", valid_rows, validation_file is not None)
+    log(f"{calib_text}; {valid_text}")
     judged = budget
-    if calib.source.startswith("random"):
+    if calib.source.startswith("random") or valid_rows[0].source.startswith("random"):
         # random tokens make near-tie logits: top-1 agreement and perplexity there mean nothing
         judged = {k: v for k, v in budget.items() if k == "cosine"}
         log(f"  random calibration tokens: only the cosine budget is applied ({judged})")
@@ -133,7 +194,12 @@ def quantize_bundle(
     float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
     encoder = float_sessions.get("encoder")
     calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
-    valid_feeds = calibration.graph_feeds(manifest, valid, encoder_session=encoder)
+    valid_feeds = {name: [] for name in graphs}
+    for rows in valid_rows:
+        for name, feeds in calibration.graph_feeds(manifest, rows, encoder_session=encoder).items():
+            valid_feeds[name] += feeds
+    lengths = sorted({f["input_ids"].shape[1] for fs in valid_feeds.values() for f in fs if "input_ids" in f})
+    verdicts = []
 
     report: dict[str, Any] = {
         "precision": precision,
@@ -144,12 +210,14 @@ def quantize_bundle(
             | {"float_weights": half_storage.DESCRIPTION}
             | ({"attention": qattention.DESCRIPTION} if mode == "dynamic" else {})
             if precision == "int8"
+            else weights.int4_settings()
+            if precision == "int4"
             else {}
         ),
         "budget": budget,
         "budget_applied": None,
-        "calibration": calib.source,
-        "validation": valid.source,
+        "calibration": calib_text,
+        "validation": valid_text,
         "reference": "the fp32 bundle's graphs (equal to the torch source within 1e-4, see its parity)",
         "graphs": {},
     }
@@ -162,10 +230,12 @@ def quantize_bundle(
             model = int8.name_nodes(onnx.load(str(path)))
             language_model = graph["file"] in ("model.onnx", "decoder.onnx") and manifest["family"] != "encoder"
             heads: list[tied_head.TiedHead] = []
-            if precision == "int8" and mode == "dynamic":  # a tied LM head becomes a quantizable MatMul
-                model, heads = tied_head.untie(model)
+            if precision == "int4" or (precision == "int8" and mode == "dynamic"):
+                model, heads = tied_head.untie(model)  # a tied LM head becomes a quantizable MatMul
             shared = {g for head in heads for g in head.gathers}
             candidates = [c for c in int8.quantizable_nodes(model) if c not in shared]
+            if precision == "int4":  # the MatMuls MatMulNBits replaces; Gathers stay float
+                candidates = weights.int4_candidates(model)
             attention = qattention.plan(model, calib_feeds[name]) if precision == "int8" and mode == "dynamic" else []
             if attention:
                 log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
@@ -180,7 +250,10 @@ def quantize_bundle(
                 candidates=candidates if precision != "fp16" else [],
                 language_model=language_model,
                 log=log,
+                verdict_feeds=valid_feeds[name],
+                rank=int4_rank.rank if precision == "int4" else None,
             )
+            int4_nodes = _int4_nodes(trial, candidates, result.kept_in_float) if precision == "int4" else None
             validation = budgets.measure(
                 outputs_of(float_sessions[name], valid_feeds[name]),
                 outputs_of(_session(trial), valid_feeds[name]),
@@ -191,22 +264,41 @@ def quantize_bundle(
             files.append(graph["file"])
             size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(graph["file"]))
             size_after = (tmp / graph["file"]).stat().st_size
+            graph_verdict = judge(
+                validation,
+                judged,
+                precision=precision,
+                rows=valid_text,
+                lengths=lengths,
+                provider=_provider(trial),
+                tried=result.tried_text(),
+            )
+            graph_verdict.misses = [f"{name} {m}" for m in graph_verdict.misses]
+            verdicts.append(graph_verdict)
             entry = result.to_dict() | {
+                "within_budget": graph_verdict.ok,  # the verdict's, on the validation rows
+                "within_budget_on_calibration": result.within_budget,
                 "validation": budgets.to_jsonable(validation),
-                "validation_within_budget": not budgets.violations(validation, judged),
+                "validation_within_budget": graph_verdict.ok,
                 "bytes_before": size_before,
                 "bytes_after": size_after,
                 "size_ratio": round(size_after / size_before, 4),
                 "int8_attention_blocks": qattention.count(tmp / graph["file"]),
             }
+            if int4_nodes is not None:  # what the graph holds in int4; every other candidate is kept_in_float
+                entry["int4_nodes"] = int4_nodes
             report["graphs"][name] = entry
             kept = len(result.kept_in_float)
             log(
                 f"  {size_before / 1e6:.1f} MB -> {size_after / 1e6:.1f} MB ({entry['size_ratio']:.0%}); "
                 f"{kept} node(s) kept in float; validation {budgets.to_jsonable(validation)}"
             )
-            if not result.within_budget:
-                log(f"  BUDGET NOT MET: {'; '.join(budgets.violations(result.measured, judged))}")
+            log(f"  {graph_verdict.line()}")
+        verdict = combine(verdicts, tried="; ".join(f"{n}: {v.tried}" for n, v in zip(graphs, verdicts, strict=True)))
+        verdict.accepted = accept_budget_miss and not verdict.ok
+        report["verdict"] = verdict.to_dict()
+        if not verdict.ok and not accept_budget_miss:
+            raise BudgetMissError(budget_miss_message(verdict, calibration_file is not None), verdict)
         for name in manifest["files"]:
             if name not in files and not any(name.startswith(f) for f in files):
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
@@ -220,9 +312,26 @@ def quantize_bundle(
         target["budget"] = budget
         manifest["target"] = target
         manifest["quantization"] = report
+        manifest.pop("accepted_budget_miss", None)
+        if verdict.accepted:
+            manifest["accepted_budget_miss"] = verdict.to_dict()
         manifest["files"] = file_hashes(tmp, files)
         manifest.pop("parity", None)  # measured on the float graphs; `edgeformer check` measures it again
         if before_commit is not None:  # e.g. the export's parity check, written into the manifest
             before_commit(tmp, manifest)
         write_manifest(tmp, manifest)
     return manifest
+
+
+def _static_length(manifest: dict[str, Any]) -> int | None:
+    """The fixed sequence length of a static-shape bundle's graphs, if any."""
+    for graph in manifest["graphs"].values():
+        for spec in graph.get("inputs", []):
+            shape = spec.get("shape") or []
+            if spec.get("name") == "input_ids" and len(shape) == 2 and isinstance(shape[1], int):
+                return shape[1]
+    return None
+
+
+def _provider(path: Path) -> str:
+    return _session(path).get_providers()[0]

@@ -145,7 +145,7 @@ def load_rows(
         return Rows(ids, mask, f"stdlib docstrings, {split} split ({ids.shape[0]} rows of {length} bytes)")
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, (n, length), dtype=np.int64)
-    return Rows(ids, np.ones_like(ids), f"random tokens ({n} rows of {length}): give --calibration for real data")
+    return Rows(ids, np.ones_like(ids), f"random tokens ({n} rows of {length})")
 
 
 def _cache_shape(spec: Any, batch: int) -> tuple[int, ...]:

@@ -94,6 +94,32 @@ export function parseManifest(raw) {
 }
 
 /**
+ * Check manifest.json's bytes against manifest.sha256 (its sha256 in `sha256sum` format, written
+ * beside it by every edgeformer that writes manifest digests) and, when given, against
+ * the digest the app pinned. A bundle without manifest.sha256 (an older edgeformer) is accepted
+ * with a warning unless a digest is pinned.
+ */
+export async function checkManifestDigest(raw, readFile, expected = null) {
+  const actual = await sha256Hex(raw);
+  let stamp = null;
+  try {
+    stamp = new TextDecoder().decode(await readFile("manifest.sha256")).trim().split(/\s+/)[0];
+  } catch {
+    stamp = null;
+  }
+  if (stamp !== null && stamp !== actual) {
+    throw new BundleError("manifest.json does not match manifest.sha256 (edited or corrupted); re-export it");
+  }
+  if (expected !== null && expected.toLowerCase() !== actual) {
+    throw new BundleError(`manifest.json has sha256 ${actual}, not the pinned ${expected}; this is not the bundle you expect`);
+  }
+  if (stamp === null && expected === null) {
+    console.warn("edgeformer: manifest.json has no manifest.sha256 (an older bundle): edits cannot be detected");
+  }
+  return actual;
+}
+
+/**
  * Open a bundle: read manifest.json through `readFile`, check every listed file's sha256 (unless
  * `verify` is false), and open one session per graph from the checked bytes.
  *
@@ -101,8 +127,10 @@ export function parseManifest(raw) {
  * readFile: async (name) -> Uint8Array, name relative to the bundle directory.
  * sessionOptions: passed to ort.InferenceSession.create (executionProviders, intraOpNumThreads, ...).
  */
-export async function openBundle(ort, readFile, { verify = true, sessionOptions = {} } = {}) {
-  const manifest = parseManifest(await readFile("manifest.json"));
+export async function openBundle(ort, readFile, { verify = true, sessionOptions = {}, expectManifestSha256 = null } = {}) {
+  const raw = await readFile("manifest.json");
+  if (verify) await checkManifestDigest(raw, readFile, expectManifestSha256);
+  const manifest = parseManifest(raw);
   const bytes = {};
   for (const [name, digest] of Object.entries(manifest.files)) {
     checkMemberName(name);

@@ -6,7 +6,8 @@
     python run_bundle.py BUNDLE_DIR --ids 5,17,42           # token ids instead of text
 
 What it does, so an app can copy it: read manifest.json (graphs, their inputs and outputs, the
-model config), check every file's sha256, open one onnxruntime session per graph, and
+model config), check it against manifest.sha256 and every file against its sha256, open one
+onnxruntime session per graph from the checked bytes, and
 
   encoder          run `model` once; print `embeddings` (or the mean of `last_hidden_state` over
                    the tokens) and `logits` when the graph has them
@@ -42,24 +43,42 @@ def decode_bytes(ids: list[int]) -> str:
     return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
-def read_manifest(bundle: Path) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+def read_manifest(bundle: Path) -> tuple[dict, dict[str, bytes]]:
+    """manifest.json, checked against manifest.sha256 (its sha256, written beside it), and the bytes
+    of every file it lists, each checked against its sha256. Sessions are opened from these bytes,
+    so a file changed on disk after the check is never what runs."""
+    raw = (bundle / "manifest.json").read_bytes()
+    stamp = bundle / "manifest.sha256"
+    if stamp.is_file():
+        if hashlib.sha256(raw).hexdigest() != stamp.read_text(encoding="utf-8").split()[0]:
+            sys.exit("error: manifest.json does not match manifest.sha256 (edited or corrupted); re-export it")
+    else:
+        print(
+            "warning: no manifest.sha256 (bundle from an older edgeformer): edits cannot be detected", file=sys.stderr
+        )
+    manifest = json.loads(raw)
+    verified = {}
     for name, digest in manifest["files"].items():
         if Path(name).is_absolute() or ".." in Path(name).parts:
             sys.exit(f"error: manifest file {name!r} points outside the bundle")
-        if hashlib.sha256((bundle / name).read_bytes()).hexdigest() != digest:
+        verified[name] = (bundle / name).read_bytes()
+        if hashlib.sha256(verified[name]).hexdigest() != digest:
             sys.exit(f"error: {name} does not match its sha256 in manifest.json")
-    return manifest
+    return manifest, verified
 
 
 SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
 
 
-def session(bundle: Path, manifest: dict, graph: str, provider: str) -> ort.InferenceSession:
-    """A session on ``provider`` when this onnxruntime has it, with the CPU provider behind it."""
+def session(files: dict[str, bytes], manifest: dict, graph: str, provider: str) -> ort.InferenceSession:
+    """A session on ``provider`` when this onnxruntime has it, with the CPU provider behind it,
+    opened from the verified bytes of the graph."""
     wanted = [SHORT.get(provider, provider), "CPUExecutionProvider"]
     providers = [p for p in dict.fromkeys(wanted) if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(bundle / manifest["graphs"][graph]["file"]), providers=providers)
+    file = manifest["graphs"][graph]["file"]
+    if f"{file}.data" in files:
+        sys.exit(f"error: {file} keeps its weights in external data; this sample runs self-contained graphs")
+    return ort.InferenceSession(files[file], providers=providers)
 
 
 def run(sess: ort.InferenceSession, feeds: dict) -> dict:
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (args.bundle / "manifest.json").is_file():
         parser.error(f"{args.bundle} is not a bundle (no manifest.json)")
-    manifest = read_manifest(args.bundle)
+    manifest, files = read_manifest(args.bundle)
     family, cfg = manifest["family"], manifest["config"]
     if args.ids:
         ids = [int(i) for i in args.ids.split(",")]
@@ -146,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"ids must be in [0, {cfg['vocab_size']}) and at most {cfg['max_positions']} of them")
 
     if family == "encoder":
-        sess = session(args.bundle, manifest, "model", args.provider)
+        sess = session(files, manifest, "model", args.provider)
         outs = run(
             sess, {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
         )
@@ -168,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the prompt leaves no room to generate within max_positions {cfg['max_positions']}")
     if family == "decoder":
         tokens = greedy_decoder(
-            session(args.bundle, manifest, "model", args.provider), manifest, ids, steps, cfg["eos_token_id"]
+            session(files, manifest, "model", args.provider), manifest, ids, steps, cfg["eos_token_id"]
         )
     elif family == "encoder-decoder":
-        enc = session(args.bundle, manifest, "encoder", args.provider)
-        dec = session(args.bundle, manifest, "decoder", args.provider)
+        enc = session(files, manifest, "encoder", args.provider)
+        dec = session(files, manifest, "decoder", args.provider)
         tokens = greedy_seq2seq(enc, dec, manifest, ids, steps, max(cfg["bos_token_id"], 0), cfg["eos_token_id"])
     else:
         parser.error(f"this sample runs encoder, decoder and encoder-decoder bundles, not {family!r}")

@@ -65,18 +65,18 @@ def test_the_int8_target_exports_checks_and_shrinks_every_family(tmp_path, card)
 
 
 def test_a_budget_that_int8_breaks_keeps_the_most_sensitive_nodes_in_float(tmp_path, fp32):
-    """The trained demo decoder on real text: all-int8 misses a 99.9% top-1 budget; keeping a few
+    """The trained demo decoder on real text: all-int8 misses a 99.5% top-1 budget (on the calibration and the held-out rows both); keeping a few
     nodes in float meets it, and the report names them."""
     src = fp32("demo-decoder")
-    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.999}, samples=8)
+    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.995}, samples=8)
     graph = manifest["quantization"]["graphs"]["model"]
-    assert graph["within_budget"] and graph["measured"]["top1"] >= 0.999
+    assert graph["within_budget"] and graph["measured"]["top1"] >= 0.995
     kept = graph["kept_in_float"]
     assert 0 < len(kept) < len(int8.quantizable_nodes(onnx.load(str(src / "model.onnx"))))
     assert all(k["budget_used_alone"] >= 0 for k in kept)
     names = {n.name for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
     assert {k["node"] for k in kept} <= names  # still there, in float
-    assert manifest["quantization"]["calibration"].startswith("stdlib docstrings, train split")
+    assert manifest["quantization"]["calibration"].startswith("calibration: stdlib docstrings, train split")
     assert graph["validation"]["perplexity"] <= 1.02  # held-out text
 
 
@@ -178,7 +178,7 @@ def test_export_takes_calibration_data_and_refuses_static_int8_without_it(tmp_pa
     out = tmp_path / "b"
     result = runner.invoke(main, ["export", "bert-mini", "-t", "cpu-int8", "-o", str(out), "--calibration", str(npz)])
     assert result.exit_code == 0, result.output
-    assert read_manifest(out)["quantization"]["calibration"] == "calib.npz (8 rows)"
+    assert read_manifest(out)["quantization"]["calibration"] == "calibration: calib.npz (8 rows)"
     static = runner.invoke(main, ["export", "bert-mini", "-t", "cpu-int8-static", "-o", str(tmp_path / "s")])
     assert static.exit_code != 0 and "--calibration FILE.npz" in static.output and "tracing" not in static.output
     assert not (tmp_path / "s").exists()

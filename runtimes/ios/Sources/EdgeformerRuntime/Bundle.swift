@@ -14,8 +14,8 @@ public struct Spec {
     public let shape: [Any]
 }
 
-/// A bundle directory from `edgeformer export`: manifest.json read and checked, every listed
-/// file verified against its sha256 before a session sees it.
+/// A bundle directory from `edgeformer export`: manifest.json read and checked against
+/// manifest.sha256, every listed file verified against its sha256 before a session sees it.
 public struct EdgeformerBundle {
     public let directory: URL
     public let manifest: [String: Any]
@@ -26,6 +26,15 @@ public struct EdgeformerBundle {
         guard let data = try? Data(contentsOf: url),
               let manifest = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         else { throw BundleError("\(directory.path) is not a bundle (no readable manifest.json)") }
+        // manifest.sha256 (sha256sum format) covers the manifest itself: an edited manifest is refused
+        let stampURL = directory.appendingPathComponent("manifest.sha256")
+        if let stamp = try? String(contentsOf: stampURL, encoding: .utf8) {
+            let want = stamp.split(whereSeparator: { $0 == " " || $0 == "\n" }).first.map(String.init) ?? ""
+            let got = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+            guard got == want else {
+                throw BundleError("manifest.json does not match manifest.sha256 (edited or corrupted); re-export it")
+            }
+        }
         guard manifest["format_version"] as? Int == 1 else {
             throw BundleError("manifest.json: format_version is not 1; re-export the bundle")
         }

@@ -9,8 +9,8 @@ import java.security.MessageDigest
 data class Spec(val name: String, val dtype: String, val shape: List<Any>)
 
 /**
- * A bundle directory from `edgeformer export`: manifest.json read and checked, every listed file
- * verified against its sha256 before any session sees it. Throws IllegalStateException /
+ * A bundle directory from `edgeformer export`: manifest.json read and checked against
+ * manifest.sha256, every listed file verified against its sha256 before any session sees it. Throws IllegalStateException /
  * IllegalArgumentException with a message that says what is wrong.
  */
 class Bundle(val dir: File) {
@@ -19,7 +19,14 @@ class Bundle(val dir: File) {
     init {
         val file = File(dir, "manifest.json")
         require(file.isFile) { "$dir is not a bundle (no manifest.json)" }
-        manifest = JSONObject(file.readText())
+        val raw = file.readBytes()
+        // manifest.sha256 (sha256sum format) covers the manifest itself: an edited manifest is refused
+        val stamp = File(dir, "manifest.sha256")
+        if (stamp.isFile) {
+            val want = stamp.readText().trim().split(Regex("\\s+")).first()
+            check(sha256(raw) == want) { "manifest.json does not match manifest.sha256 (edited or corrupted); re-export it" }
+        }
+        manifest = JSONObject(raw.toString(Charsets.UTF_8))
         check(manifest.optInt("format_version") == 1) {
             "manifest.json: format_version ${manifest.opt("format_version")} is not 1; re-export the bundle"
         }
@@ -61,6 +68,9 @@ class Bundle(val dir: File) {
     }
 
     companion object {
+        fun sha256(bytes: ByteArray): String =
+            MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+
         fun sha256(file: File): String {
             val digest = MessageDigest.getInstance("SHA-256")
             file.inputStream().use { input ->
