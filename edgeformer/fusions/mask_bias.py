@@ -78,11 +78,15 @@ def fill_branch(when_true: ir.Value, when_false: ir.Value) -> int | None:
     return None
 
 
-FINITE_FILL = -1e9  # far below any attention score, yet a row of it still softmaxes to uniform weights
+# Far enough below any attention score that fill + score rounds to fill in float32 (its spacing near
+# 1e29 is about 1e22), so a row whose every key is masked softmaxes to exactly uniform weights as in
+# torch, whatever the scores; -1e9 (spacing 64) let trained weights' scores of a few hundred through.
+# Above LARGE_NEGATIVE, so the rule does not match its own output.
+FINITE_FILL = -1e29
 
 
 class FiniteMaskFill(pattern.RewriteRuleClassBase):
-    """Where(mask, 0, fill) -> Where(mask, 0, -1e9) for the bias MaskToBias writes (or the same with
+    """Where(mask, 0, fill) -> Where(mask, 0, FINITE_FILL) for the bias MaskToBias writes (or the same with
     the branches swapped, Where(masked, fill, 0)).
 
     For a query whose every key is masked (a left-padded position), torch's softmax over the fill
@@ -114,7 +118,7 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
 
 
 class InfiniteMaskFill(FiniteMaskFill):
-    """Where(mask, 0, -inf) -> Where(mask, 0, -1e9) (either branch order), for onnxruntime's
+    """Where(mask, 0, -inf) -> Where(mask, 0, FINITE_FILL) (either branch order), for onnxruntime's
     contrib attention ops.
 
     torch.onnx's TorchScript exporter writes scaled_dot_product_attention's boolean mask as a
