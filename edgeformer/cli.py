@@ -450,26 +450,39 @@ def _recorded_outcome(report: Any, accept: bool, as_json: bool) -> None:
     from edgeformer.verdict import Verdict
 
     recorded = Verdict.from_dict(report.recorded_verdict) if report.recorded_verdict else None
+    rejudged = Verdict.from_dict(report.rejudged_verdict) if report.rejudged_verdict else None
     accepted = report.accepted_budget_miss
-    if recorded is not None and recorded.ok and not accepted:
-        if not as_json:
-            click.echo(f"recorded verdict: {recorded.line()}")
+    if not as_json:
+        _verdict_lines(recorded, rejudged, report.rejudge_note)
+    verdict = rejudged or recorded  # what check measured itself decides; a bundle without rows: what it records
+    if verdict is not None and verdict.ok and not accepted:
         return
-    if recorded is None and not accepted:
+    if verdict is None and not accepted:
         return
-    if not accepted:  # a recorded miss nobody accepted: the manifest was edited, or written by another tool
-        raise BudgetMissError(f"the manifest records a budget miss that was not accepted: {recorded.line()}", recorded)
+    if not accepted:  # a miss nobody accepted: re-measured here, or an edited manifest / another tool's
+        said = "the verdict re-measured by check misses" if rejudged else "the manifest records a budget miss"
+        raise BudgetMissError(f"{said} and the miss was not accepted: {verdict.line()}", verdict)
     parity = [f"against torch at {c.dims}: {m}" for c in report.cases for m in c.violations]
-    listed = (recorded.misses if recorded else []) + [
-        m for m in (accepted or {}).get("misses", []) if isinstance(m, str)
-    ]
+    listed = (verdict.misses if verdict else []) + [m for m in (accepted or {}).get("misses", []) if isinstance(m, str)]
     missed = "; ".join(dict.fromkeys(listed + parity))
     line = f"budget NOT met (accepted at export: {missed or 'see the manifest'})"
     if accept:
         if not as_json:
             click.echo(f"{line}; exit 0 because --accept-budget-miss was given")
         return
-    raise BudgetMissError(f"{line}; pass --accept-budget-miss to check to accept it here too", recorded)
+    raise BudgetMissError(f"{line}; pass --accept-budget-miss to check to accept it here too", verdict)
+
+
+def _verdict_lines(recorded: Any, rejudged: Any, note: str) -> None:
+    """The verdict check measured on the bundle's verdict rows, beside the one recorded when written."""
+    if rejudged is not None:
+        click.echo(f"verdict re-measured on the bundle's {rejudged.rows_file}: {rejudged.line()}")
+        pairs = [f"{k} {v:.6g} / {recorded.measured[k]:.6g}" for k, v in rejudged.measured.items()
+                 if k in recorded.measured]  # fmt: skip
+        said = "met" if recorded.ok else "NOT met"
+        click.echo(f"  re-measured / recorded when written ({said}): {', '.join(pairs) or 'no common metric'}")
+    elif recorded is not None:
+        click.echo(f"recorded verdict ({note or 'as recorded'}): {recorded.line()}")
 
 
 def _sourceless_outcome(report: Any, require_torch_parity: bool, as_json: bool) -> None:

@@ -56,6 +56,8 @@ class ParityReport:
     provider: str = ""  # where the graphs ran, e.g. "CPUExecutionProvider" (with a note when not the target's)
     recorded_verdict: dict[str, Any] | None = None  # the quantization verdict recorded at export / quantize
     accepted_budget_miss: dict[str, Any] | None = None  # a miss the user accepted there (--accept-budget-miss)
+    rejudged_verdict: dict[str, Any] | None = None  # the recorded verdict measured again by check, on its rows
+    rejudge_note: str = ""  # why it was not measured again (a bundle without verdict rows)
     torch_parity = "checked"  # a verify_bundle.SourcelessReport says "not checked"
 
     @property
@@ -94,6 +96,8 @@ class ParityReport:
             "divergence": self.divergence,
             **({"recorded_verdict": self.recorded_verdict} if self.recorded_verdict else {}),
             **({"accepted_budget_miss": self.accepted_budget_miss} if self.accepted_budget_miss else {}),
+            **({"rejudged_verdict": self.rejudged_verdict} if self.rejudged_verdict else {}),
+            **({"rejudge_note": self.rejudge_note} if self.rejudge_note else {}),
         }
 
 

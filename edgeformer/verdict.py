@@ -32,6 +32,7 @@ class Verdict:
     provider: str = "CPUExecutionProvider"  # where the graphs ran
     tried: str = ""  # what was done to meet the bounds, e.g. "all int8; then 3 of 42 nodes kept in float"
     accepted: bool = False  # a miss the user accepted (--accept-budget-miss)
+    rows_file: str = ""  # the bundle file holding the judged rows, for `check` to judge them again
 
     @property
     def kind(self) -> str:
@@ -60,6 +61,7 @@ class Verdict:
             "provider": self.provider,
             "tried": self.tried,
             "accepted": self.accepted,
+            **({"rows_file": self.rows_file} if self.rows_file else {}),
         }
 
     @classmethod
@@ -73,9 +75,9 @@ class Verdict:
             if not isinstance(value, dict) or not all(_is_number(v) for v in value.values()):
                 raise ValueError(f"verdict {key} must be an object of numbers")
             numbers[key] = {str(k): float(v) for k, v in value.items()}
-        texts = {k: d.get(k, "") for k in ("precision", "rows", "provider", "tried")}
+        texts = {k: d.get(k, "") for k in ("precision", "rows", "provider", "tried", "rows_file")}
         if not all(isinstance(v, str) for v in texts.values()):
-            raise ValueError("verdict precision, rows, provider and tried must be strings")
+            raise ValueError("verdict precision, rows, provider, tried and rows_file must be strings")
         misses, lengths = d.get("misses", []), d.get("lengths", [])
         if not isinstance(misses, list) or not all(isinstance(m, str) for m in misses):
             raise ValueError("verdict misses must be a list of strings")
@@ -84,7 +86,8 @@ class Verdict:
         if not isinstance(d.get("ok"), bool) or not isinstance(d.get("accepted", False), bool):
             raise ValueError("verdict ok and accepted must be true or false")
         return cls(d["ok"], texts["precision"], numbers["measured"], numbers["bounds"], misses, texts["rows"],
-                   lengths, texts["provider"] or "unknown", texts["tried"], d.get("accepted", False))  # fmt: skip
+                   lengths, texts["provider"] or "unknown", texts["tried"], d.get("accepted", False),
+                   texts["rows_file"])  # fmt: skip
 
 
 def misses(measured: dict[str, float], bounds: dict[str, float]) -> list[str]:

@@ -175,10 +175,39 @@ def check_bundle(
             target_providers=_target_providers(manifest),
             raise_on_failure=not isinstance(manifest.get("accepted_budget_miss"), dict),  # the CLI says accepted
         )
-    report.recorded_verdict = _recorded_verdict(manifest)
+        report.recorded_verdict = _recorded_verdict(manifest)
+        rejudged = _rejudge(bundle, source, graphs, manifest, report, providers, log)
+        report.rejudged_verdict, report.rejudge_note = rejudged
     accepted = manifest.get("accepted_budget_miss")
     report.accepted_budget_miss = accepted if isinstance(accepted, dict) else None
     return report
+
+
+def _rejudge(
+    bundle: Path,
+    source: Any,
+    graphs: dict[str, Path],
+    manifest: dict[str, Any],
+    report: Any,
+    providers: tuple[str, ...],
+    log: Log,
+) -> tuple[dict[str, Any] | None, str]:
+    """The recorded quantization verdict judged again on the rows it names (``quantize.verdict_rows``),
+    or None and why not: a bundle written before its verdict rows travelled with it."""
+    from edgeformer.quantize import verdict_rows
+    from edgeformer.verdict import Verdict
+
+    if report.recorded_verdict is None:
+        return None, ""
+    recorded = Verdict.from_dict(report.recorded_verdict)
+    if not recorded.rows_file:
+        return None, "not re-measured: this bundle carries no verdict rows (written by an older edgeformer)"
+    groups = verdict_rows.read_rows(bundle, manifest, recorded.rows_file)
+    log(f"  judging the verdict again on {recorded.rows_file} ({sum(len(g.ids) for g in groups)} rows) ...")
+    verdict = verdict_rows.rejudge(
+        source, graphs, manifest, groups, recorded, providers=providers, target_providers=_target_providers(manifest)
+    )
+    return verdict.to_dict(), ""
 
 
 def _target_providers(manifest: dict[str, Any]) -> tuple[str, ...]:

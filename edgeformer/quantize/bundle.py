@@ -21,6 +21,8 @@ from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
+from edgeformer.quantize.verdict_rows import language_model as is_language_model
+from edgeformer.quantize.verdict_rows import write_rows
 from edgeformer.verdict import combine, judge
 
 Log = Callable[[str], None]
@@ -228,7 +230,7 @@ def quantize_bundle(
             log(f"quantizing {graph['file']} ({precision}{', ' + mode if precision == 'int8' else ''}) ...")
             path = src / graph["file"]
             model = int8.name_nodes(onnx.load(str(path)))
-            language_model = graph["file"] in ("model.onnx", "decoder.onnx") and manifest["family"] != "encoder"
+            language_model = is_language_model(manifest, name)
             heads: list[tied_head.TiedHead] = []
             if precision == "int4" or (precision == "int8" and mode == "dynamic"):
                 model, heads = tied_head.untie(model)  # a tied LM head becomes a quantizable MatMul
@@ -299,6 +301,9 @@ def quantize_bundle(
         report["verdict"] = verdict.to_dict()
         if not verdict.ok and not accept_budget_miss:
             raise BudgetMissError(budget_miss_message(verdict, calibration_file is not None), verdict)
+        verdict.rows_file = write_rows(tmp, valid_rows, log)  # for `check` to judge them again
+        report["verdict"] = verdict.to_dict()
+        files += [verdict.rows_file] if verdict.rows_file else []
         for name in manifest["files"]:
             if name not in files and not any(name.startswith(f) for f in files):
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
