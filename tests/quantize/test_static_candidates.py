@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeformer.quantize import int8
+from edgeformer.quantize.mixed import quantize_within_budget
 
 T, D = 8, 16
 
@@ -113,3 +114,26 @@ def test_static_int8_keeps_the_additive_mask_path_in_float(tmp_path):
         a, b = want[0, real], got[0, real]
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cosine.min() > 0.98, cosine
+
+
+def test_a_search_whose_every_candidate_in_float_still_misses_says_the_loss_is_elsewhere(tmp_path):
+    """The old bug at the search's level: candidates that miss nodes the quantizer changes. The
+    verdict's "tried" text says keeping nodes in float cannot be the fix, instead of only "ended with N"."""
+    model, feeds = attention_graph(), padded_feeds()
+    weight_only = int8.quantizable_nodes(model)
+
+    def quantize(m: onnx.ModelProto, out: Path, exclude=()) -> Path:
+        return int8.quantize_static(m, out, feeds, exclude=exclude)
+
+    result = quantize_within_budget(
+        model, tmp_path / "q.onnx", quantize, feeds, {"cosine": 0.9999999}, candidates=weight_only
+    )
+    assert not result.within_budget and len(result.kept_in_float) == len(weight_only)
+    assert "every candidate in float still misses: the loss is in what the quantizer changed outside" in (
+        result.tried_text()
+    )
+    static = int8.quantizable_nodes(model, static=True)
+    result = quantize_within_budget(
+        model, tmp_path / "s.onnx", quantize, feeds, {"cosine": 0.9999999}, candidates=static
+    )
+    assert result.within_budget and "still misses" not in result.tried_text()
