@@ -58,7 +58,7 @@ done
 echo "== 3. parity on CUDA (strict)"
 for card in $CARDS; do
   echo "-- $card"
-  "$PY" -m edgeformer.cli check "$WORK/$card" --provider cuda
+  "$PY" -m edgeformer.cli check "$WORK/$card" --providers cuda
 done
 
 echo "== 4. latency: CUDA against CPU (median of 20 runs after 3 warm-ups)"

@@ -31,7 +31,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
-from edgeformer.cli_types import FiniteFloatRange, count
+from edgeformer.cli_types import FiniteFloatRange, count, merge_providers, providers_option, seed_option
 from edgeformer.errors import EdgeformerError
 
 if TYPE_CHECKING:  # onnxruntime and numpy are imported when a benchmark runs, not with the CLI
@@ -382,6 +382,23 @@ def _click_list(value: str | None, option: str) -> tuple[int, ...] | None:
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
+def _legacy_json_file(
+    models: tuple[str, ...], as_json: bool, json_path: Path | None
+) -> tuple[tuple[str, ...], bool, Path | None]:
+    """``--json FILE`` from before ``--json`` meant stdout: click reads FILE as one more model, and no
+    bundle or card is a .json file, so it is taken as the report file (``-o FILE``), with a note."""
+    legacy = [m for m in models if m.endswith(".json")]
+    if not as_json or not legacy:
+        return models, as_json, json_path
+    if json_path is not None or len(legacy) > 1 or len(legacy) == len(models):
+        raise click.UsageError(
+            f"{legacy[0]}: --json prints the report to stdout and takes no file; write it with -o {legacy[0]}"
+        )
+    note = f"note: --json FILE is deprecated (--json now prints to stdout); writing {legacy[0]} as -o does"
+    click.echo(note, err=True)
+    return tuple(m for m in models if m != legacy[0]), False, Path(legacy[0])
+
+
 @click.command(name="bench")
 @click.argument("models", nargs=-1, required=True, metavar="BUNDLE|CARD [BUNDLE...]")
 @click.option(
@@ -410,21 +427,22 @@ def _click_list(value: str | None, option: str) -> tuple[int, ...] | None:
 @click.option("--forward/--no-forward", default=True, show_default=True, help="Measure forward passes.")
 @click.option("--generate/--no-generate", default=True, show_default=True, help="Measure generation (decoders).")
 @click.option("--spinning/--no-spinning", default=True, show_default=True, help="Intra-op threads spin when idle.")
-@click.option("--providers", default="cpu", show_default=True, help="Execution providers of the ONNX variants.")
+@providers_option("Where the ONNX variants run.", default="cpu")
 @click.option("--limits/--no-limits", default=True, show_default=True, help="Measure MatMul peak and bandwidth.")
 @click.option("--limits-matmul", type=count(16, 16384), default=1024, show_default=True, help="N of N x N.")
 @click.option("--limits-mb", type=count(1, 1 << 16), default=256, show_default=True, help="MB read per GEMV.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where a CARD's variants go.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity when exporting.")
-@click.option(
-    "--seed",
-    type=click.IntRange(-(2**63), 2**64 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of random weights of a card.",
-)
+@seed_option()
 @click.option("--label", help="Name of this machine in reports. [default: host name]")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (every sample) as JSON instead of the table.")
+@click.option(
+    "-o",
+    "--output",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report (every sample) as JSON to this file.",
+)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per case.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG.")
 @friendly
@@ -448,7 +466,8 @@ def bench_command(
     forward: bool,
     generate: bool,
     spinning: bool,
-    providers: str,
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     limits: bool,
     limits_matmul: int,
     limits_mb: int,
@@ -456,6 +475,7 @@ def bench_command(
     check: bool,
     seed: int,
     label: str | None,
+    as_json: bool,
     json_path: Path | None,
     csv_path: Path | None,
     plot_path: Path | None,
@@ -474,6 +494,7 @@ def bench_command(
     def log(msg: str) -> None:
         click.echo(f"[bench] {msg}", err=True)
 
+    models, as_json, json_path = _legacy_json_file(models, as_json, json_path)
     loops = tuple(p.strip() for p in loop.split(",") if p.strip())
     settings = bench.Settings(
         threads=_click_list(threads, "--threads"),
@@ -490,7 +511,7 @@ def bench_command(
         forward=forward,
         generate=generate,
         spinning=spinning,
-        providers=tuple(p.strip() for p in providers.split(",") if p.strip()) or ("cpu",),
+        providers=merge_providers(providers, provider_alias) or ("cpu",),
     )
     wanted = [p.strip() for p in variants.split(",") if p.strip()] if variants is not None else None
     planned = plan_variants(
@@ -509,6 +530,9 @@ def bench_command(
     )
     report = report_mod.new_report(runs, baseline=base)
     report_mod.write_outputs(report, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
+    if as_json:
+        click.echo(report_mod.to_json(report))
+        return
     click.echo(report_mod.table(report))
     for path in (json_path, csv_path, plot_path):
         if path is not None:

@@ -13,7 +13,7 @@ import click
 
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
-from edgeformer.cli_types import COUNT_LIMIT, count
+from edgeformer.cli_types import COUNT_LIMIT, count, merge_providers, providers_option, seed_option
 from edgeformer.io import json_text
 
 
@@ -47,34 +47,23 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def parameter_count(cfg: Any) -> int:
-    """Parameters of the model a config describes, counted on the meta device (no memory used)."""
-    import torch
-
-    from edgeformer.nn.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
 @friendly
 def models(as_json: bool) -> None:
     """List the shipped model cards: name, family, shape, parameters and fp32 size."""
-    from edgeformer.zoo import list_cards
+    from edgeformer.zoo import list_cards, parameter_count
 
     rows = []
     for card in list_cards():
         cfg = card.config
         params = parameter_count(cfg)
-        layers = f"{cfg.n_layers}+{cfg.decoder_layers}" if cfg.family == "encoder-decoder" else str(cfg.n_layers)
         rows.append(
             {
                 "name": card.name,
                 "family": cfg.family,
-                "layers": layers,
+                "layers": cfg.n_layers,
+                "decoder_layers": cfg.decoder_layers if cfg.family == "encoder-decoder" else None,
                 "d_model": cfg.d_model,
                 "heads": cfg.n_heads,
                 "attention": cfg.attention,
@@ -92,7 +81,7 @@ def models(as_json: bool) -> None:
         (
             r["name"],
             r["family"],
-            r["layers"],
+            f"{r['layers']}+{r['decoder_layers']}" if r["decoder_layers"] is not None else str(r["layers"]),
             str(r["d_model"]),
             str(r["heads"]),
             r["attention"],
@@ -111,7 +100,7 @@ def models(as_json: bool) -> None:
 @main.command(name="train")
 @click.argument("card_name", metavar="CARD")
 @click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
-@click.option("--seed", type=click.IntRange(-(2**63), 2**64 - 1), help="Override the recipe's seed.")
+@seed_option("Override the training recipe's seed.", default=None)
 @click.option(
     "-o",
     "--output",
@@ -209,6 +198,15 @@ def _progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _verbose(verbose: bool) -> None:
+    """--verbose: onnxruntime's quantizer may speak (on stderr) until this command ends."""
+    if verbose:
+        from edgeformer.quantize.int8 import VERBOSE
+
+        token = VERBOSE.set(True)
+        click.get_current_context().call_on_close(lambda: VERBOSE.reset(token))
+
+
 @main.command(name="export")
 @click.argument("model", required=False, default="demo-decoder", metavar="[MODEL]")
 @click.option(
@@ -219,13 +217,7 @@ def _progress(msg: str) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
-@click.option(
-    "--seed",
-    type=click.IntRange(-(2**63), 2**64 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of random weights for cards without a checkpoint.",
-)
+@seed_option()
 @click.option(
     "--max-sequence",
     type=count(2),
@@ -249,6 +241,7 @@ def _progress(msg: str) -> None:
     help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
 @click.option(
     "--accept-budget-miss",
     is_flag=True,
@@ -268,6 +261,7 @@ def export_cmd(
     io_file: Path | None,
     memory_check: bool,
     calibration: Path | None,
+    verbose: bool,
     accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
@@ -282,6 +276,7 @@ def export_cmd(
     from edgeformer.export.user import load_io
     from edgeformer.zoo import resolve_card, resolve_target
 
+    _verbose(verbose)
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
@@ -347,14 +342,10 @@ def _export_verdict(manifest: dict[str, Any]) -> str:
     show_default=True,
     help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
 )
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    default=("cpu",),
-    show_default=True,
-    help="Execution provider to run the graphs on (cpu, cuda, tensorrt, ...), strictly: one that this "
-    "onnxruntime lacks or that fails to start is an error, never a silent fallback. Repeat for a list.",
+@providers_option(
+    "The graphs run there strictly: one that this onnxruntime lacks or that fails to start is an error, "
+    "never a silent fallback.",
+    default="cpu",
 )
 @click.option(
     "--factory",
@@ -387,7 +378,8 @@ def check(
     text: str | None,
     max_sequence: int | None,
     memory_check: bool,
-    providers: tuple[str, ...],
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     factory: str | None,
     expect_sha256: str | None,
     require_torch_parity: bool,
@@ -414,6 +406,7 @@ def check(
     from edgeformer.errors import ParityError
     from edgeformer.parity import check_bundle, read_real_inputs
 
+    providers = merge_providers(providers, provider_alias) or ("cpu",)
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
     try:
         report = check_bundle(
@@ -523,12 +516,9 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
 @click.option(
     "--target", "target_name", help="Take the fused form and providers from this target (e.g. portable-fp32)."
 )
-@click.option(
-    "--providers",
-    "provider_list",
-    help="Where the graph will run, in order of preference, e.g. cuda,cpu: on onnxruntime's CPU kernels (cpu, "
-    "xnnpack) layer norms stay LayerNormalization + Add, faster there than SkipLayerNormalization. "
-    "Default: the target's, else the bundle's, else cpu.",
+@providers_option(
+    "Where the graph will run: on onnxruntime's CPU kernels (cpu, xnnpack) layer norms stay LayerNormalization "
+    "+ Add, faster there than SkipLayerNormalization. Default: the target's, else the bundle's, else cpu."
 )
 @click.option(
     "--dim",
@@ -549,7 +539,8 @@ def fuse(
     output: Path | None,
     form: str | None,
     target_name: str | None,
-    provider_list: str | None,
+    providers: tuple[str, ...] | None,
+    provider_alias: tuple[str, ...] | None,
     dim_specs: tuple[str, ...],
     force: bool,
     debug: bool,
@@ -564,14 +555,14 @@ def fuse(
     from edgeformer.fusions.standalone import fuse_bundle, fuse_file, print_report
     from edgeformer.paths import default_output
 
-    providers = tuple(p.strip() for p in provider_list.split(",") if p.strip()) if provider_list else None
-    if provider_list is not None:
+    providers = merge_providers(providers, provider_alias)
+    if providers is not None:
         from edgeformer.runtime.providers import PROVIDERS
 
-        unknown = [p for p in providers or () if p not in PROVIDERS]
-        if not providers or unknown:
+        unknown = [p for p in providers if p not in PROVIDERS]
+        if unknown:
             raise click.UsageError(
-                f"--providers {provider_list!r}: {'unknown ' + unknown[0] if unknown else 'no provider named'}; "
+                f"--providers {','.join(providers)!r}: unknown {unknown[0]}; "
                 f"give names from {', '.join(PROVIDERS)}, e.g. cuda,cpu"
             )
     if target_name is not None:
@@ -655,6 +646,7 @@ main.add_command(bench_command)
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
 @click.option(
     "--accept-budget-miss",
     is_flag=True,
@@ -674,6 +666,7 @@ def quantize(
     budget_items: tuple[str, ...],
     samples: int,
     force: bool,
+    verbose: bool,
     accept_budget_miss: bool,
     as_json: bool,
 ) -> None:
@@ -694,6 +687,7 @@ def quantize(
         budget = parse_budget(budget_items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from None
+    _verbose(verbose)
     out = output or default_output(bundle, precision)
     manifest = quantize_bundle(
         bundle,

@@ -29,3 +29,76 @@ class FiniteFloatRange(click.FloatRange):
 def count(low: int, high: int = COUNT_LIMIT) -> click.IntRange:
     """An integer option from ``low`` to ``high`` (both included)."""
     return click.IntRange(low, high)
+
+
+SEED_LOW, SEED_HIGH = -(2**63), 2**64 - 1  # what torch.manual_seed takes
+
+
+class SeedRange(click.IntRange):
+    """A 64-bit seed; help and errors say the bounds as powers of two, not as 20-digit numbers."""
+
+    name = "seed"
+
+    def __init__(self) -> None:
+        super().__init__(SEED_LOW, SEED_HIGH)
+
+    def _describe_range(self) -> str:
+        return "-2**63 to 2**64-1"
+
+
+WEIGHTS_SEED_HELP = "Seed of the random weights of a card without a checkpoint (or of a factory's module)."
+
+
+def seed_option(help_text: str = WEIGHTS_SEED_HELP, default: int | None = 0) -> Any:
+    """``--seed``, with one type and range in every command (and one meaning wherever it seeds weights)."""
+    return click.option(
+        "--seed",
+        type=SeedRange(),
+        default=default,
+        show_default=default is not None,
+        metavar="INTEGER",
+        help=help_text,
+    )
+
+
+def split_names(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...] | None:
+    """A comma-separated list option (``--providers cuda,cpu``) as a tuple; repeating the option
+    also works (``--providers cuda --providers cpu``)."""
+    if value is None or value == ():
+        return None
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    names = tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
+    if not names:
+        raise click.BadParameter("name at least one, e.g. cuda,cpu", ctx=ctx, param=param)
+    return names
+
+
+PROVIDERS_HELP = (
+    "Execution providers, comma-separated in order of preference (cpu, cuda, tensorrt, xnnpack, ...), e.g. cuda,cpu."
+)
+
+
+def providers_option(help_text: str, default: str | None = None) -> Any:
+    """``--providers`` in every command that runs graphs; ``--provider`` is a hidden, deprecated alias."""
+
+    def decorate(f: Any) -> Any:
+        f = click.option("--provider", "provider_alias", multiple=True, hidden=True, callback=split_names)(f)
+        return click.option(
+            "--providers",
+            "providers",
+            multiple=True,
+            callback=split_names,
+            metavar="NAMES",
+            help=f"{PROVIDERS_HELP} {help_text}" + (f"  [default: {default}]" if default else ""),
+        )(f)
+
+    return decorate
+
+
+def merge_providers(providers: tuple[str, ...] | None, alias: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The providers named by ``--providers`` and the deprecated ``--provider`` (with a note)."""
+    if alias:
+        click.echo("note: --provider is deprecated; use --providers (comma-separated, e.g. cuda,cpu)", err=True)
+    if providers and alias:
+        raise click.UsageError("give --providers once (comma-separated), not together with --provider")
+    return providers or alias or None

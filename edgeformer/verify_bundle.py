@@ -145,6 +145,7 @@ def check_bundle(
     checked") of what needs no torch source. A ParityReport has ``torch_parity`` "checked"."""
     from edgeformer.errors import UserCodeNotRun
     from edgeformer.export.bundle import read_checked, rebuild_source
+    from edgeformer.fixed_shapes import source_at_bundle_shapes
     from edgeformer.parity import check_source
 
     bundle = Path(bundle)
@@ -157,6 +158,7 @@ def check_bundle(
     except UserCodeNotRun as exc:
         why = f"the torch source is user code ({exc.spec}); pass --factory {exc.spec} to run it"
         return check_without_source(bundle, manifest, why, providers=providers, log=log)
+    source = source_at_bundle_shapes(source, manifest)  # a fixed-shape bundle is checked at its shape
     with tempfile.TemporaryDirectory(prefix="edgeformer-check-") as tmp:
         private = _private_copy(read, Path(tmp))
         graphs = {name: private / g["file"] for name, g in manifest["graphs"].items()}

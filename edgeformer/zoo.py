@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgeformer.config import ModelCard, Target, load_card, load_target
+from edgeformer.config import ModelCard, ModelConfig, Target, load_card, load_target
 from edgeformer.errors import CardError
 
 
@@ -72,3 +72,32 @@ def resolve_target(name_or_path: str | Path) -> Target:
     raise CardError(
         f"unknown target {text!r}; known targets: {', '.join(target_names())} (or give a path to a .toml file)"
     )
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of the model ``cfg`` describes, counted from the config (no torch import: listing
+    the zoo stays fast). Equal to ``sum(p.numel() for p in build_model(cfg).parameters())``, a tied
+    LM head counted once; tests/test_zoo.py checks it against torch for every shipped card."""
+    d = cfg.d_model
+    norm = 2 * d  # LayerNorm: weight and bias
+    linear = d * d + d
+    attention = 4 * linear
+    block = attention + norm + (d * cfg.ffn_dim + cfg.ffn_dim) + (cfg.ffn_dim * d + d) + norm
+    final = norm if cfg.norm == "pre" else 0
+    rows = cfg.max_positions + cfg.position_offset
+    positions = rows * d if cfg.positions == "learned" else 0  # the sinusoidal table is a buffer
+    around_tokens = positions + cfg.type_vocab_size * d + (norm if cfg.embedding_norm else 0)
+    total = cfg.vocab_size * d + around_tokens + cfg.n_layers * block + final
+    if cfg.family == "encoder-decoder":
+        total += cfg.decoder_layers * (block + attention + norm) + final  # cross-attention and its norm
+        total += 0 if cfg.share_positions else around_tokens  # the decoder's own positions (tokens shared)
+    lm = cfg.head == "lm" if cfg.family == "encoder" else cfg.head != "none"
+    if lm:
+        total += 0 if cfg.tie_embeddings else cfg.vocab_size * d
+        total += cfg.vocab_size if cfg.lm_head_bias else 0
+        total += linear + norm if cfg.lm_head_transform else 0
+    if cfg.family == "encoder" and cfg.head == "classification":
+        total += d * cfg.num_labels + cfg.num_labels
+    if cfg.family == "encoder" and cfg.head in ("classification", "embedding") and cfg.pooling == "pooler":
+        total += linear
+    return total

@@ -310,7 +310,7 @@ def card_report(bundles, tmp_path_factory):
         "gpt-mini", str(bundles("gpt-mini")), "--variants", "unfused", "--no-check",
         "--cache-dir", str(out / "cache"), "--repeats", "2", "--iterations", "2", "--warmup", "1",
         "--sequence", "4,8", "--prompt", "3", "--new-tokens", "4", "--gen-runs", "1", "--threads", "1",
-        *TINY_LIMITS, "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"),
+        *TINY_LIMITS, "-o", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, result.output

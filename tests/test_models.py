@@ -185,3 +185,16 @@ def test_heads_outputs():
     assert emb["embeddings"].shape == (3, cfg.d_model)
     assert cls["logits"].shape == (3, 4)
     assert mlm["logits"].shape == (3, 5, cfg.vocab_size)
+
+
+@pytest.mark.parametrize("name", ["transformer-base", "transformer-big"])
+def test_paper_cards_scale_embeddings_by_sqrt_d_model(name):
+    """Section 3.4 of the paper: the embedding weights are multiplied by sqrt(d_model)."""
+    assert resolve_card(name).config.scale_embeddings
+    cfg = resolve_card(name).config.replace(vocab_size=64, d_model=32, n_heads=4, n_layers=1, n_decoder_layers=1)
+    cfg = cfg.replace(dropout=0.0, max_positions=16)
+    model = build_model(cfg).eval()
+    ids = torch.tensor([[3, 5, 7]])
+    positions = torch.arange(3)[None]
+    expected = model.embeddings.tokens(ids) * 32**0.5 + model.embeddings.positions(positions)
+    torch.testing.assert_close(model.embeddings(ids, positions), expected)

@@ -6,18 +6,21 @@ Chromium (onnxruntime-web, WASM): identical greedy tokens for 32 tokens (decoder
 embeddings and logits within 1e-4 (encoders). Then the shared JS module's behaviour: sha256 and
 path checks, usage errors, the byte tokenizer, the static server.
 
-Needs node with `npm ci` run in runtimes/node and runtimes/web, and Chromium (.ci/run installs
-them). Without them the tests skip with the reason, except under CI (CI set), where a missing tool
-fails them unless .ci/run stated why it could not install it (EDGEFORMER_NO_NODE,
-EDGEFORMER_NO_CHROMIUM).
+Needs node and npm, and Chromium for the page. The npm packages of runtimes/node and runtimes/web
+are installed by the tests themselves (`npm ci --ignore-scripts`, from the lockfiles, once per
+session) when they are missing, so `python -m pytest` runs what CI runs. Without node, npm or
+Chromium the tests skip with the reason, except under CI (CI set), where a missing tool fails them
+unless .ci/run stated why it could not install it (EDGEFORMER_NO_NODE, EDGEFORMER_NO_CHROMIUM).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +56,31 @@ def _node() -> str:
     return str(node)
 
 
+@functools.cache
+def npm_ci(sample: str) -> str | None:
+    """Install runtimes/<sample>'s lockfile packages (`npm ci --ignore-scripts`), once per session;
+    None when done, else why not (npm missing, or npm's own error)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not installed, so the lockfile packages cannot be installed"
+    command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"]
+    try:
+        done = subprocess.run(command, cwd=RUNTIMES / sample, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return f"`npm ci --ignore-scripts` in runtimes/{sample} did not finish in 600 s"
+    if done.returncode != 0:
+        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        return f"`npm ci --ignore-scripts` in runtimes/{sample} failed: {tail}"
+    return None
+
+
 def _package(sample: str, package: str) -> None:
-    installed = (RUNTIMES / sample / "node_modules" / package / "package.json").is_file()
-    reason = f"{package} is not installed (run `npm ci --ignore-scripts` in runtimes/{sample})"
-    _need(installed, reason, os.environ.get("EDGEFORMER_NO_NODE"))
+    def installed() -> bool:
+        return (RUNTIMES / sample / "node_modules" / package / "package.json").is_file()
+
+    why = None if installed() else npm_ci(sample)
+    reason = f"{package} is not installed in runtimes/{sample}: {why}"
+    _need(installed(), reason, os.environ.get("EDGEFORMER_NO_NODE"))
 
 
 def _chromium() -> str:
@@ -308,6 +332,33 @@ def test_missing_tools_fail_under_ci_unless_ci_said_why(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match=r"Chromium is not installed \(not root\)"):
         _need(False, "Chromium is not installed", "not root")
     _need(True, "present", None)  # nothing to say
+
+
+@pytest.mark.parametrize(("sample", "package"), [("node", "onnxruntime-node"), ("web", "onnxruntime-web")])
+def test_the_tests_install_the_lockfile_packages_themselves(sample, package, monkeypatch):
+    """A fresh clone has no node_modules: with npm present, the tests install them (a new user's
+    `python -m pytest` runs the JavaScript tests as CI does), never skip for want of `npm ci`."""
+    monkeypatch.delenv("EDGEFORMER_NO_NODE", raising=False)
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node or npm is not installed: the JavaScript tests skip, saying so")
+    try:
+        _package(sample, package)
+    except pytest.skip.Exception as exc:
+        pytest.fail(f"skipped although npm is here: {exc}")
+    assert (RUNTIMES / sample / "node_modules" / package / "package.json").is_file()
+
+
+def test_without_npm_the_skip_says_so(monkeypatch, tmp_path):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("EDGEFORMER_NO_NODE", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys.modules[__name__], "RUNTIMES", tmp_path)  # a clone without node_modules
+    npm_ci.cache_clear()
+    try:
+        with pytest.raises(pytest.skip.Exception, match="onnxruntime-node is not installed.*npm is not installed"):
+            _package("node", "onnxruntime-node")
+    finally:
+        npm_ci.cache_clear()
 
 
 @pytest.mark.parametrize("runner", ["node", "web-node"])

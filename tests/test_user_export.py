@@ -100,3 +100,21 @@ def test_wrong_declared_inputs_are_named():
     io = {"inputs": {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"], "high": 50}}}
     with pytest.raises(ExportError, match="does not run on the declared inputs"):
         source_from_factory("fixtures.factories:tiny_tagger", io)
+
+
+def test_factory_module_in_the_working_directory_needs_no_pythonpath(tmp_path, monkeypatch):
+    """`edgeformer export mymodel:make` in the directory holding mymodel.py finds it, as `python -m`
+    would; the working directory is not left on sys.path afterwards."""
+    import os
+    import sys
+
+    from edgeformer.export.user import load_factory
+
+    (tmp_path / "wd_cwd_factory.py").write_text("def make():\n    return 'made'\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    here = {"", os.getcwd(), str(tmp_path)}
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in here])
+    monkeypatch.delitem(sys.modules, "wd_cwd_factory", raising=False)
+    assert load_factory("wd_cwd_factory:make")() == "made"
+    assert str(tmp_path) not in sys.path
+    monkeypatch.delitem(sys.modules, "wd_cwd_factory", raising=False)

@@ -353,15 +353,11 @@ def fuse_graph(
     providers: tuple[str, ...] = ("cpu",),
 ) -> dict[str, Any]:
     """Fuse one traced graph in place, checking parity against the unfused graph after every pass
-    on two of the plan's shapes (a padded batch, and a step with a cache where there is one)."""
-    from edgeformer.export.graphs import make_inputs
+    on the shapes ``fusion_check_cases`` picks (a short and a long padded batch, a step with a cache)."""
+    from edgeformer.export.graphs import fusion_check_cases, make_inputs
     from edgeformer.fusions.pipeline import fuse_model
 
-    batch2 = [
-        c for c in plan.cases if c.get("batch") == 2 and 1 < c.get("sequence", c.get("encoder_sequence", 2)) <= 16
-    ]
-    cached = [c for c in plan.cases if c.get("past_sequence", 0) > 0]
-    chosen = (batch2[:1] + cached[:1]) or plan.cases[:1]
+    chosen = fusion_check_cases(plan)
     feeds: list | None = [make_inputs(plan, dims, seed=100 + i) for i, dims in enumerate(chosen)]
     log(f"fusing {plan.file} ({form}) ...")
     skipped = ""

@@ -127,6 +127,33 @@ def card_cases(cfg: ModelConfig, graph: str, max_sequence: int | None = None) ->
     return cases
 
 
+PER_PASS_LONGEST = 512  # the longest sequence the per-pass fusion checks run at (each checked pass runs it once)
+
+
+def _length(case: dict[str, int]) -> int:
+    return case.get("sequence", case.get("encoder_sequence", 0))
+
+
+def fusion_check_cases(plan: GraphPlan) -> list[dict[str, int]]:
+    """The shapes each fusion pass is checked at: a short padded batch, the same batch at the plan's
+    longest checked length (capped at PER_PASS_LONGEST, so a pass that only breaks long sequences, past
+    a window, stride or 64-wide tile, is undone at that pass), and a decode step with a cache."""
+    short = [c for c in plan.cases if c.get("batch") == 2 and 1 < _length(c) <= 16]
+    full = [c for c in plan.cases if not c.get("past_sequence") and c.get("batch") == 2]
+    cached = [c for c in plan.cases if c.get("past_sequence", 0) > 0]
+    longest = max(full, key=_length, default=None)
+    long = [] if longest is None else [longest]
+    fixed = all(isinstance(d, int) for s in plan.inputs for d in s.shape)
+    if longest is not None and _length(longest) > PER_PASS_LONGEST and not fixed:
+        key = "sequence" if "sequence" in longest else "encoder_sequence"
+        long = [{**longest, key: PER_PASS_LONGEST}]
+    chosen: list[dict[str, int]] = []
+    for case in short[:1] + long + cached[:1]:
+        if case not in chosen:
+            chosen.append(case)
+    return chosen or plan.cases[:1]
+
+
 def plan_graphs(model: nn.Module, cfg: ModelConfig, max_sequence: int | None = None) -> list[GraphPlan]:
     """The graphs a bundle of this model holds, in the order an app runs them."""
     plans = _card_plans(model, cfg)

@@ -129,6 +129,76 @@ def convert_to_ort(onnx_path: Path, ort_path: Path, level: str) -> None:
         raise ExportError(f"onnxruntime could not convert {onnx_path.name} to the ORT format: {exc}") from None
 
 
+def _tied_heads(model: Any) -> list[Any]:
+    """Transpose nodes of a weight that other nodes also read (a tied LM head: MatMul(x, W^T) beside
+    Gather(W, ids)) feeding only MatMul's B input. onnxruntime's constant folding would store W^T as a
+    second table in the .ort file."""
+    inits = {i.name for i in model.graph.initializer}
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, k))
+    found = []
+    for node in model.graph.node:
+        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+        if node.op_type != "Transpose" or perm not in ([[1, 0]], []) or node.input[0] not in inits:
+            continue
+        users = readers.get(node.output[0], [])
+        if len(readers[node.input[0]]) > 1 and users and all(n.op_type == "MatMul" and k == 1 for n, k in users):
+            found.append(node)
+    return found
+
+
+def store_tied_heads_once(model: Any) -> int:
+    """Rewrite every MatMul(x, Transpose(W)) of a tied head as Gemm(x as 2-D, W, transB=1), reshaped
+    back: the .ort file then holds W once, as the .onnx does. Returns how many were rewritten."""
+    from onnx import helper
+
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 15 for o in model.opset_import):
+        return 0  # Shape(start, end) needs opset 15
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    tied = _tied_heads(model)
+    for transpose in tied:
+        width, rows = weights[transpose.input[0]].dims[1], weights[transpose.input[0]].dims[0]
+        tag = transpose.input[0].replace(".", "_") + "_once"
+        model.graph.initializer.extend(
+            [
+                helper.make_tensor(f"{tag}_flat", 7, [2], [-1, width]),
+                helper.make_tensor(f"{tag}_rows", 7, [1], [rows]),
+            ]
+        )
+        for matmul in [n for n in nodes if n.op_type == "MatMul" and n.input[1] == transpose.output[0]]:
+            x, y = matmul.input[0], matmul.output[0]
+            new = [
+                helper.make_node("Reshape", [x, f"{tag}_flat"], [f"{y}_{tag}_2d"]),
+                helper.make_node("Gemm", [f"{y}_{tag}_2d", transpose.input[0]], [f"{y}_{tag}_gemm"], transB=1),
+                helper.make_node("Shape", [x], [f"{y}_{tag}_lead"], start=0, end=-1),
+                helper.make_node("Concat", [f"{y}_{tag}_lead", f"{tag}_rows"], [f"{y}_{tag}_shape"], axis=0),
+                helper.make_node("Reshape", [f"{y}_{tag}_gemm", f"{y}_{tag}_shape"], [y]),
+            ]
+            at = nodes.index(matmul)
+            nodes[at : at + 1] = new
+        nodes.remove(transpose)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(tied)
+
+
+def convert_tied_once(onnx_path: Path, ort_path: Path, level: str) -> None:
+    """``convert_to_ort``, a tied LM head stored once (see ``store_tied_heads_once``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    if not store_tied_heads_once(model):
+        convert_to_ort(onnx_path, ort_path, level)
+        return
+    with tempfile.TemporaryDirectory(dir=ort_path.parent) as tmp:
+        once = Path(tmp) / onnx_path.name
+        onnx.save(model, str(once), save_as_external_data=True, location=f"{onnx_path.name}.data")
+        convert_to_ort(once, ort_path, level)
+
+
 def write_reduced_config(ort_files: list[Path], out: Path) -> dict[str, list[str]]:
     """``required_operators.config`` from the .ort files (onnxruntime's ``create_config_from_models``),
     naming the files without this machine's paths; returns domain;opset -> operators."""
@@ -224,7 +294,7 @@ def package(
         onnx_path = directory / graph["file"]
         ort_path = onnx_path.with_suffix(".ort")
         log(f"converting {graph['file']} to {ort_path.name} (onnxruntime, {target.ort_optimization} optimizations) ...")
-        convert_to_ort(onnx_path, ort_path, target.ort_optimization)
+        convert_tied_once(onnx_path, ort_path, target.ort_optimization)
         graph["ort_file"] = ort_path.name
         ort_files.append(ort_path)
         report = usability(onnx_path)

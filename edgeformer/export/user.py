@@ -23,8 +23,11 @@ or ``return_dict=True``; a returned ModelOutput is read by name).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +85,32 @@ def load_io(path: str | Path) -> dict[str, Any]:
     return safe_read.read_toml(path, what="input declaration", error=ExportError, max_bytes=IO_BYTES)
 
 
+@contextlib.contextmanager
+def _working_directory_importable() -> Iterator[None]:
+    """The working directory first on sys.path while the user's module is imported, as with
+    ``python -m`` (the ``edgeformer`` script's own sys.path starts with its bin directory)."""
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def load_factory(spec: str) -> Any:
-    """The callable named by ``package.module:function``."""
+    """The callable named by ``package.module:function``, a name the user gave on the command line
+    (export MODEL, check --factory; never a name read from a bundle). A module in the working
+    directory is found without PYTHONPATH, as with ``python -m``."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ExportError(f"{spec!r} is not of the form package.module:factory")
     try:
-        module = importlib.import_module(module_name)
+        with _working_directory_importable():
+            module = importlib.import_module(module_name)
     except (ImportError, SystemExit) as exc:  # a module that exits on import must not end a check as a success
         raise ExportError(f"cannot import {module_name!r} for factory {spec!r}: {exc}") from None
     factory = getattr(module, attr, None)

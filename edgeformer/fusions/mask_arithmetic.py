@@ -1,8 +1,9 @@
 """Boolean mask logic -> float arithmetic, for providers without Where and And (NNAPI).
 
 The attention bias ``Where(mask, 0, fill)`` (see mask_bias.py, fill made finite) is
-``(1 - float(mask)) * fill``, and a float of ``And(a, b)`` is ``float(a) * float(b)``; with
-static shapes the constant half of an And (a causal or all-true pattern) folds away.
+``(1 - float(mask)) * fill`` (``Where(masked, fill, 0)`` is ``float(masked) * fill``), and a
+float of ``And(a, b)`` is ``float(a) * float(b)``; with static shapes the constant half of an
+And (a causal or all-true pattern) folds away.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
+
+from edgeformer.fusions.mask_bias import fill_branch
 
 FLOAT = int(ir.DataType.FLOAT)
 
@@ -25,25 +28,29 @@ def _scalar(value) -> float | None:  # type: ignore[no-untyped-def]
 
 
 class BiasFromMask(pattern.RewriteRuleClassBase):
-    """Where(mask, 0, fill) -> (1 - Cast(mask, float)) * fill, for a finite constant fill."""
+    """Where(mask, 0, fill) -> (1 - Cast(mask, float)) * fill and Where(masked, fill, 0) ->
+    Cast(masked, float) * fill, for a finite constant fill."""
 
-    def pattern(self, op, mask, zero, fill):  # type: ignore[no-untyped-def]
-        return op.Where(mask, zero, fill)
+    def pattern(self, op, mask, when_true, when_false):  # type: ignore[no-untyped-def]
+        return op.Where(mask, when_true, when_false)
 
-    def check(self, context, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
         result = pattern.MatchResult()
-        if _scalar(zero) != 0.0:
-            return result.fail("the kept branch is not the constant 0", zero)
-        value = _scalar(fill)
-        if value is None or not math.isfinite(value):
+        side = fill_branch(when_true, when_false)
+        if side is None:
+            return result.fail("the Where is not a bias: one branch the constant 0, the other a constant", mask)
+        fill = when_true if side == 1 else when_false
+        if not math.isfinite(_scalar(fill)):  # type: ignore[arg-type]
             return result.fail("the fill is not a finite constant (0 * inf would be NaN)", fill)
         if fill.const_value.dtype != ir.DataType.FLOAT:
             return result.fail("the fill is not float32", fill)
         return result
 
-    def rewrite(self, op, mask, zero, fill, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
+        if fill_branch(when_true, when_false) == 1:
+            return op.Mul(op.Cast(mask, to=FLOAT), when_true)
         one = op.Constant(value=ir.tensor(np.array(1.0, dtype=np.float32)))
-        return op.Mul(op.Sub(one, op.Cast(mask, to=FLOAT)), fill)
+        return op.Mul(op.Sub(one, op.Cast(mask, to=FLOAT)), when_false)
 
 
 class FloatOfAnd(pattern.RewriteRuleClassBase):

@@ -8,8 +8,6 @@ GELU), how many the source graph had and how many fused, and says why the others
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import time
 from collections import Counter
@@ -22,7 +20,6 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 from onnxscript.optimizer import optimize
-from onnxscript.rewriter import _basics
 from onnxscript.rewriter.ort_fusions import shape_optimization
 from onnxscript.rewriter.ort_fusions.attention import fuse_attention
 from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
@@ -48,6 +45,7 @@ from edgeformer.fusions import (
     symbolic_shapes,
 )
 from edgeformer.fusions.matmul_bias import bias_after_matmul
+from edgeformer.fusions.miss_reasons import gelu_tanh_nodes, why_not
 from edgeformer.fusions.packed_projections import pack_projections
 from edgeformer.fusions.packed_weights import fold_packed_weights
 from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
@@ -152,6 +150,7 @@ CONTRIB_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("symbolic_shapes", symbolic_shapes.apply),
     ("bias_after_matmul", bias_after_matmul),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("merge_mask_biases", mask_bias.merge_rules.apply_to_model),
     ("share_mask_bias", _cse),
     ("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
     ("erf_gelu", fuse_erfgelu),
@@ -195,6 +194,7 @@ STANDARD_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("cleanup", cleanup),
     ("symbolic_shapes", symbolic_shapes.apply),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("merge_mask_biases", mask_bias.merge_rules.apply_to_model),
     ("share_mask_bias", _cse),
     ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
     ("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
@@ -211,6 +211,7 @@ STANDARD_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
 PROVIDER_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("cleanup", cleanup),
     ("mask_to_bias", mask_bias.rules.apply_to_model),
+    ("merge_mask_biases", mask_bias.merge_rules.apply_to_model),
     ("share_mask_bias", _cse),
     ("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
     ("final_cleanup", lambda m: (optimize(m), 0)[1]),
@@ -304,96 +305,14 @@ def _max_rel(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> 
     return worst
 
 
-def _is_gelu_tanh(node: ir.Node) -> bool:
-    """A Tanh inside a tanh-approximated GELU has x**3 (a Pow) a few producers up; a pooler's
-    Tanh does not."""
-    frontier, seen = [node], 0
-    while frontier and seen < 12:
-        current = frontier.pop()
-        seen += 1
-        for value in current.inputs:
-            producer = value.producer() if value is not None else None
-            if producer is None:
-                continue
-            if producer.op_type == "Pow":
-                return True
-            frontier.append(producer)
-    return False
-
-
-def _gelu_tanh_nodes(model: ir.Model) -> list[ir.Node]:
-    return [n for n in model.graph.all_nodes() if n.op_type == "Tanh" and _is_gelu_tanh(n)]
-
-
 def _candidates(model: ir.Model) -> dict[str, int]:
     ops = _op_counts(model)
     return {
         "attention": ops["Softmax"],
         "layer_norm": ops["LayerNormalization"] + ops["ReduceMean"] // 2,
         # decomposed (erf or tanh form) or already one op (the standard Gelu, from opset 20)
-        "gelu": ops["Erf"] + len(_gelu_tanh_nodes(model)) + sum(ops[o] for o in GELU_OPS),
+        "gelu": ops["Erf"] + len(gelu_tanh_nodes(model)) + sum(ops[o] for o in GELU_OPS),
     }
-
-
-def _no_match(node: ir.Node) -> str:
-    """Name what feeds an unfused block, so the reader sees which form no rule knows."""
-    chain, current = [], node
-    for _ in range(3):
-        first = current.inputs[0] if current.inputs else None
-        producer = first.producer() if first is not None else None
-        if producer is None:
-            break
-        chain.append(producer.op_type)
-        current = producer
-    path = " <- ".join([node.op_type, *chain])
-    return f"no fusion rule matches this {node.op_type}: its input comes from {path}"
-
-
-def _why_not(model: ir.Model, debug: bool) -> tuple[list[dict[str, str]], str]:
-    """For every block left unfused, the closest rule's reason (the matcher's own words)."""
-    leftovers = []
-    text = ""
-    checks = [
-        ("attention", "Softmax", _with_shapes(fuse_sdpa)),
-        ("gelu", "Erf", fuse_erfgelu),
-        ("gelu", "Tanh", gelu.rules.apply_to_model),
-    ]
-    for kind, op_type, fuse_fn in checks:
-        nodes = [n for n in model.graph.all_nodes() if n.op_type == op_type]
-        if op_type == "Tanh":
-            nodes = _gelu_tanh_nodes(model)
-        if not nodes:
-            continue
-        probe = ir.from_proto(ir.to_proto(model))  # the matcher must not change the real graph
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            try:
-                fuse_fn(probe, debug=True)  # type: ignore[call-arg]
-            except TypeError:
-                tracer = _basics.MatchingTracer()
-                gelu.rules.apply_to_model(probe, tracer=tracer)
-                tracer.report()
-        report = buffer.getvalue()
-        text += report
-        reason = next((line.split(":", 1)[1].strip() for line in report.splitlines() if "failed" in line.lower()), "")
-        for node in nodes:
-            leftovers.append(
-                {
-                    "kind": kind,
-                    "node": node.name or op_type,
-                    "reason": reason or _no_match(node),
-                }
-            )
-    for node in model.graph.all_nodes():
-        if node.op_type == "ReduceMean":
-            leftovers.append(
-                {
-                    "kind": "layer_norm",
-                    "node": node.name or "ReduceMean",
-                    "reason": "a decomposed layer norm (ReduceMean) is left",
-                }
-            )
-    return leftovers, text if debug else ""
 
 
 def _standard_leftovers(model: ir.Model, not_fused: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -505,7 +424,7 @@ def fuse_model(
         "gelu": {"blocks": before["gelu"], "fused": sum(ops[o] for o in GELU_OPS)},
     }
     if form not in ("none", *PROVIDER_FORMS):  # form (c) keeps attention and GELU as ops on the provider's list
-        report.not_fused, report.debug = _why_not(model, debug)
+        report.not_fused, report.debug = why_not(model, debug)
         if form == "standard":
             report.not_fused = _standard_leftovers(model, report.not_fused)
     return report

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxscript.optimizer import fold_constants
 
 _WEIGHT_ELEMENTS = 1024  # initializers above this are passed to the inference as inputs of their shape
 
@@ -175,6 +176,52 @@ def _unused_name(model: ir.Model, base: str) -> str:
     return name
 
 
+def _const_ints(value: ir.Value | None, default: list[int] | None = None) -> list[int] | None:
+    if value is None:
+        return default
+    const = value.const_value
+    return None if const is None or const.numpy().ndim != 1 else [int(v) for v in const.numpy()]
+
+
+def _static_slice(node: ir.Node) -> np.ndarray | None:
+    """The value of ``Slice(Shape(x), starts, ends[, [0][, steps]])`` when every dimension it
+    takes is a known size, else None."""
+    shape_node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.attributes:
+        return None
+    source = shape_node.inputs[0]
+    inputs = [*node.inputs, None, None][:5]
+    starts, ends = _const_ints(inputs[1]), _const_ints(inputs[2])
+    axes, steps = _const_ints(inputs[3], [0]), _const_ints(inputs[4], [1])
+    if source is None or source.shape is None or None in (starts, ends, axes, steps):
+        return None
+    if len(starts) != 1 or len(ends) != 1 or axes not in ([0], [-1]) or steps != [1]:
+        return None
+    dims = list(source.shape.dims)[slice(starts[0], ends[0])]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return np.array(dims, dtype=np.int64)
+
+
+def static_shape_slices(model: ir.Model) -> int:
+    """Step 2b: ``Slice(Shape(x), ...)`` whose dimensions are all known sizes is that constant (the
+    TorchScript export of ``nn.MultiheadAttention`` computes its scale from the head size so)."""
+    rewrites = 0
+    for node in list(model.graph):
+        if node.op_type != "Slice" or node.domain not in ("", "ai.onnx") or node.outputs[0].is_graph_output():
+            continue
+        dims = _static_slice(node)
+        if dims is None:
+            continue
+        size = ir.Value(name=_unused_name(model, f"{node.outputs[0].name or 'dims'}.size"), const_value=ir.tensor(dims))
+        model.graph.register_initializer(size)
+        node.outputs[0].replace_all_uses_with(size)
+        rewrites += 1
+    if rewrites:
+        common_passes.RemoveUnusedNodesPass()(model)
+    return rewrites
+
+
 def identity_reshapes(model: ir.Model) -> int:
     """Step 3: drop a Reshape whose output shape is its input's, every dimension known."""
     dropped = 0
@@ -203,8 +250,10 @@ def apply(model: ir.Model) -> int:
     """The three steps; returns their rewrites. Where steps 2 and 3 find nothing to rewrite, the
     shapes of step 1 are taken back: the graph is written as it came (its own inference kept)."""
     before = infer(model)
-    rewrites = canonical_dims(model) + identity_reshapes(model) if before else 0
-    if not rewrites:
+    rewrites = canonical_dims(model) + static_shape_slices(model) + identity_reshapes(model) if before else 0
+    if rewrites:
+        fold_constants(model)  # sizes now known make constants of what is computed from them (a scale)
+    else:
         for value, shape in before.items():
             value.shape = shape
     return rewrites

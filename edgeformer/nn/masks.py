@@ -12,6 +12,16 @@ from torch import Tensor
 from edgeformer.config import ModelConfig
 
 
+def _band(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig) -> Tensor:
+    """(Tq, Tk) bool: the local window or the sparse strides, without global tokens."""
+    dist = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk), > 0 when the key is in the past
+    if cfg.attention == "local":
+        return dist.abs() < cfg.window
+    if cfg.attention == "sparse":
+        return (dist.abs() < cfg.sparse_stride) | (torch.remainder(dist, cfg.sparse_stride) == 0)
+    return torch.ones_like(dist, dtype=torch.bool)
+
+
 def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, *, causal: bool) -> Tensor:
     """(Tq, Tk) bool mask of the configured pattern for query and key positions.
 
@@ -19,17 +29,23 @@ def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, *, causal: bool
     sparse (strided, after the Sparse Transformer): a local band of ``sparse_stride`` keys plus
     every ``sparse_stride``-th key. ``global_tokens``: the first N positions see and are seen by all.
     """
-    dist = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk), > 0 when the key is in the past
-    if cfg.attention == "local":
-        allowed = dist.abs() < cfg.window
-    elif cfg.attention == "sparse":
-        allowed = (dist.abs() < cfg.sparse_stride) | (torch.remainder(dist, cfg.sparse_stride) == 0)
-    else:
-        allowed = torch.ones_like(dist, dtype=torch.bool)
+    allowed = _band(q_pos, k_pos, cfg)
     if cfg.global_tokens and cfg.attention != "global":
         allowed = allowed | (q_pos[:, None] < cfg.global_tokens) | (k_pos[None, :] < cfg.global_tokens)
     if causal:
-        allowed = allowed & (dist >= 0)
+        allowed = allowed & (q_pos[:, None] >= k_pos[None, :])
+    return allowed
+
+
+def _padded_pattern(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, padding: Tensor, *, causal: bool) -> Tensor:
+    """(B, Tq, Tk) pattern whose global tokens are each row's first N real tokens, wherever padding
+    puts them (left-padded prompts). Bands are distances, the same for the contiguous real tokens."""
+    real = padding.bool()  # (B, Tk)
+    is_global = real & (padding.long().cumsum(-1) <= cfg.global_tokens)  # (B, Tk): rank among real tokens < N
+    q_global = is_global[:, k_pos.numel() - q_pos.numel() :]  # (B, Tq): queries are the last Tq keys
+    allowed = _band(q_pos, k_pos, cfg)[None] | q_global[:, :, None] | is_global[:, None, :]  # (B, Tq, Tk)
+    if causal:
+        allowed = allowed & (q_pos[:, None] >= k_pos[None, :])[None]
     return allowed
 
 
@@ -42,10 +58,13 @@ def self_attention_mask(
     """
     k_pos = torch.arange(k_len, device=device)
     q_pos = k_pos[k_len - q_len :]
-    mask = pattern_mask(q_pos, k_pos, cfg, causal=causal)[None, None]  # (1, 1, Tq, Tk)
-    if padding is not None:
-        mask = mask & padding.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
-    return mask
+    if padding is None:
+        return pattern_mask(q_pos, k_pos, cfg, causal=causal)[None, None]  # (1, 1, Tq, Tk)
+    if cfg.global_tokens and cfg.attention != "global":
+        mask = _padded_pattern(q_pos, k_pos, cfg, padding, causal=causal)[:, None]  # (B, 1, Tq, Tk)
+    else:
+        mask = pattern_mask(q_pos, k_pos, cfg, causal=causal)[None, None]
+    return mask & padding.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
 
 
 def cross_attention_mask(padding: Tensor | None) -> Tensor | None:

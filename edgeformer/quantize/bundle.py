@@ -19,7 +19,7 @@ import onnx
 from edgeformer.errors import EdgeformerError
 from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
-from edgeformer.quantize import calibration, half_storage, int8, qattention, tied_head, weights
+from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
 from edgeformer.verdict import combine, judge
 
@@ -118,8 +118,24 @@ def _quantizer(
 
         return static
     if precision == "int4":
-        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude))
+        chosen = weights.int4_settings()
+        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
     return lambda m, o, exclude=(): weights.to_fp16(m, o)
+
+
+def _int4_nodes(path: Path, candidates: list[str], kept: list[dict[str, Any]]) -> list[str]:
+    """The nodes the written graph holds in int4, after checking it against the search's report:
+    every node the report keeps in float is a float MatMul there, every other candidate is int4."""
+    floats = {k["node"] for k in kept}
+    layout = weights.int4_layout(onnx.load(str(path), load_external_data=False).graph, candidates)
+    wrong = [f"{n}: {have} (reported {'float' if n in floats else 'int4'})" for n, have in layout.items()
+             if have != ("float" if n in floats else "int4")]  # fmt: skip
+    if wrong:
+        raise QuantizeError(
+            f"the int4 graph written is not the one the search reported ({len(wrong)} node(s): "
+            f"{'; '.join(wrong[:5])}); this is a bug in edgeformer: please report it"
+        )
+    return [n for n, have in layout.items() if have == "int4"]
 
 
 def quantize_bundle(
@@ -194,6 +210,8 @@ def quantize_bundle(
             | {"float_weights": half_storage.DESCRIPTION}
             | ({"attention": qattention.DESCRIPTION} if mode == "dynamic" else {})
             if precision == "int8"
+            else weights.int4_settings()
+            if precision == "int4"
             else {}
         ),
         "budget": budget,
@@ -212,11 +230,13 @@ def quantize_bundle(
             model = int8.name_nodes(onnx.load(str(path)))
             language_model = graph["file"] in ("model.onnx", "decoder.onnx") and manifest["family"] != "encoder"
             heads: list[tied_head.TiedHead] = []
-            if precision == "int8" and mode == "dynamic":  # a tied LM head becomes a quantizable MatMul
-                model, heads = tied_head.untie(model)
+            if precision == "int4" or (precision == "int8" and mode == "dynamic"):
+                model, heads = tied_head.untie(model)  # a tied LM head becomes a quantizable MatMul
             shared = {g for head in heads for g in head.gathers}
             static = precision == "int8" and mode == "static"  # QDQ reaches attention's own MatMuls too
             candidates = [c for c in int8.quantizable_nodes(model, static=static) if c not in shared]
+            if precision == "int4":  # the MatMuls MatMulNBits replaces; Gathers stay float
+                candidates = weights.int4_candidates(model)
             attention = qattention.plan(model, calib_feeds[name]) if precision == "int8" and mode == "dynamic" else []
             if attention:
                 log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
@@ -232,7 +252,9 @@ def quantize_bundle(
                 language_model=language_model,
                 log=log,
                 verdict_feeds=valid_feeds[name],
+                rank=int4_rank.rank if precision == "int4" else None,
             )
+            int4_nodes = _int4_nodes(trial, candidates, result.kept_in_float) if precision == "int4" else None
             validation = budgets.measure(
                 outputs_of(float_sessions[name], valid_feeds[name]),
                 outputs_of(_session(trial), valid_feeds[name]),
@@ -264,6 +286,8 @@ def quantize_bundle(
                 "size_ratio": round(size_after / size_before, 4),
                 "int8_attention_blocks": qattention.count(tmp / graph["file"]),
             }
+            if int4_nodes is not None:  # what the graph holds in int4; every other candidate is kept_in_float
+                entry["int4_nodes"] = int4_nodes
             report["graphs"][name] = entry
             kept = len(result.kept_in_float)
             log(

@@ -14,8 +14,11 @@ in dynamic int8 an encoder's self-attention becomes one QAttention (``qattention
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import io
 import logging
 import platform
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +32,8 @@ QUANTIZABLE = ("MatMul", "Gather")  # projections and FFNs; the embedding tables
 # MatMulConstBOnly, so attention's activation x activation MatMuls (Q.K^T, softmax.V) get QDQ too
 STATIC_OPS = ("MatMul",)
 METHODS = ("minmax", "percentile", "entropy")
+# whether onnxruntime's calibrator may speak (its print() lines and INFO logs), on stderr; the CLI's --verbose
+VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeformer_quantize_verbose", default=False)
 
 
 def cpu_flags() -> set[str]:
@@ -81,13 +86,23 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizer without its chatter: the calibrator print()s a few lines per call
+    ("Number of tensors", "Finding optimal threshold ...": about 100 lines over a mixed-precision search)
+    onto stdout, where the report and --json go. With VERBOSE it is kept, on stderr."""
+    import onnxruntime as ort
+
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings
+    verbose = VERBOSE.get()
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)  # the quantizer's "consider pre-processing"
+    ort.set_default_logger_severity(2 if verbose else 3)
+    chatter = sys.stderr if verbose else io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stdout(chatter):
+            yield
     finally:
         logger.setLevel(level)
+        ort.set_default_logger_severity(2)
 
 
 def quantize_dynamic(

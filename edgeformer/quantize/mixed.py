@@ -3,7 +3,8 @@
 1. Quantize everything; measure the budget metrics against the float graph on the calibration
    data. Within budget: done.
 2. Otherwise measure each quantizable node's sensitivity: the graph with only that node in int8,
-   scored by the fraction of the budget it uses up alone (``budget.budget_used``).
+   scored by the fraction of the budget it uses up alone (``budget.budget_used``); or, given
+   ``rank``, by the quantizer's own ranking (int4: the same score from one session, ``int4_rank``).
 3. Keep the k most sensitive nodes in float, with the smallest k that meets the budget (found by
    bisection); if even all of them in float miss it, that is reported as a failure.
 
@@ -28,6 +29,9 @@ from edgeformer.quantize import budget as budgets
 
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
+# (model, the all-quantized graph, candidates, feeds, judge: outputs of the first feeds -> budget used)
+#   -> (score per node, the most sensitive highest; what the score means)
+Ranker = Callable[..., tuple[dict[str, float], str]]
 
 
 @dataclass
@@ -92,6 +96,7 @@ def quantize_within_budget(
     language_model: bool = False,
     log: Callable[[str], None] = lambda _m: None,
     verdict_feeds: Sequence[Feeds] = (),
+    rank: Ranker | None = None,
 ) -> MixedResult:
     start = time.perf_counter()
     work = out.with_name(out.name + ".trial.onnx")
@@ -126,8 +131,16 @@ def quantize_within_budget(
             out, measured, not broken, seconds=seconds, verdict_measured=on_verdict_rows, candidates=len(candidates)
         )
     log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking nodes")
-    sensitivity = {}
-    for i, name in enumerate(candidates):
+    sensitivity, key = {}, "budget_used_alone"
+    if rank is not None:  # one session for all nodes instead of a graph written and loaded per node
+
+        def judge(got: list[dict[str, np.ndarray]]) -> float:
+            n = len(got)
+            measured = budgets.measure(reference[:n], got, feeds[:n], language_model=language_model)
+            return budgets.budget_used(measured, budget)
+
+        sensitivity, key = rank(model, work, candidates, feeds, judge)
+    for i, name in enumerate(candidates if rank is None else ()):
         sensitivity[name] = budgets.budget_used(score([], include=[name], final=False), budget)
         tried += 1
         if (i + 1) % 10 == 0:
@@ -161,7 +174,7 @@ def quantize_within_budget(
         out,
         measured,
         ok,
-        kept_in_float=[{"node": n, "budget_used_alone": round(sensitivity[n], 4)} for n in kept],
+        kept_in_float=[{"node": n, key: round(sensitivity[n], 4)} for n in kept],
         tried=tried,
         seconds=time.perf_counter() - start,
         verdict_measured=on_verdict_rows,

@@ -595,6 +595,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _input_seed(text: str) -> int:
+    value = _count(0)(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text} is above 2**64-1")
+    return value
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -626,7 +633,14 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     add("--no-generate", action="store_true", help="skip the generation cases")
     add("--no-spinning", action="store_true", help="idle intra-op threads sleep instead of spinning")
     add("--providers", type=_names, default=("cpu",), help="execution providers, e.g. xnnpack,cpu (default cpu)")
-    add("--seed", type=_count(0), default=0, help="seed of the random inputs (default 0)")
+    add(
+        "--input-seed",
+        dest="seed",
+        type=_input_seed,
+        default=0,
+        help="seed of the random inputs, 0 to 2**64-1 (default 0)",
+    )
+    add("--seed", dest="seed", type=_input_seed, help=argparse.SUPPRESS)  # its old name; --seed seeds weights elsewhere
     add("--label", help="name of this run in reports (default: the host name)")
     add("--variant", help="name of this variant in reports (default: the bundle directory's name)")
     add("--quiet", action="store_true", help="no progress on stderr")
@@ -676,7 +690,7 @@ def settings_argv(settings: Settings) -> list[str]:
     def join(values: Sequence[int]) -> str:
         return ",".join(str(v) for v in values)
 
-    argv = ["--batch", join(settings.batches), "--warmup", str(settings.warmup), "--seed", str(settings.seed)]
+    argv = ["--batch", join(settings.batches), "--warmup", str(settings.warmup), "--input-seed", str(settings.seed)]
     argv += ["--gen-warmup", str(settings.gen_warmup), "--gen-runs", str(settings.gen_runs)]
     argv += ["--loop", ",".join(settings.loops), "--providers", ",".join(settings.providers)]
     for option, values in (

@@ -217,10 +217,12 @@ def load(
     sessions = {}
     outcomes: dict[str, str] = {}
     for name, graph in bundle.graphs.items():
-        model, external = _source(bundle, graph, graph_file(bundle, graph, format))
+        file = graph_file(bundle, graph, format)
+        model, external = _source(bundle, graph, file)
         session, graph_outcomes = open_session(
             model,
             providers,
+            label=file.name,
             external_data=external,
             strict=strict,
             threads=threads,

@@ -102,6 +102,7 @@ def open_session(
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     precision: str = "fp32",
     external_data: Mapping[str, bytes] | None = None,
+    label: str | None = None,
     **options: object,
 ) -> tuple[ort.InferenceSession, dict[str, str]]:
     """A session on the first providers of the preference list that start, and what happened to
@@ -113,7 +114,8 @@ def open_session(
     ``provider_options`` (short or full provider name -> options) update edgeformer's defaults for
     the bundle's ``precision`` (``cuda.provider_options``: CUDA without TF32 for fp32 parity).
     ``model`` given as bytes (a graph already read and verified) takes its external data from
-    ``external_data`` (location as the graph names it -> the file's bytes), never from disk.
+    ``external_data`` (location as the graph names it -> the file's bytes), never from disk;
+    ``label`` names it in messages (the file the bytes came from).
     """
     chosen = plan(providers, strict=strict)
     per_provider = cuda.provider_options(chosen.requested + chosen.candidates, provider_options, precision)
@@ -124,7 +126,7 @@ def open_session(
         names, buffers = list(external_data), list(external_data.values())
         opts.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
     source = model if isinstance(model, bytes) else str(model)
-    label = "the graph" if isinstance(model, bytes) else Path(model).name
+    label = label or ("the graph" if isinstance(model, bytes) else Path(model).name)  # named in messages
     error = ""
     for i, candidate in enumerate(chosen.candidates):
         try:

@@ -32,3 +32,16 @@ def test_infinite_fill_is_left():
     model = _masked_bias(-np.inf)  # (1 - 1) * -inf would be NaN
     assert mask_arithmetic.apply_to_model(model) == 0
     assert "Where" in op_types(model)
+
+
+def test_a_bias_with_the_fill_first_becomes_float_arithmetic():
+    """A hand-written masked_fill(masked, fill) gives Where(masked, fill, 0) (see mask_bias.MaskToBias)."""
+    nodes = [helper.make_node("Where", ["masked", "fill", "zero"], ["bias"])]
+    inputs = [helper.make_tensor_value_info("masked", TensorProto.BOOL, [2, 4])]
+    outputs = [helper.make_tensor_value_info("bias", TensorProto.FLOAT, [2, 4])]
+    model = graph(nodes, inputs, outputs, [scalar("zero", 0.0), scalar("fill", -1e9)])
+    masked = np.array([[True, False, False, True], [False, False, True, False]])
+    before = run(model, {"masked": masked})[0]
+    assert mask_arithmetic.apply_to_model(model) == 1
+    assert "Where" not in op_types(model)
+    np.testing.assert_array_equal(run(model, {"masked": masked})[0], before)

@@ -83,3 +83,19 @@ def test_the_finite_fill_keeps_softmax_answers():
     assert mask_bias.finite_fill_rules.apply_to_model(model) == 0  # already finite
     (after,) = run(model, feeds)
     np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@pytest.mark.parametrize("score_scale", [1.0, 30.0])
+def test_a_fully_masked_row_stays_uniform_when_scores_are_large(score_scale):
+    """Trained weights give scores of a few hundred; -1e9 + score keeps their differences in float32
+    (spacing 64 there), so a fully masked row (a left-padded query) was no longer uniform as in torch."""
+    model = _attention(9, 9, 9)
+    feeds = _feeds(9, 9, 9)
+    feeds["q"] *= np.float32(score_scale)
+    feeds["k"] *= np.float32(score_scale)
+    (before,) = run(model, feeds)
+    pipeline.fuse_model(model, "standard", feeds=None)
+    assert "Attention" in op_types(model)
+    (after,) = run(model, feeds)
+    np.testing.assert_allclose(after[1, :, 0], feeds["v"][1].mean(axis=1), atol=1e-4)  # uniform over all keys
+    np.testing.assert_allclose(after, before, atol=1e-4)

@@ -65,12 +65,12 @@ def test_the_int8_target_exports_checks_and_shrinks_every_family(tmp_path, card)
 
 
 def test_a_budget_that_int8_breaks_keeps_the_most_sensitive_nodes_in_float(tmp_path, fp32):
-    """The trained demo decoder on real text: all-int8 misses a 99.9% top-1 budget; keeping a few
+    """The trained demo decoder on real text: all-int8 misses a 99.5% top-1 budget (on the calibration and the held-out rows both); keeping a few
     nodes in float meets it, and the report names them."""
     src = fp32("demo-decoder")
-    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.999}, samples=8)
+    manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.995}, samples=8)
     graph = manifest["quantization"]["graphs"]["model"]
-    assert graph["within_budget"] and graph["measured"]["top1"] >= 0.999
+    assert graph["within_budget"] and graph["measured"]["top1"] >= 0.995
     kept = graph["kept_in_float"]
     assert 0 < len(kept) < len(int8.quantizable_nodes(onnx.load(str(src / "model.onnx"))))
     assert all(k["budget_used_alone"] >= 0 for k in kept)
