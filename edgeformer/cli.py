@@ -194,6 +194,19 @@ def import_cmd(
     )
 
 
+def reduced_precision_options(fn: Any) -> Any:
+    """--verbose and --accept-budget-miss, shared by export and quantize."""
+    fn = click.option(
+        "--accept-budget-miss",
+        is_flag=True,
+        help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+        "the manifest records the miss and `edgeformer check` shows it.",
+    )(fn)
+    return click.option(
+        "--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr)."
+    )(fn)
+
+
 def _progress(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -241,13 +254,7 @@ def _verbose(verbose: bool) -> None:
     help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
-@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
-@click.option(
-    "--accept-budget-miss",
-    is_flag=True,
-    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
-    "the manifest records the miss and `edgeformer check` shows it.",
-)
+@reduced_precision_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @friendly
 def export_cmd(
@@ -659,13 +666,7 @@ main.add_command(bench_command)
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
 @click.option("--force", is_flag=True, help="Replace an existing output bundle.")
-@click.option("--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr).")
-@click.option(
-    "--accept-budget-miss",
-    is_flag=True,
-    help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
-    "the manifest records the miss and `edgeformer check` shows it.",
-)
+@reduced_precision_options
 @click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
 @friendly
 def quantize(

@@ -208,7 +208,7 @@ def quantize_bundle(
         "mode": mode if precision == "int8" else "weight-only",
         "method": method if precision == "int8" and mode == "static" else None,
         "settings": (
-            int8.settings()
+            int8.settings(static=mode == "static")
             | {"float_weights": half_storage.DESCRIPTION}
             | ({"attention": qattention.DESCRIPTION} if mode == "dynamic" else {})
             if precision == "int8"
@@ -235,7 +235,8 @@ def quantize_bundle(
             if precision == "int4" or (precision == "int8" and mode == "dynamic"):
                 model, heads = tied_head.untie(model)  # a tied LM head becomes a quantizable MatMul
             shared = {g for head in heads for g in head.gathers}
-            candidates = [c for c in int8.quantizable_nodes(model) if c not in shared]
+            static = precision == "int8" and mode == "static"  # QDQ reaches attention's own MatMuls too
+            candidates = [c for c in int8.quantizable_nodes(model, static=static) if c not in shared]
             if precision == "int4":  # the MatMuls MatMulNBits replaces; Gathers stay float
                 candidates = weights.int4_candidates(model)
             attention = qattention.plan(model, calib_feeds[name]) if precision == "int8" and mode == "dynamic" else []

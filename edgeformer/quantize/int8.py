@@ -28,6 +28,9 @@ import numpy as np
 import onnx
 
 QUANTIZABLE = ("MatMul", "Gather")  # projections and FFNs; the embedding tables
+# Static (QDQ) quantizes MatMuls only, and every one of them: onnxruntime's QDQ MatMul ignores
+# MatMulConstBOnly, so attention's activation x activation MatMuls (Q.K^T, softmax.V) get QDQ too
+STATIC_OPS = ("MatMul",)
 METHODS = ("minmax", "percentile", "entropy")
 # whether onnxruntime's calibrator may speak (its print() lines and INFO logs), on stderr; the CLI's --verbose
 VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeformer_quantize_verbose", default=False)
@@ -54,11 +57,17 @@ def needs_reduce_range(flags: set[str] | None = None) -> bool:
     return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes the quantizer would touch: MatMuls with a constant weight, Gathers of a table."""
+def quantizable_nodes(model: onnx.ModelProto, *, static: bool = False) -> list[str]:
+    """Names of the nodes the quantizer would touch. Dynamic: MatMuls with a constant weight,
+    Gathers of a table. ``static``: every MatMul, attention's score and context products included:
+    each is a node the search may keep in float, so with all of them in float the graph is the float one."""
     inits = {i.name for i in model.graph.initializer}
     names = []
     for node in model.graph.node:
+        if static:
+            if node.op_type in STATIC_OPS:
+                names.append(node.name)
+            continue
         matmul = node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits
         if matmul or (node.op_type == "Gather" and node.input[0] in inits):
             names.append(node.name)
@@ -167,23 +176,23 @@ def quantize_static(
             out,
             _Reader(feeds, names),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=list(STATIC_OPS),
             per_channel=per_channel,
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
             calibrate_method=calibrate,
-            extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},  # MatMulConstBOnly: ignored by QDQ
         )
     return out
 
 
-def settings(reduce_range: bool | None = None) -> dict[str, Any]:
+def settings(reduce_range: bool | None = None, *, static: bool = False) -> dict[str, Any]:
     rr = needs_reduce_range() if reduce_range is None else reduce_range
     return {
         "weights": "int8 symmetric, per output channel" + (", 7-bit (reduce_range: x86 without VNNI)" if rr else ""),
         "activations": "uint8",
         "reduce_range": rr,
-        "ops": list(QUANTIZABLE),
+        "ops": list(STATIC_OPS if static else QUANTIZABLE),
     }

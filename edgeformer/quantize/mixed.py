@@ -52,6 +52,11 @@ class MixedResult:
             text += f"; then up to all of them kept in float, most sensitive first ({self.tried} graphs tried)"
         if self.kept_in_float:
             text += f"; {'chose' if self.within_budget else 'ended with'} {len(self.kept_in_float)} kept in float"
+        if not self.within_budget and self.candidates and len(self.kept_in_float) == self.candidates:
+            text += (
+                " (every candidate in float still misses: the loss is in what the quantizer changed outside "
+                "the candidates, not in a node the search could keep in float)"
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
