@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from edgeformer import safe_read
 from edgeformer.errors import CardError
+from edgeformer.numbers import finite_number
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder")
 POSITIONS = ("sinusoidal", "learned")
@@ -134,8 +134,9 @@ def _integer(value: object) -> bool:
 
 
 def _real(value: object) -> bool:
-    """A finite int or float (not a bool): NaN and the infinities fail every range check."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool): NaN, the infinities and integers too large for a float
+    fail every range check."""
+    return finite_number(value)
 
 
 def _check_counts(cfg: ModelConfig) -> None:

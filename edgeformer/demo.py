@@ -28,6 +28,7 @@ from edgeformer.errors import CardError
 from edgeformer.nn.checkpoint import save_checkpoint
 from edgeformer.nn.models import build_model, lm_loss
 from edgeformer.nn.training import TrainConfig, TrainResult, train
+from edgeformer.numbers import finite_number
 
 RECIPES = ("demo-decoder", "demo-encoder")
 
@@ -68,7 +69,7 @@ def _check_recipe(name: str, cfg: TrainConfig) -> None:
     values = [(k, getattr(cfg, k)) for k in RECIPE_FLOATS if k != "betas"] + [("betas", b) for b in betas]
     for key, value in values:
         interval, inside = RECIPE_FLOATS[key]
-        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        finite = finite_number(value)
         if not finite or not inside(value):
             what = "two numbers, each" if key == "betas" else "a finite number"
             raise CardError(f"{name}: [training].{key} must be {what} in {interval}, got {getattr(cfg, key)!r:.40}")

@@ -27,6 +27,7 @@ from edgeformer.errors import CardError, ExportError, ModelImportError
 from edgeformer.export.user import load_io
 from edgeformer.io import sha256_file
 from edgeformer.quantize.calibration import CalibrationError, load_rows
+from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.errors import BundleFormatError, OptionError
 from edgeformer.zoo import resolve_card
 
@@ -382,6 +383,7 @@ def _edit_manifest(bundle: Path, change) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     change(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stamp_manifest(bundle)  # the digest follows the edit: what is tested is the edited content
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeformer.numbers import finite_number
+
 BUDGET_METRICS = ("cosine", "top1", "perplexity")
 HIGHER_IS_BETTER = {"cosine": True, "top1": True, "perplexity": False}
 
@@ -42,7 +44,7 @@ DOMAINS = {"cosine": (0.0, 1.0), "top1": (0.0, 1.0), "perplexity": (1.0, 1e6)}
 def budget_problem(name: str, value: object) -> str | None:
     """Why ``value`` is not a budget for ``name`` (None when it is one)."""
     low, high = DOMAINS[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         return f"{name} must be a finite number from {low:g} to {high:g}, got {value!r:.40}"
     if not low <= value <= high:
         return f"{name} must be from {low:g} to {high:g}, got {value:g}"

@@ -7,11 +7,11 @@ same tokens; with ``top_k=1`` it picks exactly the greedy token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from edgeformer.numbers import finite_number
 from edgeformer.runtime.errors import OptionError
 
 SEED_LIMIT = 2**64  # numpy's generators take any non-negative integer; larger seeds add nothing
@@ -35,7 +35,7 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not _number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+        if not finite_number(self.temperature) or self.temperature < 0:
             raise OptionError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r:.40}")
         if not _integer(self.top_k) or self.top_k < 0:
             raise OptionError(f"top_k must be an integer >= 0 (0 keeps every token), got {self.top_k!r:.40}")
