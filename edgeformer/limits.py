@@ -3,8 +3,8 @@ is allocated or traced, so a card too large for the machine is refused with numb
 being killed by the kernel twenty minutes in.
 
 The estimate is a sum of what grows with the card, each term times a factor fitted (non-negative
-least squares) to the peak resident memory of the full-size exports in README.md ("The full-size
-cards": bert-base 3.1 GB ... gpt-xl-2048 23.3 GB, traced, fused and checked at full length)::
+least squares) to the peak resident memory of the full-size exports in docs/performance.md
+("Exporting the full-size cards": bert-base 3.1 GB ... gpt-xl-2048 23.3 GB, traced, fused and checked at full length)::
 
     peak = 1.13 GB                                   Python, torch, onnxruntime, the exporter
          + 2.41 x weights (parameters x 4 bytes)     torch model, traced graph, ONNX file, sessions

@@ -65,8 +65,9 @@ def test_the_int8_target_exports_checks_and_shrinks_every_family(tmp_path, card)
 
 
 def test_a_budget_that_int8_breaks_keeps_the_most_sensitive_nodes_in_float(tmp_path, fp32):
-    """The trained demo decoder on real text: all-int8 misses a 99.5% top-1 budget (on the calibration and the held-out rows both); keeping a few
-    nodes in float meets it, and the report names them."""
+    """The trained demo decoder on real text: all-int8 misses a 99.5% top-1 budget (on the
+    calibration and the held-out rows both); keeping a few nodes in float meets it, and the report
+    names them."""
     src = fp32("demo-decoder")
     manifest = quantize_bundle(src, tmp_path / "q", budget={"top1": 0.995}, samples=8)
     graph = manifest["quantization"]["graphs"]["model"]
