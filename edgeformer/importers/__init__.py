@@ -233,8 +233,13 @@ def _source(imported: Imported, recipe: dict[str, Any], max_sequence: int | None
     return Source(imported.name, imported.model, imported.config, plans, recipe, tokenizer, files=files)
 
 
+def _hashes(directory: Path, files: list[Path]) -> dict[str, str]:
+    """The sha256 of each weight file, by its path inside ``directory`` (what a manifest records)."""
+    return {str(f.relative_to(directory)): sha256_file(f) for f in files}
+
+
 def _weight_hashes(imported: Imported) -> dict[str, str]:
-    return {str(f.relative_to(imported.directory)): sha256_file(f) for f in imported.weight_files}
+    return _hashes(imported.directory, imported.weight_files)
 
 
 def source_from_directory(
@@ -266,12 +271,9 @@ def rebuild_source(recipe: dict[str, Any], max_sequence: int | None = None) -> S
         )
     # a manifest names this directory: its weights must be the recorded ones before any is loaded
     layout = read_layout(directory)
-    files = weight_files(layout.transformer if layout else directory)
-    if {str(f.relative_to(directory)): sha256_file(f) for f in files} != recipe.get("weights_sha256"):
+    if _hashes(directory, weight_files(layout.transformer if layout else directory)) != recipe.get("weights_sha256"):
         raise BundleError(f"the weights in {directory} changed since the bundle was exported (sha256 differs)")
     imported = import_directory(directory, memory=MemoryPlan(max_sequence, parity=True))
-    if _weight_hashes(imported) != recipe.get("weights_sha256"):
-        raise BundleError(f"the weights in {directory} changed since the bundle was exported (sha256 differs)")
     return _source(imported, recipe, max_sequence)
 
 
