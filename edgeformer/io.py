@@ -183,6 +183,14 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _temporary_dir(path: Path) -> Path:
+    """A new temporary sibling directory of ``path`` (``.<name>.<pid>.<random>.tmp``), after
+    removing what killed processes left beside ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it takes the place of ``path``.
@@ -192,9 +200,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     Whether replacing it is allowed is the caller's decision.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    tmp = _temporary_dir(path)
     try:
         yield tmp
         user_modes(tmp)
@@ -220,9 +226,7 @@ def scratch_dir(beside: str | Path) -> Iterator[Path]:
     (``.<name>.<pid>.<random>.tmp``): removed on exit, and by the next write to ``beside``
     (``clean_stale``) when a kill left it."""
     beside = Path(beside)
-    beside.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(beside)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(beside), suffix=".tmp", dir=beside.parent))
+    tmp = _temporary_dir(beside)
     try:
         yield tmp
     finally:
