@@ -78,7 +78,7 @@ def infer(model: ir.Model) -> dict[ir.Value, ir.Shape | None]:
     return improved
 
 
-def _unknowns(dims: list) -> int:  # type: ignore[type-arg]
+def _unknowns(dims: list) -> int:
     return sum(1 for d in dims if d is None or (not isinstance(d, int) and (_name(d) or "unk__").startswith("unk__")))
 
 

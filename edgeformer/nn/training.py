@@ -45,7 +45,8 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms or position tables)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -85,7 +86,7 @@ def train(
         sched.step()
         result.losses.append(loss.item())
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            log(step, loss.item(), sched.get_last_lr()[0])
+            log(step, loss.item(), float(sched.get_last_lr()[0]))
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
