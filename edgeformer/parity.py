@@ -324,7 +324,7 @@ def check_source(
         log(f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, {outcome}")
     if not report.ok and raise_on_failure:
         error = ParityError(format_failure(report))
-        error.report = report  # type: ignore[attr-defined]
+        error.report = report
         raise error
     return report
 

@@ -40,7 +40,8 @@ class BiasFromMask(pattern.RewriteRuleClassBase):
         if side is None:
             return result.fail("the Where is not a bias: one branch the constant 0, the other a constant", mask)
         fill = when_true if side == 1 else when_false
-        if not math.isfinite(_scalar(fill)):  # type: ignore[arg-type]
+        value = _scalar(fill)
+        if value is None or not math.isfinite(value):
             return result.fail("the fill is not a finite constant (0 * inf would be NaN)", fill)
         if fill.const_value.dtype != ir.DataType.FLOAT:
             return result.fail("the fill is not float32", fill)

@@ -329,7 +329,7 @@ def _standard_leftovers(model: ir.Model, not_fused: list[dict[str, str]]) -> lis
 def _restore(model: ir.Model, backup: Any) -> ir.Model:
     """Put the graph back as it was before a pass, in the same Model object."""
     restored = ir.from_proto(backup)
-    model.graph = restored.graph  # type: ignore[misc]  (the graph carries the opset imports)
+    model.graph = restored.graph  # (the graph carries the opset imports)
     model.functions.clear()
     model.functions.update(restored.functions)
     return model
@@ -394,9 +394,9 @@ def fuse_model(
             before = _candidates(model)
         if rewrites:
             log(f"  {name}: {rewrites}")
-        if reference is None or not (rewrites or name.endswith("cleanup")):
+        if reference is None or feeds is None or not (rewrites or name.endswith("cleanup")):
             continue
-        record.max_rel_error, problem, deferred = _check(model, feeds, reference, tolerance)  # type: ignore[arg-type]
+        record.max_rel_error, problem, deferred = _check(model, feeds, reference, tolerance)
         if deferred:
             record.deferred = True
             pending.append(record)

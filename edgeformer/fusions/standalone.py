@@ -61,21 +61,22 @@ def graph_feeds(model: ir.Model, seed: int = 0, dims: dict[str, int] | None = No
     (``dims``, else small guesses), masks are ones, ids are small non-negative integers."""
     rng = np.random.default_rng(seed)
     sizes = check_sizes(model, dims)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for value in model.graph.inputs:
+        name = value.name or ""  # (onnx_ir reads a nameless input as "")
         if value.shape is None or value.dtype not in _NP:
-            raise ExportError(f"input {value.name!r} has no known shape or a dtype the fusion check cannot feed")
+            raise ExportError(f"input {name!r} has no known shape or a dtype the fusion check cannot feed")
         shape = tuple(d if isinstance(d, int) else sizes[str(d)] for d in value.shape.dims)
         dtype = _NP[value.dtype]
-        lowered = value.name.lower()
+        lowered = name.lower()
         if "mask" in lowered:
-            feeds[value.name] = np.ones(shape, dtype=dtype)
+            feeds[name] = np.ones(shape, dtype=dtype)
         elif "position" in lowered and len(shape) == 2:
-            feeds[value.name] = np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
+            feeds[name] = np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
         elif np.issubdtype(dtype, np.integer):
-            feeds[value.name] = rng.integers(0, 50, shape, dtype=dtype)
+            feeds[name] = rng.integers(0, 50, shape, dtype=dtype)
         else:
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
 
