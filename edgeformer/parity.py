@@ -302,7 +302,7 @@ def check_source(
                 f"({verdict}, tolerance {report.tolerance:g})"
             )
         else:
-            cosine = min(c.metrics.get("cosine", 1.0) for c in cases)  # type: ignore[union-attr]
+            cosine = min((c.metrics or {}).get("cosine", 1.0) for c in cases)
             real_metrics = [c.metrics for c in cases if c.inputs == "real" and c.metrics and "top1" in c.metrics]
             top1 = ""
             if real_metrics:

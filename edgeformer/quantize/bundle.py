@@ -196,7 +196,7 @@ def quantize_bundle(
     float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
     encoder = float_sessions.get("encoder")
     calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
-    valid_feeds = {name: [] for name in graphs}
+    valid_feeds: dict[str, list[dict[str, Any]]] = {name: [] for name in graphs}
     for rows in valid_rows:
         for name, feeds in calibration.graph_feeds(manifest, rows, encoder_session=encoder).items():
             valid_feeds[name] += feeds

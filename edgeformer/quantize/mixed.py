@@ -131,7 +131,8 @@ def quantize_within_budget(
             out, measured, not broken, seconds=seconds, verdict_measured=on_verdict_rows, candidates=len(candidates)
         )
     log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking nodes")
-    sensitivity, key = {}, "budget_used_alone"
+    sensitivity: dict[str, float] = {}
+    key = "budget_used_alone"
     if rank is not None:  # one session for all nodes instead of a graph written and loaded per node
 
         def judge(got: list[dict[str, np.ndarray]]) -> float:

@@ -24,6 +24,7 @@ Peak RSS is read before the limits run (their matrices would dominate it). Resul
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -127,7 +128,7 @@ def resolve(settings: Settings, family: str, config: dict[str, Any]) -> Settings
         out = replace(out, threads=(report_mod.physical_cores(),))
     if settings.sequences is None:
         fit = tuple(s for s in DEFAULT_SEQUENCES if max_pos is None or s <= max_pos)
-        out = replace(out, sequences=fit or (max_pos,))
+        out = replace(out, sequences=fit or ((max_pos,) if max_pos is not None else ()))
     elif max_pos is not None and max(settings.sequences) > max_pos:
         raise OptionError(f"--sequence {max(settings.sequences)} is longer than the model's max_positions {max_pos}")
     generates = family in STEP_GRAPH
@@ -165,7 +166,8 @@ class Progress:
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.prefix = prefix
-        self.text, self.total, self.count, self.started, self.shown = "", None, 0, 0.0, 0.0
+        self.text, self.count, self.started, self.shown = "", 0, 0.0, 0.0
+        self.total: int | None = None
 
     def case(self, text: str, total: int | None) -> None:
         self.text, self.total, self.count = text, total, 0
@@ -351,7 +353,7 @@ def forward_ids(seed: int, vocab_size: int, batch: int, sequence: int) -> np.nda
 def forward_feeds(graph: Graph, config: dict[str, Any], batch: int, sequence: int, seed: int = 0):
     """Feeds for one call of a graph: random token ids, all-ones masks, positions 0..T-1, empty
     caches; other inputs (a user's own module) ones for integers and standard normal for floats."""
-    vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else 2
+    vocab = v if isinstance(v := config.get("vocab_size"), int) else 2
     rng = case_rng(seed, 2, batch, sequence)
     feeds = {}
     for spec in graph.inputs:
@@ -420,7 +422,7 @@ def _forward_cases(model: RuntimeModel, threads: int, settings: Settings, progre
             feeds = forward_feeds(graph, model.config, batch, seq, settings.seed)
             progress.case(f"{threads} thr {graph_name} batch {batch} seq {seq}", settings.iterations)
             samples = time_calls(
-                lambda f=feeds: session.run(None, f),
+                functools.partial(session.run, None, feeds),
                 settings.warmup,
                 settings.iterations,
                 settings.time_budget,

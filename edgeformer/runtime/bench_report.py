@@ -151,6 +151,7 @@ def machine() -> dict[str, Any]:
     info = _cpuinfo()
     cpu = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or "unknown"
     flags = (info.get("flags") or info.get("Features") or "").split()
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -496,7 +497,7 @@ def table(report: dict[str, Any]) -> str:
         if limits_line(run):
             lines.append(f"  limits {limits_line(run)}")
     base = report.get("baseline")
-    header = (
+    header: tuple[str, ...] = (
         "case",
         "series",
         "p50 ms",
@@ -514,7 +515,8 @@ def table(report: dict[str, Any]) -> str:
         report["rows"],
         key=lambda r: (cases.index(describe(r)), series.index(r["series"]), loops.index(r.get("loop") or "runtime")),
     )
-    body, last = [], None
+    body: list[tuple[str, ...]] = []
+    last = None
     for r in ordered:
         ratio = r.get("speedup_paired") or r.get("speedup")
         speed = "-" if ratio is None else f"{ratio:.2f}x"
@@ -630,9 +632,9 @@ def _tokens_panel(ax: Any, gen: list[dict[str, Any]]) -> None:
         ax.bar(xs, ys, width=width, label=bar)
     limits = {}
     for case in cases:  # one dashed line per case where the series agree on the limit (within 5%)
-        found = [r["bandwidth_limit_tokens_per_s"] for r in gen if describe(r) == case]
-        if found and all(found) and max(found) <= 1.05 * min(found):
-            limits[case] = min(found)
+        at = [r["bandwidth_limit_tokens_per_s"] for r in gen if describe(r) == case]
+        if at and all(at) and max(at) <= 1.05 * min(at):
+            limits[case] = min(at)
     for j, case in enumerate(cases):
         if case in limits:
             ax.hlines(limits[case], j - 0.45, j + 0.45, colors="black", linestyles="dashed")
