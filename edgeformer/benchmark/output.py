@@ -55,6 +55,24 @@ def table(report: dict[str, Any]) -> str:
         report["rows"],
         key=lambda r: (cases.index(describe(r)), series.index(r["series"]), loops.index(r.get("loop") or "runtime")),
     )
+    body = _body(ordered)
+    if not base:
+        header, body = header[:-1], [b[:-1] for b in body]
+    if any(r.get("speedup_paired") or r.get("bandwidth_fraction_paired") for r in report["rows"]):
+        note = "speedups and bandwidth fractions: medians of the ratios within each repetition"
+    else:
+        note = ""
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for b in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
+    if note:
+        lines.append(f"({note})")
+    return "\n".join(lines)
+
+
+def _body(ordered: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One table line per row, the case named on its first line only."""
     body, last = [], None
     for r in ordered:
         ratio = r.get("speedup_paired") or r.get("speedup")
@@ -75,19 +93,7 @@ def table(report: dict[str, Any]) -> str:
             )
         )
         last = describe(r)
-    if not base:
-        header, body = header[:-1], [b[:-1] for b in body]
-    if any(r.get("speedup_paired") or r.get("bandwidth_fraction_paired") for r in report["rows"]):
-        note = "speedups and bandwidth fractions: medians of the ratios within each repetition"
-    else:
-        note = ""
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for b in body:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
-    if note:
-        lines.append(f"({note})")
-    return "\n".join(lines)
+    return body
 
 
 def write_outputs(
