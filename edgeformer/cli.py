@@ -24,6 +24,7 @@ from edgeformer.cli_types import (
     providers_option,
     seed_option,
 )
+from edgeformer.config import FUSION_FORMS
 from edgeformer.io import json_text
 
 
@@ -538,7 +539,7 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
 )
 @click.option(
     "--form",
-    type=click.Choice(["contrib", "standard", "nnapi", "coreml", "qnn"]),
+    type=click.Choice([f for f in FUSION_FORMS if f != "none"]),
     help="Which fused ops to produce: onnxruntime's contrib ops (MultiHeadAttention, SkipLayerNormalization, "
     "FastGelu...), standard ONNX ops only (opset 23 Attention) for other runtimes, or only the ops NNAPI, CoreML "
     "or QNN take (form (c); fix static shapes first for NNAPI). Default: contrib.",
