@@ -16,6 +16,7 @@ import torch
 
 from edgeformer.config import ModelConfig
 from edgeformer.export.graphs import GraphPlan, derived_dims, make_inputs, run_torch
+from edgeformer.nn.models import as_encoder_decoder
 from edgeformer.real_inputs import complete_inputs, read_real_inputs  # noqa: F401 - read_real_inputs importable from here
 
 TOLERANCE = {"fp32": 1e-4}  # reduced precisions are judged by their accuracy budget instead
@@ -192,11 +193,12 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
     ids = torch.from_numpy(prompt)
     tokens = []
     if cfg.family == "encoder-decoder":
-        cross = model.cross_key_values(model.encode(ids))
+        seq2seq = as_encoder_decoder(model)
+        cross = seq2seq.cross_key_values(seq2seq.encode(ids))
         nxt = torch.full((ids.shape[0], 1), max(cfg.bos_token_id, 0), dtype=torch.long)  # as the runtime starts
         past = None
         for _ in range(steps):
-            out = model.decode(nxt, cross, past_key_values=past)
+            out = seq2seq.decode(nxt, cross, past_key_values=past)
             nxt, past = out["logits"][:, -1:].argmax(-1), out["present_key_values"]
             tokens.append(nxt)
     else:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeformer.config import ModelConfig
-from edgeformer.nn.models import EncoderDecoderModel
+from edgeformer.nn.models import EncoderDecoderModel, as_encoder_decoder
 
 Dim = str | int
 
@@ -190,8 +190,7 @@ def _card_plans(model: nn.Module, cfg: ModelConfig) -> list[GraphPlan]:
         ]
         outputs = [logits, *_kv_specs("present", cfg.n_layers, ["key", "value"], cfg, "total_sequence")]
         return [GraphPlan("model", DecoderGraph(model), inputs, outputs)]
-    if not isinstance(model, EncoderDecoderModel):
-        raise TypeError(f"an encoder-decoder card's model is an EncoderDecoderModel, got {type(model).__name__}")
+    model = as_encoder_decoder(model)
     enc_hidden = TensorSpec("last_hidden_state", "float32", ("batch", "encoder_sequence", cfg.d_model))
     encoder = GraphPlan(
         "encoder",

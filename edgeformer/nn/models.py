@@ -220,6 +220,13 @@ class EncoderDecoderModel(_Model):
         return self.decode(decoder_input_ids, self.cross_key_values(memory), attention_mask, decoder_attention_mask)
 
 
+def as_encoder_decoder(model: nn.Module) -> EncoderDecoderModel:
+    """``model`` as the EncoderDecoderModel an encoder-decoder card or import builds (TypeError if not)."""
+    if not isinstance(model, EncoderDecoderModel):
+        raise TypeError(f"an encoder-decoder card's model is an EncoderDecoderModel, got {type(model).__name__}")
+    return model
+
+
 def build_model(cfg: ModelConfig) -> EncoderModel | DecoderModel | EncoderDecoderModel:
     """The torch model a config describes, with fresh weights (call ``torch.manual_seed`` first)."""
     if cfg.family == "encoder":
