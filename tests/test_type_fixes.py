@@ -52,3 +52,22 @@ def test_cross_key_values_of_a_layer():
     assert tuple(k.shape) == tuple(v.shape) == (2, cfg.n_heads, 5, cfg.d_model // cfg.n_heads)
     with pytest.raises(ValueError, match="a layer without cross-attention has no cross keys and values"):
         Block(cfg).cross_key_values(memory)
+
+
+def test_encoder_decoder_paths_of_the_torch_worker_and_parity_agree():
+    """The seq2seq branches now narrow the model with ``as_encoder_decoder``: same tokens both ways."""
+    from edgeformer.benchmark.torch_worker import forward_fn, torch_generate
+    from edgeformer.nn.models import build_model
+    from edgeformer.parity import torch_greedy
+
+    cfg = card_config("transformer-mini")
+    model = build_model(cfg).eval()
+    ids = np.array([[5, 6, 7], [8, 9, 10]], dtype=np.int64)
+    with torch.no_grad():
+        cross = forward_fn(model, "encoder-decoder", torch.from_numpy(ids))()
+        tokens, times = torch_generate(model, "encoder-decoder", ids, 4, max(cfg.bos_token_id, 0))
+    assert len(cross) == cfg.decoder_layers and tuple(cross[0][0].shape)[:3] == (2, cfg.n_heads, 3)
+    assert tokens.shape == (2, 4) and len(times) == 4
+    np.testing.assert_array_equal(tokens, torch_greedy(model, cfg, ids, 4))
+    with pytest.raises(TypeError, match="got Linear"):
+        forward_fn(nn.Linear(2, 2), "encoder-decoder", torch.from_numpy(ids))
