@@ -44,6 +44,8 @@ class MixedResult:
     seconds: float = 0.0
     verdict_measured: dict[str, float] = field(default_factory=dict)  # on the verdict rows
     candidates: int = 0
+    case_misses: list[str] = field(default_factory=list)  # the final check's cases the chosen graph misses
+    case_measured: dict[str, float] = field(default_factory=dict)  # the worst of each judged metric over them
 
     def tried_text(self) -> str:
         """What the search tried, for a verdict: "all N nodes int8; then K kept in float (T graphs)"."""
@@ -97,17 +99,23 @@ def quantize_within_budget(
     log: Callable[[str], None] = lambda _m: None,
     verdict_feeds: Sequence[Feeds] = (),
     rank: Ranker | None = None,
+    cases: Sequence[Any] = (),
 ) -> MixedResult:
+    """``cases`` (``parity.BudgetCase``: inputs and the torch outputs on them) are the shapes the final
+    parity check judges: every graph the search accepts meets the budget on each of them too, judged
+    by ``verdict.judge_case``, the check's own judge."""
     start = time.perf_counter()
     work = out.with_name(out.name + ".trial.onnx")
     float_session = _session_of(model, out)
     reference, verdict_reference = outputs_of(float_session, feeds), outputs_of(float_session, verdict_feeds)
     on_verdict_rows: dict[str, float] = {}
+    case_misses: list[str] = []
+    on_cases: dict[str, float] = {}
 
     def score(exclude: Sequence[str], include: Sequence[str] | None = None, final: bool = True) -> dict[str, float]:
         """The budget metrics on the calibration rows; with ``final``, a budget missed on the verdict
-        rows counts as missed here too (their misses are merged in, named as such)."""
-        nonlocal on_verdict_rows
+        rows or on a case of the final check counts as missed here too (the worse value is kept)."""
+        nonlocal on_verdict_rows, case_misses, on_cases
         excluded = list(exclude) if include is None else [c for c in candidates if c not in include]
         quantize(model, work, exclude=excluded)
         session = _session(work)
@@ -115,10 +123,10 @@ def quantize_within_budget(
         if final and verdict_feeds:
             got = outputs_of(session, verdict_feeds)
             on_verdict_rows = budgets.measure(verdict_reference, got, verdict_feeds, language_model=language_model)
-            for name, value in on_verdict_rows.items():  # the worse of the two, metric by metric
-                if name in measured and name in budgets.HIGHER_IS_BETTER:
-                    worse = min if budgets.HIGHER_IS_BETTER[name] else max
-                    measured[name] = worse(measured[name], value)
+            _merge_worse(measured, on_verdict_rows)
+        if final and cases:
+            on_cases, case_misses = judge_cases(session, cases, budget, language_model=language_model)
+            _merge_worse(measured, on_cases)
         return measured
 
     measured = score([])
@@ -128,8 +136,9 @@ def quantize_within_budget(
         work.replace(out)
         seconds = time.perf_counter() - start
         return MixedResult(
-            out, measured, not broken, seconds=seconds, verdict_measured=on_verdict_rows, candidates=len(candidates)
-        )
+            out, measured, not broken, seconds=seconds, verdict_measured=on_verdict_rows,
+            candidates=len(candidates), case_misses=case_misses, case_measured=on_cases,
+        )  # fmt: skip
     log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking nodes")
     sensitivity, key = {}, "budget_used_alone"
     if rank is not None:  # one session for all nodes instead of a graph written and loaded per node
@@ -179,7 +188,37 @@ def quantize_within_budget(
         seconds=time.perf_counter() - start,
         verdict_measured=on_verdict_rows,
         candidates=len(candidates),
+        case_misses=case_misses,
+        case_measured=on_cases,
     )
+
+
+def judge_cases(
+    session: Any, cases: Sequence[Any], budget: dict[str, float], *, language_model: bool = False
+) -> tuple[dict[str, float], list[str]]:
+    """The final parity check's judgement of ``session`` on its ``cases`` (``parity.BudgetCase``):
+    the worst value of each judged metric over the cases, and every miss, named by its shape."""
+    from edgeformer.verdict import case_bounds, judge_case
+
+    worst: dict[str, float] = {}
+    broken: list[str] = []
+    wanted = {i.name for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    for case in cases:
+        got = dict(zip(names, session.run(names, {k: v for k, v in case.inputs.items() if k in wanted}), strict=True))
+        metrics, misses = judge_case(case.reference, got, case.inputs, budget, language_model=language_model)
+        _merge_worse(worst, {k: v for k, v in metrics.items() if k in case_bounds(budget)}, add=True)
+        broken += [f"{m} at {case.label} (random inputs, against the torch source)" for m in misses]
+    return worst, broken
+
+
+def _merge_worse(into: dict[str, float], other: dict[str, float], *, add: bool = False) -> None:
+    """``into`` keeps, metric by metric, the worse of its value and ``other``'s (``add``: new metrics too)."""
+    for name, value in other.items():
+        if name not in budgets.HIGHER_IS_BETTER or (name not in into and not add):
+            continue
+        worse = min if budgets.HIGHER_IS_BETTER[name] else max
+        into[name] = value if name not in into else worse(into[name], value)
 
 
 def _session_of(model: onnx.ModelProto, near: Path) -> Any:
