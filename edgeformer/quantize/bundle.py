@@ -20,7 +20,7 @@ from edgeformer.errors import EdgeformerError
 from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
-from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
+from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget, weight_params
 from edgeformer.quantize.verdict_rows import language_model as is_language_model
 from edgeformer.quantize.verdict_rows import write_rows
 from edgeformer.verdict import combine, judge
@@ -258,7 +258,7 @@ def quantize_bundle(
                 language_model=language_model,
                 log=log,
                 verdict_feeds=valid_feeds[name],
-                rank=int4_rank.rank if precision == "int4" else None,
+                rank=int4_rank.rank if precision == "int4" or (precision == "int8" and mode == "dynamic") else None,
                 cases=(cases or {}).get(name, ()),
             )
             int4_nodes = _int4_nodes(trial, candidates, result.kept_in_float) if precision == "int4" else None
@@ -294,6 +294,8 @@ def quantize_bundle(
                 "bytes_after": size_after,
                 "size_ratio": round(size_after / size_before, 4),
                 "int8_attention_blocks": qattention.count(tmp / graph["file"]),
+                # what the nodes kept in float read at full width per run (decoding is bound by weight reads)
+                "float_weight_bytes": 4 * sum(weight_params(model, [k["node"] for k in result.kept_in_float]).values()),
             }
             if graph_cases:  # the final parity check's shapes, judged by the search against torch
                 entry["parity_cases"] = {"shapes": len(graph_cases), "worst": result.case_measured}

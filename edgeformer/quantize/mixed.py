@@ -150,11 +150,11 @@ def quantize_within_budget(
             return budgets.budget_used(measured, budget)
 
         sensitivity, key = rank(model, work, candidates, feeds, judge)
-    for i, name in enumerate(candidates if rank is None else ()):
+    for i, name in enumerate(c for c in candidates if c not in sensitivity):  # what no gate could score
         sensitivity[name] = budgets.budget_used(score([], include=[name], final=False), budget)
         tried += 1
         if (i + 1) % 10 == 0:
-            each, rest = (time.perf_counter() - start) / (i + 1), len(candidates) - i - 1
+            each, rest = (time.perf_counter() - start) / (i + 1), len(candidates) - len(sensitivity)
             log(f"    sensitivity {i + 1}/{len(candidates)} ({each:.1f} s each, about {each * rest:.0f} s left)")
     params = weight_params(model, candidates)
     ranked = float_order(candidates, sensitivity, params)

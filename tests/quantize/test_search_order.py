@@ -4,6 +4,8 @@ graph it chose as the last one judged, reporting each confirmation."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -73,3 +75,42 @@ def test_the_search_reports_each_confirmation_and_its_time(tmp_path):
     assert "MB of float weights" in confirmations[0] and "s each, at most" in confirmations[0]
     assert any(line.startswith("  search: ") and line.endswith("s in all") for line in lines), lines
     assert result.within_budget and not budgets.violations(result.measured, {"cosine": 0.9999})
+
+
+def test_dynamic_int8_ranks_every_node_from_one_session(edge_bundle, tmp_path):
+    """int8 used to quantize, write and load the whole model once per node to score it; now one gated
+    session scores them all, with the numbers the per-node graphs give."""
+    from edgeformer.quantize import int4_rank, int8, tied_head
+    from edgeformer.quantize.bundle import _quantizer
+    from edgeformer.quantize.mixed import _session, outputs_of
+
+    model, heads = tied_head.untie(int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx"))))
+    shared = {g for head in heads for g in head.gathers}
+    candidates = [c for c in int8.quantizable_nodes(model) if c not in shared]
+    rows = np.random.default_rng(0).integers(0, 500, (2, 16))
+    feeds = [{"input_ids": rows, "attention_mask": np.ones_like(rows), "position_ids": np.tile(np.arange(16), (2, 1))}]
+    feeds[0] |= {i.name: np.zeros((2, 8, 0, 16), np.float32) for i in model.graph.input if i.name.startswith("past")}
+    quantize = _quantizer("int8", "dynamic", "minmax", feeds, heads, [])
+    quantize(model, tmp_path / "all.onnx")
+    onnx.save(model, tmp_path / "float.onnx")
+    reference = outputs_of(_session(tmp_path / "float.onnx"), feeds)
+
+    def judge(got):
+        return 1 - budgets.measure(reference, got, feeds)["cosine"]
+
+    scores, key = int4_rank.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
+    assert key == "budget_used_alone" and set(scores) == set(candidates)  # every node scored by a gate
+    for name in candidates[:4]:  # the graph written with only this node in int8 scores the same
+        quantize(model, tmp_path / "one.onnx", exclude=[c for c in candidates if c != name])
+        alone = judge(outputs_of(_session(tmp_path / "one.onnx"), feeds))
+        assert abs(scores[name] - alone) <= 0.15 * alone + 1e-7, (name, scores[name], alone)
+
+
+def test_a_dynamic_int8_search_costs_a_few_whole_graphs(edge_bundle, tmp_path):
+    from edgeformer.quantize.bundle import quantize_bundle
+
+    manifest = quantize_bundle(edge_bundle("gpt-mini"), tmp_path / "q", budget={"cosine": 0.99999}, samples=8)
+    entry = manifest["quantization"]["graphs"]["model"]
+    n = entry["graphs_tried"]
+    # all-int8, all-float, the bisection and the chosen graph again: before, one more graph per node (10)
+    assert entry["kept_in_float"] and n <= 3 + math.ceil(math.log2(10)), entry
