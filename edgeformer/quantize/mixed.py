@@ -1,17 +1,20 @@
-"""Accuracy-aware mixed precision: keep the fewest, most sensitive nodes in float until the budget holds.
+"""Accuracy-aware mixed precision: keep the fewest float bytes that meet the budget, on what the final check judges.
 
-1. Quantize everything; measure the budget metrics against the float graph on the calibration
-   data. Within budget: done.
-2. Otherwise measure each quantizable node's sensitivity: the graph with only that node in int8,
-   scored by the fraction of the budget it uses up alone (``budget.budget_used``); or, given
-   ``rank``, by the quantizer's own ranking (int4: the same score from one session, ``int4_rank``).
-3. Keep the k most sensitive nodes in float, with the smallest k that meets the budget (found by
-   bisection); if even all of them in float miss it, that is reported as a failure.
+1. Quantize everything; measure the budget metrics. Within budget: done.
+2. Otherwise score each candidate node: the share of the budget it uses up alone (``budget.budget_used``),
+   all from ONE gated session (``int4_rank``: int4 and dynamic int8, the float and the reduced node blended
+   by a gate per node); only what no gate reaches (int8 attention merged into QAttention) is scored by a
+   graph per node.
+3. Order the candidates by budget bought back per float weight (``float_order``: a node kept in float is
+   read at full width at every step, so a big LM head goes late), and bisect for the smallest prefix kept
+   in float that meets the budget: a few whole-model confirmations, each logged with its count, its float
+   bytes, its time and how many may follow.
 
-"Meets the budget" is judged on the calibration rows AND on ``verdict_feeds``, the rows the final
-verdict judges (held-out validation rows, up to the longest length the bundle claims): a graph the
-search accepts is one the final verdict accepts, so the search keeps more nodes in float when
-trained weights' outlier activations break the budget only on longer or unseen rows.
+"Meets the budget" is judged on the calibration rows, on ``verdict_feeds`` (the held-out rows the verdict
+judges, up to the longest length the bundle claims) AND on ``cases``: the final parity check's own shapes
+(seq 1, the longest checked length, batch 2 with padding, a cache), with the torch outputs on them, judged
+by the check's own judge (``verdict.judge_case``). A graph the search accepts is one the final check
+accepts; trained weights' outlier activations that only show at long lengths keep more nodes in float.
 """
 
 from __future__ import annotations
@@ -88,6 +91,80 @@ def outputs_of(session: Any, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarra
     return results
 
 
+@dataclass
+class _Trials:
+    """The graphs a search writes and judges: each on the calibration rows and, when final, on the
+    verdict rows and the final check's cases (the worse value of each metric is kept)."""
+
+    model: onnx.ModelProto
+    out: Path
+    quantize: Quantizer
+    feeds: Sequence[Feeds]
+    budget: dict[str, float]
+    candidates: Sequence[str]
+    language_model: bool
+    verdict_feeds: Sequence[Feeds]
+    cases: Sequence[Any]
+    reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    verdict_reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    on_verdict_rows: dict[str, float] = field(default_factory=dict)
+    on_cases: dict[str, float] = field(default_factory=dict)
+    case_misses: list[str] = field(default_factory=list)
+    graphs: int = 0
+
+    @property
+    def work(self) -> Path:
+        return self.out.with_name(self.out.name + ".trial.onnx")
+
+    def measure(self, reference: Sequence[dict[str, np.ndarray]], got: Any, feeds: Sequence[Feeds]) -> dict:
+        return budgets.measure(reference, got, feeds, language_model=self.language_model)
+
+    def score(self, exclude: Sequence[str], include: Sequence[str] | None = None, final: bool = True) -> dict:
+        excluded = list(exclude) if include is None else [c for c in self.candidates if c not in include]
+        self.quantize(self.model, self.work, exclude=excluded)
+        self.graphs += 1
+        session = _session(self.work)
+        measured = self.measure(self.reference, outputs_of(session, self.feeds), self.feeds)
+        if final and self.verdict_feeds:
+            got = outputs_of(session, self.verdict_feeds)
+            self.on_verdict_rows = self.measure(self.verdict_reference, got, self.verdict_feeds)
+            _merge_worse(measured, self.on_verdict_rows)
+        if final and self.cases:
+            self.on_cases, self.case_misses = judge_cases(
+                session, self.cases, self.budget, language_model=self.language_model
+            )
+            _merge_worse(measured, self.on_cases)
+        return measured
+
+    def sensitivity(self, rank: Ranker | None, log: Callable[[str], None]) -> tuple[dict[str, float], str]:
+        """Each candidate's share of the budget used alone: from one gated session (``rank``), and
+        for what it cannot reach, from a graph per node."""
+        scores, key, start = {}, "budget_used_alone", time.perf_counter()
+        if rank is not None:
+
+            def judge(got: list[dict[str, np.ndarray]]) -> float:
+                n = len(got)
+                return budgets.budget_used(self.measure(self.reference[:n], got, self.feeds[:n]), self.budget)
+
+            scores, key = rank(self.model, self.work, self.candidates, self.feeds, judge)
+        rest = [c for c in self.candidates if c not in scores]
+        for i, name in enumerate(rest):
+            scores[name] = budgets.budget_used(self.score([], include=[name], final=False), self.budget)
+            if (i + 1) % 10 == 0:
+                each = (time.perf_counter() - start) / (i + 1)
+                left = each * (len(rest) - i - 1)
+                log(f"    sensitivity {i + 1}/{len(rest)} ({each:.1f} s each, about {left:.0f} s left)")
+        return scores, key
+
+    def result(self, measured: dict[str, float], ok: bool, start: float, **more: Any) -> MixedResult:
+        self.work.replace(self.out)
+        return MixedResult(
+            self.out, measured, ok, tried=self.graphs,
+            seconds=time.perf_counter() - start, verdict_measured=self.on_verdict_rows,
+            candidates=len(self.candidates), case_misses=self.case_misses, case_measured=self.on_cases, **more,
+        )  # fmt: skip
+
+
 def quantize_within_budget(
     model: onnx.ModelProto,
     out: Path,
@@ -106,92 +183,41 @@ def quantize_within_budget(
     parity check judges: every graph the search accepts meets the budget on each of them too, judged
     by ``verdict.judge_case``, the check's own judge."""
     start = time.perf_counter()
-    work = out.with_name(out.name + ".trial.onnx")
+    trials = _Trials(model, out, quantize, feeds, budget, candidates,
+                     language_model, verdict_feeds, cases)  # fmt: skip
     float_session = _session_of(model, out)
-    reference, verdict_reference = outputs_of(float_session, feeds), outputs_of(float_session, verdict_feeds)
-    on_verdict_rows: dict[str, float] = {}
-    case_misses: list[str] = []
-    on_cases: dict[str, float] = {}
-
-    def score(exclude: Sequence[str], include: Sequence[str] | None = None, final: bool = True) -> dict[str, float]:
-        """The budget metrics on the calibration rows; with ``final``, a budget missed on the verdict
-        rows or on a case of the final check counts as missed here too (the worse value is kept)."""
-        nonlocal on_verdict_rows, case_misses, on_cases
-        excluded = list(exclude) if include is None else [c for c in candidates if c not in include]
-        quantize(model, work, exclude=excluded)
-        session = _session(work)
-        measured = budgets.measure(reference, outputs_of(session, feeds), feeds, language_model=language_model)
-        if final and verdict_feeds:
-            got = outputs_of(session, verdict_feeds)
-            on_verdict_rows = budgets.measure(verdict_reference, got, verdict_feeds, language_model=language_model)
-            _merge_worse(measured, on_verdict_rows)
-        if final and cases:
-            on_cases, case_misses = judge_cases(session, cases, budget, language_model=language_model)
-            _merge_worse(measured, on_cases)
-        return measured
-
-    measured = score([])
-    tried = 1
+    trials.reference, trials.verdict_reference = (
+        outputs_of(float_session, feeds),
+        outputs_of(float_session, verdict_feeds),
+    )
+    measured = trials.score([])
     broken = budgets.violations(measured, budget)
     if not broken or not budget or not candidates:  # within budget, or nothing to keep in float
-        work.replace(out)
-        seconds = time.perf_counter() - start
-        return MixedResult(
-            out, measured, not broken, seconds=seconds, verdict_measured=on_verdict_rows,
-            candidates=len(candidates), case_misses=case_misses, case_measured=on_cases,
-        )  # fmt: skip
+        return trials.result(measured, not broken, start)
     log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking nodes")
-    sensitivity, key = {}, "budget_used_alone"
-    if rank is not None:  # one session for all nodes instead of a graph written and loaded per node
-
-        def judge(got: list[dict[str, np.ndarray]]) -> float:
-            n = len(got)
-            measured = budgets.measure(reference[:n], got, feeds[:n], language_model=language_model)
-            return budgets.budget_used(measured, budget)
-
-        sensitivity, key = rank(model, work, candidates, feeds, judge)
-    for i, name in enumerate(c for c in candidates if c not in sensitivity):  # what no gate could score
-        sensitivity[name] = budgets.budget_used(score([], include=[name], final=False), budget)
-        tried += 1
-        if (i + 1) % 10 == 0:
-            each, rest = (time.perf_counter() - start) / (i + 1), len(candidates) - len(sensitivity)
-            log(f"    sensitivity {i + 1}/{len(candidates)} ({each:.1f} s each, about {each * rest:.0f} s left)")
+    sensitivity, key = trials.sensitivity(rank, log)
     params = weight_params(model, candidates)
     ranked = float_order(candidates, sensitivity, params)
     log(f"  keeping nodes in float, most budget per float byte first ({len(ranked)} candidates)")
+    results: dict[int, dict[str, float]] = {}
+    confirmations: list[int] = []
     clock = time.perf_counter()
 
     def meets(k: int, width: int) -> bool:
-        nonlocal tried
-        results[k], tried = score(ranked[:k]), tried + 1
+        results[k] = trials.score(ranked[:k])
         confirmations.append(k)
         each = (time.perf_counter() - clock) / len(confirmations)
         left = math.ceil(math.log2(width)) + 1 if width > 1 else 0  # confirmations still to come, at most
         megabytes = 4 * sum(params.get(n, 0) for n in ranked[:k]) / 1e6
-        log(f"    confirmation {len(results)}: {k}/{len(ranked)} node(s) in float ({megabytes:.1f} MB of float "
-            f"weights): {budgets.to_jsonable(results[k])}; {each:.1f} s each, at most {left} more")  # fmt: skip
+        log(f"    confirmation {len(confirmations)}: {k}/{len(ranked)} node(s) in float ({megabytes:.1f} MB of "
+            f"float weights): {budgets.to_jsonable(results[k])}; {each:.1f} s each, at most {left} more")  # fmt: skip
         return not budgets.violations(results[k], budget)
 
-    results: dict[int, dict[str, float]] = {}
-    confirmations: list[int] = []
     hi = _smallest_meeting(meets, len(ranked))
-    kept, measured = ranked[:hi], results[hi]
-    ok = not budgets.violations(measured, budget)
     log(f"  search: {hi} node(s) kept in float after {len(confirmations)} whole-model confirmation(s), "
         f"{time.perf_counter() - start:.1f} s in all")  # fmt: skip
-    work.replace(out)
-    return MixedResult(
-        out,
-        measured,
-        ok,
-        kept_in_float=[{"node": n, key: round(sensitivity[n], 4)} for n in kept],
-        tried=tried,
-        seconds=time.perf_counter() - start,
-        verdict_measured=on_verdict_rows,
-        candidates=len(candidates),
-        case_misses=case_misses,
-        case_measured=on_cases,
-    )
+    kept = [{"node": n, key: round(sensitivity[n], 4)} for n in ranked[:hi]]
+    return trials.result(results[hi], not budgets.violations(results[hi], budget), start, kept_in_float=kept)
 
 
 def _smallest_meeting(meets: Callable[[int, int], bool], n: int) -> int:
