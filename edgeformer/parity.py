@@ -146,23 +146,47 @@ def _case(
     dims: dict[str, int],
     kind: str = "random",
     budget: dict[str, float] | None = None,
+    want: dict[str, np.ndarray] | None = None,
 ) -> CaseReport:
-    want = run_torch(plan, inputs)
+    """One shape: ``want`` (the torch outputs, computed here unless given) against the graph's."""
+    want = run_torch(plan, inputs) if want is None else want
     got = run_onnx(session, inputs)
     limit = tolerance if budget is None else float("inf")  # a budget judges reduced precisions
     outputs = [compare(spec.name, want[spec.name], got[spec.name], limit) for spec in plan.outputs]
     case = CaseReport(plan.name, dims, outputs, kind)
-    if budget is not None:
-        from edgeformer.quantize.budget import measure, to_jsonable
-        from edgeformer.verdict import misses
+    if budget is not None:  # the one case judge the precision search also calls (verdict.judge_case)
+        from edgeformer.verdict import judge_case
 
-        lm = plan.name in ("model", "decoder") and "logits" in want and kind == "real"
-        case.metrics = to_jsonable(measure([want], [got], [inputs], language_model=lm))
-        # on random tokens a model's logits are near ties that say nothing about its task: there
-        # only cosine is judged; top-1 agreement and perplexity on the real inputs given
-        judged = budget if kind == "real" else {k: v for k, v in budget.items() if k == "cosine"}
-        case.violations = misses(case.metrics, judged)
+        lm = plan.name in ("model", "decoder") and "logits" in want
+        case.metrics, case.violations = judge_case(want, got, inputs, budget, kind=kind, language_model=lm)
     return case
+
+
+@dataclass
+class BudgetCase:
+    """One random-input shape the final parity check judges, with the torch source's outputs on it:
+    computed once, judged by the precision search and then by the final check (``references``)."""
+
+    graph: str
+    dims: dict[str, int]
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.dims.items() if k != "total_sequence")
+
+
+def budget_cases(source: Any, seed: int = 0) -> dict[str, list[BudgetCase]]:
+    """Every graph's parity cases (``plan.cases``, the inputs ``check_graph`` makes, seed by seed),
+    with the torch outputs on them, for the search to meet the budget on what the check judges."""
+    out: dict[str, list[BudgetCase]] = {}
+    for plan in source.plans:
+        out[plan.name] = []
+        for i, dims in enumerate(plan.cases):
+            inputs = make_inputs(plan, dims, seed=seed + i)
+            out[plan.name].append(BudgetCase(plan.name, derived_dims(dims), inputs, run_torch(plan, inputs)))
+    return out
 
 
 def _dims_of(plan: GraphPlan, inputs: dict[str, np.ndarray]) -> dict[str, int]:
@@ -176,12 +200,16 @@ def check_graph(
     seed: int = 0,
     real: list[dict[str, np.ndarray]] | None = None,
     budget: dict[str, float] | None = None,
+    references: list[BudgetCase] | None = None,
 ) -> list[CaseReport]:
-    """Random inputs at every shape of plan.cases, then the real inputs given, if any."""
+    """Random inputs at every shape of plan.cases, then the real inputs given, if any. ``references``
+    (``budget_cases``) are those very inputs with the torch outputs already computed: reused."""
     reports = []
     for i, dims in enumerate(plan.cases):
-        inputs = make_inputs(plan, dims, seed=seed + i)
-        reports.append(_case(plan, session, inputs, tolerance, derived_dims(dims), budget=budget))
+        known = references[i] if references is not None and i < len(references) else None
+        inputs = make_inputs(plan, dims, seed=seed + i) if known is None else known.inputs
+        want = None if known is None else known.reference
+        reports.append(_case(plan, session, inputs, tolerance, derived_dims(dims), budget=budget, want=want))
     for inputs in real or []:
         reports.append(_case(plan, session, inputs, tolerance, _dims_of(plan, inputs), "real", budget))
     return reports
@@ -257,13 +285,14 @@ def check_source(
     raise_on_failure: bool = True,
     budget: dict[str, float] | None = None,
     target_providers: tuple[str, ...] = (),
+    references: dict[str, list[BudgetCase]] | None = None,
 ) -> ParityReport:
     """Compare every graph (name -> .onnx path) with the torch source at several shapes (and on
     ``real_inputs``, given to the first graph), then greedy generation. On a numeric failure,
     bisect to the first diverging module and node. fp32 is held to ``TOLERANCE``; a reduced
     precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's). The report
     names the provider the graphs ran on, and says so when ``target_providers`` (the bundle's
-    target) wanted another one."""
+    target) wanted another one. ``references`` (``budget_cases``): the torch outputs, computed once."""
     from edgeformer.bisect import bisect
     from edgeformer.errors import ParityError
     from edgeformer.runtime.session import make_session
@@ -288,6 +317,7 @@ def check_source(
             report.tolerance,
             real=[real] if real and plan is source.plans[0] else None,
             budget=budget,
+            references=(references or {}).get(plan.name),
         )
         report.cases += cases
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)

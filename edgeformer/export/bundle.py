@@ -490,7 +490,7 @@ def export_reduced(
     import dataclasses
 
     from edgeformer.ownership import check_bundle_output
-    from edgeformer.parity import check_source
+    from edgeformer.parity import budget_cases, check_source
     from edgeformer.quantize.bundle import quantize_bundle
 
     check_bundle_output(out, force, ExportError)
@@ -512,6 +512,8 @@ def export_reduced(
         float_bundle = tmp / "fp32"
         # attention as MultiHeadAttention with separate projections, which the quantizer reaches
         export_bundle(source, float_target, float_bundle, check=check, log=log, packed_attention=False)
+        # the final check's shapes and torch outputs, once: the search meets the budget on them, the check reuses them
+        cases = budget_cases(fixed) if check else None
 
         def checked(directory: Path, manifest: dict[str, Any]) -> None:
             manifest["target"] = target.to_dict() | {"budget": manifest["target"]["budget"]}
@@ -527,6 +529,7 @@ def export_reduced(
                     budget=manifest["target"]["budget"],
                     raise_on_failure=not accept_budget_miss,
                     target_providers=tuple(target.providers),
+                    references=cases,
                 )
                 manifest["parity"] = report.to_dict()
                 if not report.ok:  # accepted: recorded beside the quantization verdict
@@ -552,4 +555,5 @@ def export_reduced(
             accept_budget_miss=accept_budget_miss,
             log=log,
             before_commit=checked,
+            cases=cases,
         )
