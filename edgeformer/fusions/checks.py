@@ -39,7 +39,7 @@ class Snapshot:
 
 
 def _external(tensor: ir.TensorProtocol, name: str) -> ir.ExternalTensor:
-    return ir.ExternalTensor(_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(list(tensor.shape)), name=name)
+    return ir.ExternalTensor(_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=ir.Shape(tensor.shape.numpy()), name=name)
 
 
 def snapshot(model: ir.Model) -> Snapshot:
