@@ -198,9 +198,10 @@ def test_the_dataclasses_and_the_schema_agree(cls, node):
         allowed = {"string" if t == "str" else t for t in allowed}
         if key == "shape":
             allowed = {"array"}
-        assert _JSON_TYPES[kind] in allowed, f"{cls.__name__}.{key}: {kind.__name__} vs schema {allowed}"
-    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-    required -= {"extra"} if node else set()
+        json_type = "object" if dataclasses.is_dataclass(kind) else _JSON_TYPES[kind]
+        assert json_type in allowed, f"{cls.__name__}.{key}: {kind.__name__} vs schema {allowed}"
+    missing = dataclasses.MISSING
+    required = {f.name for f in dataclasses.fields(cls) if f.default is missing and f.default_factory is missing}
     assert required <= set(schema.get("required", ())), f"{cls.__name__}: required fields missing in the schema"
 
 
