@@ -211,3 +211,12 @@ def test_the_vocabularies_are_the_configs():
     assert schema_check.SCHEMA["properties"]["precision"]["enum"] == list(mf.PRECISIONS)
     assert schema_check.SCHEMA["properties"]["family"]["enum"] == list(mf.FAMILIES)
     assert schema_check.SCHEMA["$defs"]["TensorSpec"]["properties"]["dtype"]["enum"] == list(mf.DTYPES)
+
+
+def test_a_user_modules_manifest_keeps_its_null_config():
+    """Every earlier version wrote "config": null for a user's module; apps may read the key."""
+    raw = _raw()
+    raw.update(config=None, family="custom", source={"kind": "factory", "factory": "pkg.mod:make", "io": {}, "seed": 0})
+    text = mf.manifest_text(mf.parse_manifest(raw))
+    assert '"config": null' in text and json.loads(text)["source"]["factory"] == "pkg.mod:make"
+    assert json.loads(text) == raw

@@ -4,10 +4,11 @@ its migrations. Stdlib only: the runtime reads it on devices.
 - Reader: ``parse_manifest(raw, where)`` takes the JSON object of a manifest.json whose bytes were
   read and verified (``runtime.bundle``: bounded size, manifest.sha256, safe JSON), migrates it to
   ``FORMAT_VERSION`` and returns a ``Manifest``, or raises BundleFormatError naming the field
-  (``graphs.model.inputs[0].dtype``, ``source.seed``).
+  (``graphs.model.inputs[0]``, ``source.seed``).
 - Writer: ``manifest_text(manifest)``: standard JSON (non-finite numbers as null), keys in the
   order of the dataclass fields, unknown keys after them in the order read; ``None`` fields are
-  left out. ``parse_manifest(json.loads(manifest_text(m))) == m``.
+  left out (but ``config``, null for a user's module, as every earlier version wrote it).
+  ``parse_manifest(json.loads(manifest_text(m))) == m``.
 - Unknown keys are kept (``extra``) and written back, so a manifest written by a newer edgeformer
   of the same format version keeps what it said through a ``fuse`` or ``quantize`` by this one.
 - Versions: ``MIGRATIONS[n]`` turns a format-n manifest into format n + 1. Format 1 is the only
@@ -87,7 +88,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     name: str | None = None
     family: str = "custom"
-    config: dict[str, Any] | None = None  # the model config (edgeformer.config.ModelConfig as a dict)
+    # the model config (edgeformer.config.ModelConfig as a dict); written as null for a user's module
+    config: dict[str, Any] | None = field(default=None, metadata={"null": True})
     tokenizer: str | None = None  # "bytes", "tokenizer.json" (a file of the bundle), or empty
     precision: str | None = None  # fp32 when absent
     target: dict[str, Any] | None = None  # the deployment target (edgeformer.config.Target as a dict)
@@ -120,7 +122,7 @@ def _plain(obj: object) -> Any:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if f.name != "extra" and value is not None:
+            if f.name != "extra" and (value is not None or f.metadata.get("null")):
                 out[f.name] = _plain(value)
         out.update((k, copy.deepcopy(v)) for k, v in obj.extra.items() if k not in out)  # type: ignore[attr-defined]  # every dataclass here has extra
         return out
