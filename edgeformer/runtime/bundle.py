@@ -29,11 +29,10 @@ from typing import Any
 
 from edgeformer.io import sha256_file
 from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError, UnverifiedManifestWarning
-from edgeformer.runtime.manifest import FAMILIES, FORMAT_VERSION, GraphEntry, Manifest, TensorSpec, parse_manifest
+from edgeformer.runtime.manifest import GraphEntry, Manifest, TensorSpec, parse_manifest
 from edgeformer.runtime.onnxfile import MalformedProtobuf, external_refs, external_refs_of
 from edgeformer.safe_read import loads_json, os_reason, read_bytes, read_text
 
-__all__ = ["FAMILIES", "FORMAT_VERSION", "Bundle", "Graph", "Spec", "read_bundle", "stamp_manifest"]
 DIGEST_FILE = "manifest.sha256"
 MANIFEST_MAX_BYTES = 16 << 20  # an edgeformer manifest is kilobytes
 ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"  # onnxruntime reads a raw memory address for this location
@@ -69,14 +68,14 @@ class Bundle:
     """A checked bundle directory: its manifest and its graphs."""
 
     path: Path
-    manifest: dict[str, Any]  # the JSON object of ``typed`` (migrated to this FORMAT_VERSION)
+    manifest: dict[str, Any]  # the JSON object of ``typed`` (migrated to the current format version)
     graphs: dict[str, Graph]
     manifest_sha256: str = ""  # of manifest.json's bytes as read
     manifest_stamped: bool = False  # manifest.sha256 was there and matched
     # with ``keep_bytes``: graph files and their external data, verified; the loader hands these
     # very bytes to onnxruntime, so a file swapped on disk after the check is never what runs
     blobs: dict[Path, bytes] = field(default_factory=dict, repr=False, compare=False)
-    typed: Manifest = field(default_factory=lambda: Manifest(), repr=False, compare=False)  # the typed reader's
+    typed: Manifest = field(default_factory=Manifest, repr=False, compare=False)  # what the typed reader read
 
     @property
     def name(self) -> str:
