@@ -231,7 +231,7 @@ def load(
             memory_arena=memory_arena,
             optimized_model_path=optimized_path(optimized_model_path, name, len(bundle.graphs)),
             provider_options=provider_options,
-            precision=str(bundle.manifest.get("precision", "fp32")),
+            precision=bundle.typed.precision or "fp32",
         )
         _check_session(graph, session)
         sessions[name] = BoundSession(session) if io_binding else session
