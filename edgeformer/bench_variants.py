@@ -102,7 +102,8 @@ def cached_export(card: Any, variant: Any, cache_dir: Path, *, seed: int, check:
     edgeformer's version and source, so any change exports anew. A cached bundle is reused after
     its sha256 check."""
     from edgeformer.config import render_card
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.runtime.bundle import read_bundle
     from edgeformer.runtime.errors import RuntimeBundleError
 

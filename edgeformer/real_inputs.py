@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeformer.export.graphs import GraphPlan
+from edgeformer.export.manifest_read import read_manifest
 from edgeformer.fixed_shapes import fit_to_fixed
 
 
@@ -51,7 +52,6 @@ def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -
 
     from edgeformer import tokenizer
     from edgeformer.errors import ParityError
-    from edgeformer.export.bundle import read_manifest
 
     if npz is not None:
         try:

@@ -1,6 +1,6 @@
 """Reading a bundle on the device: manifest.json and its files, checked, with nothing but the stdlib.
 
-The manifest is written by ``edgeformer.export.bundle`` (format version 1): family, config,
+The manifest is written by ``edgeformer.export.manifest_write`` (format version 1): family, config,
 tokenizer, per graph its file and the names, dtypes and symbolic shapes of its inputs and outputs,
 and the sha256 of every file.
 
@@ -31,7 +31,7 @@ from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError, U
 from edgeformer.runtime.onnxfile import MalformedProtobuf, external_refs, external_refs_of
 from edgeformer.safe_read import loads_json, os_reason, read_bytes, read_text
 
-FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.bundle.FORMAT_VERSION)
+FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.manifest_write.FORMAT_VERSION)
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
 DIGEST_FILE = "manifest.sha256"
 MANIFEST_MAX_BYTES = 16 << 20  # an edgeformer manifest is kilobytes
@@ -200,7 +200,7 @@ def digest_line(manifest_bytes: bytes) -> str:
 
 def stamp_manifest(bundle: str | Path) -> str:
     """Write manifest.sha256 for the manifest.json now in ``bundle``; returns the digest. (Every
-    edgeformer writer of a bundle calls this through ``export.bundle.write_manifest``.)"""
+    edgeformer writer of a bundle calls this through ``export.manifest_write.write_manifest``.)"""
     bundle = Path(bundle)
     line = digest_line((bundle / "manifest.json").read_bytes())
     (bundle / DIGEST_FILE).write_text(line, encoding="ascii")
