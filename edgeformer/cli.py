@@ -14,6 +14,7 @@ import click
 from edgeformer import __version__
 from edgeformer.cli_errors import friendly
 from edgeformer.cli_types import COUNT_LIMIT, count, merge_providers, providers_option, seed_option
+from edgeformer.config import FUSION_FORMS
 from edgeformer.io import json_text
 
 
@@ -536,7 +537,7 @@ def _dim_sizes(specs: tuple[str, ...]) -> dict[str, int]:
 )
 @click.option(
     "--form",
-    type=click.Choice(["contrib", "standard", "nnapi", "coreml", "qnn"]),
+    type=click.Choice([f for f in FUSION_FORMS if f != "none"]),
     help="Which fused ops to produce: onnxruntime's contrib ops (MultiHeadAttention, SkipLayerNormalization, "
     "FastGelu...), standard ONNX ops only (opset 23 Attention) for other runtimes, or only the ops NNAPI, CoreML "
     "or QNN take (form (c); fix static shapes first for NNAPI). Default: contrib.",
