@@ -170,7 +170,7 @@ def test_mobile_cpu_decoder_ort_generates_like_torch(tmp_path):
     source = source_from_card(resolve_card("gpt-mini"), max_sequence=16)
     lines: list[str] = []
     manifest = export_bundle(source, resolve_target("mobile-cpu"), tmp_path / "gpt", log=lines.append)
-    after = lines[lines.index("checking the .ort graphs against the torch source (CPU provider) ...") + 1 :]
+    after = lines[lines.index("verify: checking the .ort graphs against the torch source (CPU provider) ...") + 1 :]
     checked = next(line for line in after if line.startswith("  model.") and "shapes, worst error" in line)
     assert checked.startswith("  model.ort: "), checked  # the file checked is the .ort
     parity = manifest["mobile"]["ort_parity"]
