@@ -194,7 +194,7 @@ def modules() -> dict[str, Module]:
 def test_the_doc_table_states_the_rules(layers):
     by_name = {layer.name: layer for layer in layers}
     assert {"torch", "onnx", "onnx_ir", "onnxscript"} <= set(by_name["runtime"].never)
-    assert by_name["runtime"].modules == ["edgeformer.runtime.*"]
+    assert by_name["runtime"].modules[0] == "edgeformer.runtime.*"
     stages = [by_name[s] for s in ("fuse", "quantize", "package", "verify")]
     assert len({s.rank for s in stages}) == 1, "the stages share a rank: none may import another"
     top = max(layer.rank for layer in layers)
