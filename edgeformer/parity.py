@@ -319,7 +319,10 @@ def check_source(
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)
         if failed is not None and report.divergence is None and budget is None:
             inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
-            report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims)
+            if inputs is not None:
+                report.divergence = bisect(
+                    plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims
+                )
             if report.divergence:
                 report.divergence["graph"] = checked
         worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)

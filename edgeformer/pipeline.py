@@ -50,7 +50,8 @@ class Timings:
     def stage(self, name: str, what: str) -> Iterator[list[str]]:
         """Time the block as stage ``name``; what the block appends to the yielded list ends the line."""
         self.log(f"{name}: {what} ...")
-        start, said = time.perf_counter(), []
+        said: list[str] = []
+        start = time.perf_counter()
         yield said
         took = time.perf_counter() - start
         self.seconds[name] = self.seconds.get(name, 0.0) + took

@@ -13,6 +13,7 @@ according to onnxruntime's checker (``onnxruntime.tools.check_onnx_model_mobile_
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -186,6 +187,11 @@ def _partitions(info: Any) -> dict[str, Any]:
     }
 
 
+def _coreml_partitions(checker: Any, model: Any, md: Any, fixed_only: bool) -> Any:
+    """onnxruntime's CoreML usability check, with ``fixed_only`` last as functools.partial needs."""
+    return checker.check_coreml_partitions(model, fixed_only, md)
+
+
 def usability(onnx_path: Path) -> dict[str, Any]:
     """How the graph, optimized at onnxruntime's basic level as the checker does, partitions on NNAPI
     and CoreML (MLProgram and NeuralNetwork): partitions, nodes supported, unsupported op types,
@@ -205,10 +211,10 @@ def usability(onnx_path: Path) -> dict[str, Any]:
         "dynamic_values": dynamic_values,
     }
     for name, md in CHECKED.items():
-        check = (
-            (lambda fixed_only: checker.check_nnapi_partitions(model, fixed_only))
+        check: Callable[[bool], Any] = (
+            functools.partial(checker.check_nnapi_partitions, model)
             if md is None
-            else (lambda fixed_only, md=md: checker.check_coreml_partitions(model, fixed_only, md))
+            else functools.partial(_coreml_partitions, checker, model, md)
         )
         entry = _partitions(check(True))
         if entry["unsupported_by_dynamic_shape"]:
