@@ -361,6 +361,13 @@ def export_cmd(
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
+    elif Path(model).is_dir() and (Path(model) / "edgeformer-train.json").is_file():  # `edgeformer train` output
+        from edgeformer.fit import card_in
+
+        source = source_from_card(
+            resolve_card(card_in(Path(model))), seed=seed, max_sequence=max_sequence, memory_check=memory_check,
+            parity=check,
+        )  # fmt: skip
     elif Path(model).is_dir():  # a pretrained Hugging Face directory
         from edgeformer.importers import source_from_directory
 

@@ -142,15 +142,20 @@ def fingerprint(files: dict[str, int], paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def card_in(directory: Path, error: type[Exception] = CardError) -> Path:
+    """The one card (.toml) of a training output directory."""
+    cards = sorted(directory.glob("*.toml"))
+    if len(cards) != 1:
+        raise error(f"{directory}: expected one card (.toml) in the directory, found {len(cards)}")
+    return cards[0]
+
+
 def init_weights(model: nn.Module, init: Path) -> None:
     """Load ``init``: a safetensors/torch weights file, a card, or a directory holding one card."""
     from edgeformer.zoo import resolve_card
 
     if init.is_dir():
-        cards = sorted(init.glob("*.toml"))
-        if len(cards) != 1:
-            raise CheckpointError(f"--init {init}: expected one card (.toml) in the directory, found {len(cards)}")
-        init = cards[0]
+        init = card_in(init, CheckpointError)
     if init.suffix == ".toml":
         card = resolve_card(init)
         if card.checkpoint is None:

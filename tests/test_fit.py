@@ -217,3 +217,12 @@ def test_a_bad_schedule_in_the_card_is_a_message(tmp_path):
     train, _ = data_files(tmp_path, "decoder")
     result = run("train", tiny_card(tmp_path, "decoder", 'schedule = "noam"\n'), "--data", train, "-o", tmp_path / "o")
     assert result.exit_code == 1 and "[training].schedule must be one of linear, cosine, inverse-sqrt" in result.output
+
+
+def test_export_takes_the_training_output_directory(tmp_path):
+    card = tiny_card(tmp_path, "encoder-decoder")
+    train, _ = data_files(tmp_path, "encoder-decoder")
+    assert run("train", card, "--data", train, "--steps", "1", "-o", tmp_path / "trained").exit_code == 0
+    result = run("export", tmp_path / "trained", "-o", tmp_path / "bundle")
+    assert result.exit_code == 0, result.output
+    assert "parity ok" in result.output and (tmp_path / "bundle" / "manifest.json").is_file()
