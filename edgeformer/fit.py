@@ -226,10 +226,11 @@ class Progress:
             f.write(json_text(line, indent=None) + "\n")
 
 
-def _recipe(cfg: TrainConfig, task: str) -> dict[str, Any]:
-    """The [training] table of the output card: the recipe as run."""
+def _recipe(cfg: TrainConfig, task: str, card: ModelCard) -> dict[str, Any]:
+    """The [training] table of the output card: the recipe as run (and the card's label names)."""
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
-    return {"task": task} | {k: v for k, v in values.items() if v is not None}
+    labels = {"labels": card.training["labels"]} if "labels" in card.training else {}
+    return {"task": task} | {k: v for k, v in values.items() if v is not None} | labels
 
 
 def _run_of(card: ModelCard, data: list[Path], valid: list[Path], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +297,7 @@ def _fit(
     weights = out / f"{card.name}.safetensors"
     sha = save_checkpoint(model, weights)
     trained = dataclasses.replace(
-        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=_recipe(cfg, train_set.task)
+        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=_recipe(cfg, train_set.task, card)
     )
     with atomic_path(out / f"{card.name}.toml") as tmp:
         tmp.write_text(render_card(trained), encoding="utf-8")

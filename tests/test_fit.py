@@ -89,6 +89,7 @@ def test_every_family_trains_from_its_data(tmp_path, family):
     metrics = written["metrics"]
     if family == "encoder":
         assert metrics["examples"] == 2 and 0 <= metrics["balanced_accuracy"] <= 1
+        assert written["training"]["labels"] == ["prose", "shuffled"]
     else:
         assert 1 < metrics["valid_perplexity"] < 1000 and metrics["valid_tokens"] > 0
     assert math.isfinite(metrics["train_loss"]) and len(metrics["data_sha256"]) == 64
