@@ -186,7 +186,8 @@ def train_cmd(
 
         result = train_card(card, out, data=list(data), valid=list(valid), overrides=overrides, init=init,
                             force=force, echo=lambda line: click.echo(line, err=True))  # fmt: skip
-        click.echo(json_text(result))
+        if result:  # under torchrun only rank 0 reports
+            click.echo(json_text(result))
         return
     _train_demo(card, out, overrides, force)
 

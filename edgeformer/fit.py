@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from edgeformer import __version__, tokenizer
 from edgeformer.config import ModelCard, render_card
+from edgeformer.distributed import barrier, finish, parallel, shard, world
 from edgeformer.errors import CardError, CheckpointError
 from edgeformer.io import atomic_dir, atomic_path, json_text, sha256_file, write_text_atomic
 from edgeformer.nn.checkpoint import load_weights, save_checkpoint
@@ -251,7 +252,9 @@ def train_card(
 ) -> dict[str, Any]:
     """Train ``card`` on ``data`` into the new directory ``out`` (see the module docstring)."""
     sets = read_data(card, data), (read_data(card, valid) if valid else None)  # bad data: refused before anything
-    prepare_output(out, force, resume=False)
+    if world()[0] == 0:  # under torchrun, rank 0 alone writes
+        prepare_output(out, force, resume=False)
+    barrier()
     return _fit(card, out, sets, _run_of(card, data, valid, overrides), init, None, echo)
 
 
@@ -286,10 +289,35 @@ def _fit(
     if init is not None:
         init_weights(model, init)
     state = load_state(resume, model)[1] if resume is not None else None
-    result: TrainResult = train(
-        model, sampler_of(train_set, card), loss_of(train_set.task, cfg.label_smoothing), cfg,
-        Progress(out, cfg.steps, echo), resume=state, checkpoint=lambda s: save_state(out, model, s, run),
-    )  # fmt: skip
+    rank = world()[0]
+
+    def checkpoint(loop_state: dict[str, Any]) -> None:
+        if rank == 0:
+            save_state(out, model, loop_state, run)
+        barrier()
+
+    sample, loss = shard(sampler_of(train_set, card), cfg.batch_size), loss_of(train_set.task, cfg.label_smoothing)
+    log = Progress(out, cfg.steps, echo) if rank == 0 else None
+    result = train(parallel(model), sample, loss, cfg, log, resume=state, checkpoint=checkpoint)
+    written: dict[str, Any] = {}
+    if rank == 0:
+        written = _write_output(card, out, model, cfg, result, sets, run)
+    barrier()
+    finish()
+    return written
+
+
+def _write_output(
+    card: ModelCard,
+    out: Path,
+    model: nn.Module,
+    cfg: TrainConfig,
+    result: TrainResult,
+    sets: tuple[Dataset, Dataset | None],
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The trained card (held-out metrics, the recipe as run, data fingerprint), its weights, the listing."""
+    train_set, valid_set = sets
     metrics = evaluate(model, valid_set, card) if valid_set is not None else {}
     tail = result.losses[-min(len(result.losses), cfg.log_every) :]
     metrics |= {"train_loss": round(sum(tail) / len(tail), 4), "train_seconds": round(result.seconds, 1)}

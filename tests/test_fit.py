@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -227,3 +229,34 @@ def test_export_takes_the_training_output_directory(tmp_path):
     result = run("export", tmp_path / "trained", "-o", tmp_path / "bundle")
     assert result.exit_code == 0, result.output
     assert "parity ok" in result.output and (tmp_path / "bundle" / "manifest.json").is_file()
+
+
+def test_two_ranks_under_torchrun_follow_one_process(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo): the same global batch split over two ranks gives one
+    process's losses, and rank 0 alone writes the output."""
+    card = tiny_card(tmp_path, "decoder")
+    train, _ = data_files(tmp_path, "decoder")
+    flags = ["--data", train, "--steps", "20", "--batch-size", "4", "--warmup", "2", "--dropout", "0"]
+    flags += ["--log-every", "1"]
+    assert run("train", card, *flags, "-o", tmp_path / "one").exit_code == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = ["-m", "edgeformer.cli", "train", card, *flags, "-o", tmp_path / "two"]
+    done = subprocess.run([*torchrun, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count('"sha256"') == 1  # one report, from rank 0
+    assert done.stderr.count("step 20/20") == 1
+
+    def losses(out):
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 20
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_a_message(tmp_path, monkeypatch):
+    from edgeformer import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: (0, 3))
+    with pytest.raises(Exception, match="global batch size 4 does not split over 3 ranks"):
+        distributed.shard(lambda gen, b: {}, 4)

@@ -120,6 +120,10 @@ def _one_step(model: nn.Module, sample_batch: Callable, loss_fn: Callable, cfg: 
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     loop.opt.step()
     loop.sched.step()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # under torchrun: the global mean
+        reduced = torch.tensor([total], dtype=torch.float64)
+        torch.distributed.all_reduce(reduced)
+        total = reduced.item() / torch.distributed.get_world_size()
     return total
 
 
