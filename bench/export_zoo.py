@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgeformer.benchmark.harness import python_command  # noqa: E402
 from edgeformer.zoo import card_names  # noqa: E402
 
 # A fresh interpreter per card whose only child is the export, so its children's max RSS is
@@ -32,14 +33,17 @@ WRAP = (
     "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)"
 )
 
+EXPORT_TIMEOUT_S = 4 * 3600  # the largest card on a small machine
+
 
 def run_one(card: str, workdir: Path, max_sequence: int | None = None) -> dict:
     out = workdir / card
-    cmd = [sys.executable, "-m", "edgeformer.cli", "export", card, "-o", str(out), "--force", "--json"]
+    export, _ = python_command(["-m", "edgeformer.cli", "export", card, "-o", str(out), "--force", "--json"])
     if max_sequence:
-        cmd += ["--max-sequence", str(max_sequence)]
+        export += ["--max-sequence", str(max_sequence)]
+    wrap, env = python_command(["-c", WRAP, *export])  # the harness's python -P and PYTHONPATH
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True)
+    proc = subprocess.run(wrap, capture_output=True, text=True, env=env, timeout=EXPORT_TIMEOUT_S)
     seconds = time.perf_counter() - start
     peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_KB ")]
     row: dict = {"card": card, "seconds": round(seconds, 1), "exit_code": proc.returncode, "max_sequence": max_sequence}

@@ -12,7 +12,9 @@ For each card, in one run, at batch 1 and 2 intra-op threads:
     onnxscript    onnxscript's ort_fusions.optimize_for_ort on that same graph
     edgeformer    edgeformer's fused bundle (target cpu-fp32)
 
-Every variant lives in its own worker process that sleeps on a pipe while the others run, and the
+Every variant lives in its own worker process (edgeformer's process harness,
+``edgeformer.benchmark.harness``: ``python -P``, JSON requests, a timeout) that sleeps on a pipe
+while the others run, and the
 variants take turns shape by shape, repetition by repetition (round-robin), so they share the
 machine's drift; onnxruntime's intra-op spinning is off in every session unless --spinning on
 (onnxruntime's own default; the driver then pauses 50 ms between workers so that an idle one's
@@ -39,7 +41,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edgeformer.benchmark.harness import Worker, WorkerError, serve  # noqa: E402 - after the path above
+
+WORKER_TIMEOUT_S = 1800.0  # one request (load, or one shape's repetitions) of one worker
 VARIANTS = ("torch", "unfused", "ort-optimizer", "onnxscript", "edgeformer")
 FLOOR = "gemm-floor"
 ORT_MODEL_TYPE = {"encoder": "bert", "decoder": "gpt2"}
@@ -107,9 +111,7 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
                 }
             return session.run(None, by_length[length])
 
-    print("ready", flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
+    def measure(request: dict) -> list[float]:
         feeds = dict(np.load(request["feeds"]))
         outputs = call(feeds)
         if request.get("save"):
@@ -121,32 +123,22 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
             start = time.perf_counter()
             call(feeds)
             times.append(time.perf_counter() - start)
-        print(json.dumps(times), flush=True)
+        return times
+
+    serve(measure)  # edgeformer's one process harness: "ready", then one JSON answer per request
 
 
 # ---------------------------------------------------------------- driver side
 
 
-class Worker:
-    def __init__(self, kind: str, path: str, card: str, threads: int) -> None:
-        cmd = [sys.executable, __file__, "--worker", kind, path, card, "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
-        if line != "ready":
-            raise RuntimeError(f"{kind} worker did not start (exit {self.proc.poll()})")
+def start_worker(kind: str, path: str, card: str, threads: int) -> Worker:
+    """This script as a worker process of edgeformer's harness (``python -P``, JSON requests)."""
+    argv = [__file__, "--worker", kind, path, card, "--threads", str(threads)]
+    return Worker(argv, what=f"{kind} worker", timeout=WORKER_TIMEOUT_S)
 
-    def measure(self, feeds: Path, iters: int, warmup: int, save: Path | None = None) -> list[float]:
-        request = {"feeds": str(feeds), "iters": iters, "warmup": warmup, "save": str(save) if save else ""}
-        self.proc.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"worker died (exit {self.proc.wait()})")
-        return json.loads(line)
 
-    def close(self) -> None:
-        self.proc.stdin.close()  # type: ignore[union-attr]
-        self.proc.wait()
+def request(feeds: Path, iters: int, warmup: int, save: Path | None = None) -> dict:
+    return {"feeds": str(feeds), "iters": iters, "warmup": warmup, "save": str(save) if save else ""}
 
 
 def one_graph_card(card_name: str):  # noqa: ANN201
@@ -288,8 +280,8 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         if variant in failed:
             continue
         try:
-            workers[variant] = Worker(variant, paths[variant], card_name, threads)
-        except RuntimeError as exc:
+            workers[variant] = start_worker(variant, paths[variant], card_name, threads)
+        except WorkerError as exc:
             failed[variant] = str(exc)
 
     # correctness first: each variant's outputs against torch's, at the shortest shape
@@ -299,7 +291,7 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
         if variant == FLOOR:
             continue
         save = work / f"{card_name}-{variant}-out.npz"
-        worker.measure(feeds_files[check_s], 0, 0, save=save)
+        worker.call(request(feeds_files[check_s], 0, 0, save=save), WORKER_TIMEOUT_S)
         outs[variant] = [v for _, v in sorted(np.load(save).items(), key=lambda kv: int(kv[0].split("_")[1]))]
     errors = {}
     reference = outs.get("torch")
@@ -315,10 +307,10 @@ def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: 
     samples: dict[str, dict[int, list[float]]] = {v: {s: [] for s in seqs} for v in workers}
     for s in seqs:
         for worker in workers.values():  # warm every variant at this shape once
-            worker.measure(feeds_files[s], 0, 3)
+            worker.call(request(feeds_files[s], 0, 3), WORKER_TIMEOUT_S)
         for rep in range(reps):
             for variant, worker in workers.items():
-                samples[variant][s] += worker.measure(feeds_files[s], iters, 0)
+                samples[variant][s] += worker.call(request(feeds_files[s], iters, 0), WORKER_TIMEOUT_S)
                 if os.environ.get("EDGEFORMER_BENCH_SPINNING") == "1":
                     time.sleep(0.05)  # the idle worker's spinning threads park before the next one measures
             log(f"  {card_name} S={s} rep {rep + 1}/{reps}")

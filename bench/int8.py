@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 from baselines import derived_bundle, quantize_dynamic_per_channel
 
-from edgeformer import bench_variants as bv
-from edgeformer.runtime import bench
-from edgeformer.runtime import bench_report as report_mod
+from edgeformer.benchmark import orchestrator, output, stats
+from edgeformer.benchmark import report as report_mod
+from edgeformer.benchmark import variants as bv
+from edgeformer.benchmark.options import Limits, Settings
 
 
 def log(msg: str) -> None:
@@ -132,11 +133,11 @@ def variants_of(card_name: str, work: Path) -> dict[str, Path]:
 
 def latency(bundles: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
     variants = [bv.Variant(name, "onnx", bundle=path) for name, path in bundles.items()]
-    settings = bench.Settings(
+    settings = Settings(
         threads=(args.threads,), sequences=tuple(args.sequence), generate=False, iterations=args.iterations
     )
     concrete = bv.resolve_for_all(variants, settings)
-    runs = bv.measure(variants, concrete, repeats=args.repeats, limits=bench.Limits(enabled=False), log=log)
+    runs = orchestrator.measure(variants, concrete, repeats=args.repeats, limits=Limits(enabled=False), log=log)
     return report_mod.new_report(runs, baseline="fp32")
 
 
@@ -151,8 +152,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="directory for each card's JSON report")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    machine = report_mod.machine()
-    print(f"machine: {machine.get('cpu')}, {args.threads} threads; {report_mod.versions()}")
+    machine = stats.machine()
+    print(f"machine: {machine.get('cpu')}, {args.threads} threads; {stats.versions()}")
     for card in args.cards:
         bundles = variants_of(card, args.work)
         sizes = {n: (p / "model.onnx").stat().st_size for n, p in bundles.items()}
@@ -202,7 +203,7 @@ def main() -> None:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             report["accuracy"], report["sizes"] = accuracy, sizes
-            report_mod.write_outputs(report, json_path=args.out / f"int8-{card}.json", csv_path=None, plot_path=None)
+            output.write_outputs(report, json_path=args.out / f"int8-{card}.json", csv_path=None, plot_path=None)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from typing import Any
 
 from baselines import toolchain_variants
 
-from edgeformer import bench_variants as bv
-from edgeformer.runtime import bench
-from edgeformer.runtime import bench_report as report_mod
+from edgeformer.benchmark import orchestrator, output
+from edgeformer.benchmark import report as report_mod
+from edgeformer.benchmark import variants as bv
+from edgeformer.benchmark.options import Limits, Settings
 
 
 def log(msg: str) -> None:
@@ -56,7 +57,7 @@ def run_card(card_name: str, args: argparse.Namespace, work: Path) -> dict[str, 
         variants.append(bv.Variant(name, "onnx", bundle=exported[name]))
     generates = card.config.family != "encoder"
     room = card.config.max_positions - args.prompt  # what a small card's positions leave after the prompt
-    settings = bench.Settings(
+    settings = Settings(
         threads=(args.threads,),
         sequences=None if generates else tuple(args.sequence),
         forward=not generates,
@@ -67,13 +68,13 @@ def run_card(card_name: str, args: argparse.Namespace, work: Path) -> dict[str, 
         gen_runs=args.gen_runs,
     )
     concrete = bv.resolve_for_all(variants, settings)
-    runs = bv.measure(variants, concrete, repeats=args.repeats, limits=bench.Limits(), label=args.label, log=log)
+    runs = orchestrator.measure(variants, concrete, repeats=args.repeats, limits=Limits(), label=args.label, log=log)
     return report_mod.new_report(runs, baseline="torch")
 
 
 def ratios(report: dict[str, Any]) -> list[str]:
     """The figures the issues ask for. Ratios are paired within each repetition (the variants of
-    one repetition run back to back; ``bench_report.ratio``), falling back to the pooled medians
+    one repetition run back to back; ``edgeformer.benchmark.report.ratio``), falling back to the pooled medians
     when there is one repetition."""
     rows = report_mod.rows(report)
     lines = []
@@ -139,13 +140,13 @@ def main() -> None:
     cards = ([] if args.no_encoder else [args.encoder]) + ([] if args.no_decoder else [args.decoder])
     for card in cards:
         report = run_card(card, args, args.work)
-        print(report_mod.table(report))
+        print(output.table(report))
         for line in ratios(report):
             print(line)
         print()
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            report_mod.write_outputs(
+            output.write_outputs(
                 report,
                 json_path=args.out / f"{card}.json",
                 csv_path=args.out / f"{card}.csv",

@@ -21,10 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from edgeformer import runtime
+from edgeformer.benchmark import device, loops, stats
+from edgeformer.benchmark import report as rep
+from edgeformer.benchmark import settings as bench_settings
+from edgeformer.benchmark.limits import GRAPHS, measure_limits
+from edgeformer.benchmark.options import Settings, settings_from_values
 from edgeformer.cli import main as cli
-from edgeformer.runtime import bench
-from edgeformer.runtime import bench_report as rep
-from edgeformer.runtime.bench_limits import GRAPHS, measure_limits
 from edgeformer.runtime.errors import OptionError
 from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
 
@@ -58,7 +60,7 @@ def bundles(request, tmp_path_factory):
 
 def _runner(*argv: str, capsys=None) -> tuple[int, str, str]:
     out = io.StringIO()
-    code = bench.main(list(argv), out=out)
+    code = device.main(list(argv), out=out)
     err = capsys.readouterr().err if capsys is not None else ""
     return code, out.getvalue(), err
 
@@ -68,7 +70,7 @@ def _runner(*argv: str, capsys=None) -> tuple[int, str, str]:
 
 def test_summary_percentiles_mean_and_stdev_on_known_samples():
     samples = np.random.default_rng(0).permutation(np.arange(1, 101)) / 1000.0  # 1..100 ms, shuffled
-    s = rep.summarize(samples.tolist())
+    s = stats.summarize(samples.tolist())
     assert s["n"] == 100 and s["min"] == pytest.approx(0.001) and s["max"] == pytest.approx(0.1)
     # linear interpolation between closest ranks: p = 1 + (n - 1) q
     assert s["p50"] == pytest.approx(0.0505) and s["p90"] == pytest.approx(0.0901)
@@ -77,15 +79,15 @@ def test_summary_percentiles_mean_and_stdev_on_known_samples():
     assert s["stdev"] == pytest.approx(np.sqrt(np.sum((np.arange(1, 101) - 50.5) ** 2) / 99) / 1000)  # ddof=1
     for p in (50, 90, 99):
         assert s[f"p{p}"] == pytest.approx(float(np.percentile(samples, p)))
-    assert rep.summarize([3.0, 1.0, 2.0])["p50"] == 2.0
-    assert rep.summarize([0.5])["stdev"] == 0.0
+    assert stats.summarize([3.0, 1.0, 2.0])["p50"] == 2.0
+    assert stats.summarize([0.5])["stdev"] == 0.0
     with pytest.raises(OptionError, match="no samples"):
-        rep.summarize([])
+        stats.summarize([])
 
 
 def test_generation_summary_from_token_times():
     runs = [{"token_s": [0.1, 0.15, 0.2, 0.25]}, {"token_s": [0.3, 0.4, 0.5, 0.6]}]
-    s = rep.generation_summary(runs, batch=2)
+    s = stats.generation_summary(runs, batch=2)
     assert s["ttft_s"]["p50"] == pytest.approx(0.2) and s["ttft_s"]["n"] == 2
     assert s["total_s"]["max"] == pytest.approx(0.6)
     assert s["per_token_s"]["n"] == 6 and s["per_token_s"]["min"] == pytest.approx(0.05)
@@ -126,36 +128,41 @@ def test_limits_graphs_are_valid_onnx_and_compute_products():
 
 def test_bare_loop_and_runtime_generate_choose_the_same_greedy_tokens(bundles):
     model = runtime.load(bundles("gpt-mini"), threads=1)
-    ids = bench.prompt_ids(0, model.vocab_size, 2, 5)
-    got, times = bench.runtime_generate(model, ids, 12)
-    bare, bare_times = bench.bare_generate(model, ids, 12)
+    ids = loops.prompt_ids(0, model.vocab_size, 2, 5)
+    got, times = loops.runtime_generate(model, ids, 12)
+    bare, bare_times = loops.bare_generate(model, ids, 12)
     np.testing.assert_array_equal(got, bare)
     np.testing.assert_array_equal(bare, greedy_decoder(model.sessions["model"], ids, 12))
     assert len(times) == len(bare_times) == 12 and np.all(np.diff(times) >= 0) and np.all(np.diff(bare_times) >= 0)
 
     s2s = runtime.load(bundles("transformer-mini"), threads=1)
-    src = bench.prompt_ids(0, s2s.vocab_size, 2, 6)
-    got, times = bench.runtime_generate(s2s, src, 10)
-    bare, _ = bench.bare_generate(s2s, src, 10)
+    src = loops.prompt_ids(0, s2s.vocab_size, 2, 6)
+    got, times = loops.runtime_generate(s2s, src, 10)
+    bare, _ = loops.bare_generate(s2s, src, 10)
     np.testing.assert_array_equal(got, bare)
     want = greedy_seq2seq(s2s.sessions["encoder"], s2s.sessions["decoder"], src, s2s.start_token, 10)
     np.testing.assert_array_equal(bare, want)
     assert len(times) == 10
 
 
-def test_settings_resolve_to_what_fits_and_round_trip_through_argv():
+def test_settings_resolve_to_what_fits_and_round_trip_through_json_and_argparse():
     gpt = {"max_positions": 128, "vocab_size": 1024}
-    s = bench.resolve(bench.Settings(threads=(1,)), "decoder", gpt)
+    s = bench_settings.resolve(Settings(threads=(1,)), "decoder", gpt)
     assert s.sequences == (8, 32, 128) and s.prompts == (32,) and s.new_tokens == (96,)  # 32 + 96 = 128
-    enc = bench.resolve(bench.Settings(), "encoder", {"max_positions": 16})
+    enc = bench_settings.resolve(Settings(), "encoder", {"max_positions": 16})
     assert enc.sequences == (8,) and enc.prompts == () and not enc.generate
-    assert bench.resolve(s, "decoder", gpt) == s and bench.resolve(enc, "encoder", {"max_positions": 16}) == enc
-    parser = bench.argparse.ArgumentParser()
-    bench.add_settings_options(parser)
-    other = bench.Settings(threads=(2,), batches=(1, 4), iterations=None, time_budget=1.5, spinning=False)
-    for settings in (s, dataclasses.replace(other, providers=("xnnpack", "cpu"))):
-        back = bench.settings_from_args(parser.parse_args(bench.settings_argv(settings)))
-        assert back == settings
+    assert bench_settings.resolve(s, "decoder", gpt) == s
+    assert bench_settings.resolve(enc, "encoder", {"max_positions": 16}) == enc
+    other = Settings(threads=(2,), batches=(1, 4), iterations=None, time_budget=1.5, spinning=False)
+    for settings in (s, dataclasses.replace(other, providers=("xnnpack", "cpu"), seed=2**64 - 1)):
+        # what a worker process receives: JSON text, not argv
+        assert bench_settings.from_json(json.loads(json.dumps(bench_settings.to_json(settings)))) == (settings, None)
+    parser = bench_settings.argparse.ArgumentParser()
+    bench_settings.add_argparse_options(parser)
+    argv = ["--threads", "2", "--batch", "1,4", "--time-budget", "1.5", "--no-spinning"]
+    argv += ["--providers", "xnnpack,cpu", "--input-seed", str(2**64 - 1)]
+    back = settings_from_values(bench_settings.values_of(parser.parse_args(argv)))
+    assert back == dataclasses.replace(other, providers=("xnnpack", "cpu"), seed=2**64 - 1)
 
 
 # ----- the device runner ---------------------------------------------------------------------------

@@ -8,8 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgeformer.bench_variants import _legacy_json_file
-from edgeformer.cli import main
+from edgeformer.cli import _legacy_json_file, main
 from edgeformer.cli_types import SeedRange
 
 WRITERS = {"train", "import", "export", "fuse", "quantize", "bench"}
@@ -81,20 +80,19 @@ def test_bench_json_prints_and_an_old_json_file_argument_still_writes_the_file()
 def test_runtime_bench_names_its_input_seed_apart_from_the_weights_seed():
     """`python -m edgeformer.runtime.bench --seed` seeded the inputs while every other --seed seeds weights:
     it is --input-seed now (0 to 2**64-1); --seed still works for old scripts, unlisted."""
-    import argparse
+    from edgeformer.benchmark import device, settings
+    from edgeformer.benchmark.options import settings_from_values
 
-    from edgeformer.runtime import bench
-
-    parser = argparse.ArgumentParser()
-    bench.add_settings_options(parser)
+    parser = device._parser("bundle")
     assert "--seed" not in parser.format_help() and "--input-seed" in parser.format_help()
-    assert parser.parse_args([]).seed == 0
-    assert parser.parse_args(["--input-seed", str(2**64 - 1)]).seed == 2**64 - 1
-    assert parser.parse_args(["--seed", "5"]).seed == 5
-    settings = bench.settings_from_args(parser.parse_args(["--input-seed", "7"]))
-    assert "--input-seed" in bench.settings_argv(settings)
+
+    def seed(*argv: str) -> int:
+        return settings_from_values(settings.values_of(parser.parse_args(["b", *argv]))).seed
+
+    assert seed() == 0 and seed("--input-seed", str(2**64 - 1)) == 2**64 - 1 and seed("--seed", "5") == 5
+    assert settings.to_json(settings_from_values({"input_seed": 7}))["settings"]["seed"] == 7
     with pytest.raises(SystemExit):
-        parser.parse_args(["--input-seed", str(2**64)])
+        parser.parse_args(["b", "--input-seed", str(2**64)])
 
 
 def test_bench_json_prints_the_report_to_stdout(edge_bundle, tmp_path):

@@ -225,7 +225,8 @@ def test_numeric_options_are_bounded(tmp_path, monkeypatch, args, words):
 
 
 def test_bench_batch_is_bounded():
-    from edgeformer.runtime.bench import Settings, resolve
+    from edgeformer.benchmark.options import Settings
+    from edgeformer.benchmark.settings import resolve
 
     with pytest.raises(runtime.OptionError, match="--batch values must be integers from 1 to 4,096, got 1000000"):
         resolve(Settings(batches=(1, 10**6)), "decoder", {"max_positions": 64})

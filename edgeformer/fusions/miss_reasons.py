@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx_ir as ir
-from onnxscript.rewriter import _basics, pattern
+from onnxscript.rewriter import MatchingTracer, MatchStatus, pattern
 from onnxscript.rewriter.ort_fusions import erfgelu, sdpa
 
 from edgeformer.fusions import gelu
@@ -29,12 +29,12 @@ DOWNSTREAM = 3  # an attempt rooted this many nodes after a block's node (Softma
 class Attempt:
     score: int  # the tracer's: matched nodes + 100 per status step (no match < check failed < success)
     rule: str
-    status: _basics.MatchStatus
+    status: MatchStatus
     reason: str
     nodes: frozenset[int]  # id() of the matched nodes
 
 
-class BlockTracer(_basics.MatchingTracer):
+class BlockTracer(MatchingTracer):
     """A MatchingTracer that also keeps, per root node, the attempt of any rule that got furthest
     (the stock tracer keeps one best match per rule, over the whole graph)."""
 
@@ -83,12 +83,12 @@ def closest_attempt(tracer: BlockTracer, node: ir.Node) -> Attempt | None:
 
 
 def _describe(kind: str, attempt: Attempt, node: ir.Node) -> str:
-    if attempt.status == _basics.MatchStatus.SUCCESS:
+    if attempt.status == MatchStatus.SUCCESS:
         return (
             f"{kind} rule {attempt.rule} matches this block, but the passes that complete the fused op "
             "did not (see the passes undone, if any)"
         )
-    if attempt.status == _basics.MatchStatus.CONDITION_FAILED:
+    if attempt.status == MatchStatus.CONDITION_FAILED:
         return f"{kind} rule {attempt.rule}, check failed: {attempt.reason or 'no reason given'}"
     return f"{kind} rule {attempt.rule}, pattern stops: {attempt.reason or 'no match'} ({input_chain(node)})"
 

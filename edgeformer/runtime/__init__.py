@@ -9,8 +9,8 @@
 Modules: ``bundle`` (manifest and file checks), ``providers`` and ``session`` (execution providers
 and session options), ``inputs`` (validation, tokenization, padding), ``sampling``, ``generate``
 (the KV-cache loops), ``models`` (one class per family), ``loader`` (``load``), ``errors``;
-``bench`` (``python -m edgeformer.runtime.bench``: the device benchmark runner), ``bench_limits``
-and ``bench_report``, which ``import edgeformer.runtime`` does not load.
+``bench`` (``python -m edgeformer.runtime.bench``: the device benchmark runner, which lives in
+``edgeformer.benchmark``), which ``import edgeformer.runtime`` does not load.
 """
 
 from edgeformer.runtime.errors import (

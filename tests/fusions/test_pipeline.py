@@ -13,7 +13,8 @@ import pytest
 from edgeformer.export.bundle import export_bundle, source_from_card
 from edgeformer.export.graphs import make_inputs
 from edgeformer.export.trace import trace
-from edgeformer.fusions import pipeline
+from edgeformer.fusions import pipeline, tables
+from edgeformer.fusions.passes import FusionPass
 from edgeformer.fusions.pipeline import FusionParityError, fuse_model
 from edgeformer.zoo import resolve_card, resolve_target
 from tests.conftest import EDGE_CARDS
@@ -109,9 +110,9 @@ def _break_weights(model: ir.Model) -> int:
 def test_a_pass_that_changes_the_numbers_is_named_and_undone(monkeypatch):
     model, feeds = _traced("bert-mini")
     reference = run(model, feeds[0])
-    passes = list(pipeline.CONTRIB_PASSES)
-    passes.insert(3, ("buggy_rule", _break_weights))
-    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", passes)
+    passes = list(tables.CONTRIB)
+    passes.insert(3, FusionPass("buggy_rule", _break_weights))
+    monkeypatch.setitem(tables.TABLES, "contrib", tuple(passes))
     report = fuse_model(model, feeds=feeds)
     buggy = next(p for p in report.passes if p.name == "buggy_rule")
     assert buggy.rolled_back.startswith("it changed the outputs") and buggy.rewrites == 0
@@ -136,9 +137,9 @@ def _unknown_op(model: ir.Model) -> int:
 
 def test_a_pass_that_breaks_the_graph_is_named_and_undone(monkeypatch):
     model, feeds = _traced("bert-mini")
-    passes = list(pipeline.CONTRIB_PASSES)
-    passes.insert(3, ("breaking_rule", _unknown_op))
-    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", passes)
+    passes = list(tables.CONTRIB)
+    passes.insert(3, FusionPass("breaking_rule", _unknown_op))
+    monkeypatch.setitem(tables.TABLES, "contrib", tuple(passes))
     report = fuse_model(model, feeds=feeds)
     breaking = next(p for p in report.passes if p.name == "breaking_rule")
     assert breaking.rolled_back.startswith("the graph no longer runs") and "NoSuchOp" in breaking.rolled_back
@@ -159,9 +160,9 @@ def test_intermediate_forms_are_checked_with_the_pass_that_completes_them(monkey
     assert not report.to_dict()["rolled_back"]
 
     model, feeds = _traced("bert-mini")
-    passes = list(pipeline.CONTRIB_PASSES)
-    passes.insert(names.index("sdpa") + 1, ("buggy_rule", _break_weights))
-    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", passes)
+    passes = list(tables.CONTRIB)
+    passes.insert([p.name for p in passes].index("sdpa") + 1, FusionPass("buggy_rule", _break_weights))
+    monkeypatch.setitem(tables.TABLES, "contrib", tuple(passes))
     reference = run(model, feeds[0])
     report = fuse_model(model, feeds=feeds)
     undone = report.to_dict()["rolled_back"]
@@ -175,8 +176,8 @@ def test_intermediate_forms_are_checked_with_the_pass_that_completes_them(monkey
 
     # with nothing after it to complete its form, the sdpa pass is undone at the end
     model, feeds = _traced("bert-mini")
-    unfinished = [p for p in pipeline.CONTRIB_PASSES if not p[0].startswith(("mha", "attention", "sdpa_via"))]
-    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", unfinished)
+    unfinished = [p for p in tables.CONTRIB if not p.name.startswith(("mha", "attention", "sdpa_via"))]
+    monkeypatch.setitem(tables.TABLES, "contrib", tuple(unfinished))
     report = fuse_model(model, feeds=feeds)
     undone = report.to_dict()["rolled_back"]
     assert "it left ai.onnxruntime._fusion:SDPA, which onnxruntime cannot run" in undone["sdpa"], undone
@@ -188,7 +189,7 @@ def test_intermediate_forms_are_checked_with_the_pass_that_completes_them(monkey
 
 def test_unfused_blocks_are_reported_with_a_reason(monkeypatch):
     model, feeds = _traced("gpt-mini")
-    monkeypatch.setattr(pipeline, "CONTRIB_PASSES", [p for p in pipeline.CONTRIB_PASSES if p[0] != "mask_to_bias"])
+    monkeypatch.setitem(tables.TABLES, "contrib", tuple(p for p in tables.CONTRIB if p.name != "mask_to_bias"))
     report = fuse_model(model, feeds=feeds, debug=True)
     assert not report.complete
     attention = [m for m in report.not_fused if m["kind"] == "attention"]

@@ -1,10 +1,9 @@
 """The torch eager variant of ``edgeformer bench``: the source model, measured like a bundle.
 
-    python -m edgeformer.bench_torch (--bundle DIR | --card CARD [--weights-seed S]) [settings] --json OUT
-
-The model is rebuilt from a bundle's manifest (its card, checkpoint verified by sha256, or seed) or
-from a card; the cases, inputs and report are those of ``edgeformer.runtime.bench`` (same options,
-same per-case random inputs, same schema), so runs compare row by row. Forward cases call what the
+A job of the worker process (``worker``: ``{"kind": "torch", ...}``). The model is rebuilt from a
+bundle's manifest (its card, checkpoint verified by sha256, or seed) or from a card; the cases,
+inputs and report are those of the device runner (same settings, same per-case random inputs,
+same schema), so runs compare row by row. Forward cases call what the
 bundle's first graph computes (encoder: hidden states and head; decoder: a prefill with its KV
 cache; encoder-decoder: the encoder and the cross-attention keys/values). Generation is the greedy
 KV-cache loop of ``edgeformer.parity.torch_greedy``, timed per token (loop ``torch``).
@@ -12,11 +11,9 @@ KV-cache loop of ``edgeformer.parity.torch_greedy``, timed per token (loop ``tor
 
 from __future__ import annotations
 
-import argparse
 import gc
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeformer.benchmark import stats
+from edgeformer.benchmark.loops import forward_ids, prompt_ids
+from edgeformer.benchmark.options import FORWARD_GRAPH, Limits, Settings
+from edgeformer.benchmark.settings import resolve
+from edgeformer.benchmark.timing import Progress, clock_runs, time_calls
 from edgeformer.errors import EdgeformerError
-from edgeformer.runtime import bench
-from edgeformer.runtime import bench_report as report_mod
 
 
 def rebuild(bundle: Path | None, card: str | None, seed: int) -> Any:
@@ -78,15 +78,15 @@ def torch_generate(
 def run_torch(
     bundle: Path | None,
     card: str | None,
-    settings: bench.Settings,
+    settings: Settings,
     *,
     weights_seed: int = 0,
     label: str | None = None,
-    progress: bench.Progress | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """One run of the torch eager source (variant ``torch``), in the schema of the device runner."""
-    progress = progress or bench.Progress(enabled=False)
-    rss_start = report_mod.current_rss_bytes()
+    progress = progress or Progress(enabled=False)
+    rss_start = stats.current_rss_bytes()
     t0 = time.perf_counter()
     source = rebuild(bundle, card, weights_seed)
     create_s = time.perf_counter() - t0
@@ -94,76 +94,84 @@ def run_torch(
         raise EdgeformerError("torch eager runs need a model card's family; a user's own module is not supported")
     cfg = source.config.to_dict()
     family, model = source.config.family, source.model.eval()
-    settings = bench.resolve(settings, family, cfg)
-    graph = bench.FORWARD_GRAPH[family]
+    settings = resolve(settings, family, cfg)
     start_token, vocab = max(source.config.bos_token_id, 0), int(cfg["vocab_size"])
     cases: list[dict[str, Any]] = []
     with torch.inference_mode():
         for threads in settings.threads or ():
             torch.set_num_threads(threads)
-            for batch in settings.batches if settings.forward else ():
-                for seq in settings.sequences or ():
-                    ids = torch.from_numpy(bench.forward_ids(settings.seed, vocab, batch, seq))
-                    fn = forward_fn(model, family, ids)
-                    progress.case(f"torch {threads} thr {graph} batch {batch} seq {seq}", settings.iterations)
-                    samples = bench.time_calls(fn, settings.warmup, settings.iterations, settings.time_budget, progress)
-                    progress.done()
-                    case = {"kind": "forward", "graph": graph, "threads": threads, "batch": batch, "sequence": seq}
-                    summary = report_mod.forward_summary(samples, batch, seq)
-                    cases.append({**case, "samples_s": samples, "summary": summary})
+            cases += _forward_cases(model, family, settings, threads, vocab, progress)
             for batch in settings.batches if settings.generate else ():
                 for prompt in settings.prompts or ():
                     for new in settings.new_tokens or ():
+                        case = (batch, prompt, new)
                         cases.append(
-                            _generation_case(
-                                model, family, settings, threads, batch, prompt, new, start_token, vocab, progress
-                            )
+                            _generation_case(model, family, settings, threads, case, start_token, vocab, progress)
                         )
     params = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return {
-        "label": label or report_mod.machine()["hostname"],
+        "label": label or stats.machine()["hostname"],
         "variant": "torch",
-        "machine": report_mod.machine(),
-        "versions": report_mod.versions(torch=torch.__version__, torch_threads=str(torch.get_num_threads())),
-        "settings": asdict(settings) | {"limits": asdict(bench.Limits(enabled=False))},
-        "model": {
-            "name": source.name,
-            "path": str(bundle.resolve()) if bundle else None,
-            "family": family,
-            "precision": "fp32",
-            "target": None,
-            "runtime": "torch eager",
-            "size_bytes": params,
-            "graph_bytes": {},
-            "weight_bytes": params,
-            "config": {k: cfg.get(k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions")},
-        },
+        "machine": stats.machine(),
+        "versions": stats.versions(torch=torch.__version__, torch_threads=str(torch.get_num_threads())),
+        "settings": asdict(settings) | {"limits": asdict(Limits(enabled=False))},
+        "model": _model_info(source, bundle, cfg, params),
         "session": {"verify_s": None, "threads": list(settings.threads or ()), "create_s": [create_s]},
-        "memory": {"rss_before_load_bytes": rss_start, "peak_rss_bytes": report_mod.peak_rss_bytes()},
+        "memory": {"rss_before_load_bytes": rss_start, "peak_rss_bytes": stats.peak_rss_bytes()},
         "limits": {},
         "cases": cases,
     }
 
 
+def _model_info(source: Any, bundle: Path | None, cfg: dict[str, Any], params: int) -> dict[str, Any]:
+    return {
+        "name": source.name,
+        "path": str(bundle.resolve()) if bundle else None,
+        "family": source.config.family,
+        "precision": "fp32",
+        "target": None,
+        "runtime": "torch eager",
+        "size_bytes": params,
+        "graph_bytes": {},
+        "weight_bytes": params,
+        "config": {k: cfg.get(k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions")},
+    }
+
+
+def _forward_cases(
+    model: torch.nn.Module, family: str, settings: Settings, threads: int, vocab: int, progress: Progress
+) -> list[dict[str, Any]]:
+    graph, cases = FORWARD_GRAPH[family], []
+    for batch in settings.batches if settings.forward else ():
+        for seq in settings.sequences or ():
+            ids = torch.from_numpy(forward_ids(settings.seed, vocab, batch, seq))
+            fn = forward_fn(model, family, ids)
+            progress.case(f"torch {threads} thr {graph} batch {batch} seq {seq}", settings.iterations)
+            samples = time_calls(fn, settings.warmup, settings.iterations, settings.time_budget, progress)
+            progress.done()
+            case = {"kind": "forward", "graph": graph, "threads": threads, "batch": batch, "sequence": seq}
+            cases.append({**case, "samples_s": samples, "summary": stats.forward_summary(samples, batch, seq)})
+    return cases
+
+
 def _generation_case(
     model: torch.nn.Module,
     family: str,
-    settings: bench.Settings,
+    settings: Settings,
     threads: int,
-    batch: int,
-    prompt: int,
-    new: int,
+    case_size: tuple[int, int, int],
     start_token: int,
     vocab_size: int,
-    progress: bench.Progress,
+    progress: Progress,
 ) -> dict[str, Any]:
-    ids = bench.prompt_ids(settings.seed, vocab_size, batch, prompt)
+    batch, prompt, new = case_size
+    ids = prompt_ids(settings.seed, vocab_size, batch, prompt)
     progress.case(f"torch {threads} thr generate batch {batch} prompt {prompt} + {new} tokens", settings.gen_runs)
     for _ in range(settings.gen_warmup):
         torch_generate(model, family, ids, new, start_token)
     runs, tokens = [], None
     gc.collect()
-    for _ in bench._clock_runs(settings.gen_runs, settings.time_budget):
+    for _ in clock_runs(settings.gen_runs, settings.time_budget):
         got, times = torch_generate(model, family, ids, new, start_token)
         runs.append({"token_s": times})
         tokens = tokens if tokens is not None else got.tolist()
@@ -171,36 +179,4 @@ def _generation_case(
     progress.done()
     case = {"kind": "generate", "loop": "torch", "threads": threads, "batch": batch, "prompt": prompt}
     case.update({"new_tokens": new, "runs": runs, "tokens": tokens})
-    return {**case, "summary": report_mod.generation_summary(runs, batch)}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgeformer.bench_torch", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bundle", type=Path, help="rebuild the source from this bundle's manifest")
-    source.add_argument("--card", help="a model card name or .toml")
-    parser.add_argument("--weights-seed", type=int, default=0, help="seed of random weights (cards without one)")
-    bench.add_settings_options(parser)
-    bench.add_output_options(parser)
-    args = parser.parse_args(argv)
-    try:
-        run = run_torch(
-            args.bundle,
-            args.card,
-            bench.settings_from_args(args),
-            weights_seed=args.weights_seed,
-            label=args.label,
-            progress=bench.Progress(enabled=not args.quiet, prefix="bench torch"),
-        )
-        report = report_mod.new_report([run])
-        report_mod.write_outputs(report, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
-        if args.json is None:
-            print(report_mod.table(report))
-    except EdgeformerError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {**case, "summary": stats.generation_summary(runs, batch)}

@@ -1,0 +1,113 @@
+"""The contract every fusion pass keeps, on onnx-ir's pass infrastructure.
+
+A pass is an ``onnx_ir.passes.InPlacePass``: called on a model it rewrites it in place and returns
+a ``FusionResult`` (onnx-ir's ``PassResult`` with the number of rewrites), whose ``modified`` is
+true exactly when the graph changed, so the driver checks every pass that changed something and
+no other. What a pass needs of the export (the packed Attention op, onnxruntime's CPU kernels) is
+declared on the pass as data (``needs``), never decided by its name. The rule functions stay plain
+``model -> rewrites`` functions (onnxscript's ``fuse_*``, rule sets' ``apply_to_model``, the
+walkers here); passes whose function does not count (constant folding, CSE) count the nodes they
+removed instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.optimizer import optimize
+from onnxscript.rewriter.ort_fusions import shape_optimization
+
+Rewrite = Callable[[ir.Model], int]
+# Providers whose layer norms run on onnxruntime's CPU kernels (XNNPACK takes no layer norm). For
+# them the contrib form keeps LayerNormalization: onnxruntime's CPU SkipLayerNormalization is
+# 3-4x slower than Add + LayerNormalization (see split_skip_norm.py).
+CPU_KERNEL_PROVIDERS = ("cpu", "xnnpack")
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """What the export asks of the fused graph; a pass's ``needs`` are read against it."""
+
+    packed_attention: bool = True  # False for int8: attention keeps its projections as MatMuls
+    providers: tuple[str, ...] = ("cpu",)
+
+
+NEEDS: dict[str, Callable[[FusionOptions], bool]] = {
+    # packing the projections into one Attention op keeps them out of the int8 quantizer's reach
+    "packed_attention": lambda o: o.packed_attention,
+    # SkipLayerNormalization split back for the providers that run onnxruntime's CPU kernels
+    "cpu_kernels": lambda o: bool(o.providers) and o.providers[0] in CPU_KERNEL_PROVIDERS,
+}
+
+
+@dataclass
+class FusionResult(ir.passes.PassResult):
+    rewrites: int = 0
+
+
+class FusionPass(ir.passes.InPlacePass):
+    """One named rewrite. ``count="nodes"`` for functions that do not count their rewrites: the
+    pass then reports how many nodes it removed."""
+
+    def __init__(self, name: str, rewrite: Rewrite, *, needs: tuple[str, ...] = (), count: str = "rewrites") -> None:
+        unknown = set(needs) - set(NEEDS)
+        if unknown or count not in ("rewrites", "nodes"):
+            raise ValueError(f"fusion pass {name!r}: unknown needs {sorted(unknown)} or count {count!r}")
+        self.name, self.rewrite, self.needs, self.count = name, rewrite, needs, count
+
+    def applies(self, options: FusionOptions) -> bool:
+        return all(NEEDS[need](options) for need in self.needs)
+
+    def call(self, model: ir.Model) -> FusionResult:
+        before = node_count(model)
+        rewrites = int(self.rewrite(model) or 0)
+        if self.count == "nodes":
+            rewrites = max(0, before - node_count(model))
+        return FusionResult(model, modified=rewrites > 0, rewrites=rewrites)
+
+    def __repr__(self) -> str:
+        return f"FusionPass({self.name!r}, needs={self.needs})"
+
+
+def node_count(model: ir.Model) -> int:
+    return sum(1 for _ in model.graph.all_nodes())
+
+
+def cleanup(model: ir.Model) -> int:
+    """Constant folding, shape-subgraph simplification, duplicate initializers, CSE, dead code;
+    returns the nodes removed."""
+    before = node_count(model)
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    common_passes.DeduplicateInitializersPass()(model)
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    optimize(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return max(0, before - node_count(model))
+
+
+def common_subexpressions(model: ir.Model) -> int:
+    """Merge identical subgraphs (the mask bias each layer computes again): counted in nodes."""
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return 0
+
+
+def fold_constants(model: ir.Model) -> int:
+    """onnxscript's optimizer (constant folding, dead code): counted in nodes."""
+    optimize(model)
+    return 0
+
+
+def with_shapes(fn: Callable[..., int]) -> Rewrite:
+    """An onnxscript fusion that needs shape inference first (``fuse_sdpa``)."""
+
+    def rewrite(model: ir.Model) -> int:
+        return int(fn(model, apply_shape_inference=True) or 0)
+
+    rewrite.__name__ = getattr(fn, "__name__", "with_shapes")
+    return rewrite
