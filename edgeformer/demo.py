@@ -39,7 +39,7 @@ RECIPES = ("demo-decoder", "demo-encoder")
 def train_config_of(card: ModelCard, **overrides: Any) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     recipe = {k: v for k, v in card.training.items() if k in known}
-    unknown = sorted(set(card.training) - known - {"task", "python", "seconds", "labels"})
+    unknown = sorted(set(card.training) - known - {"task", "python", "seconds", "labels", "mask_token_id"})
     if unknown:
         raise CardError(f"{card.name}: unknown key [training].{unknown[0]}; known: {', '.join(sorted(known))}")
     if "betas" in recipe:

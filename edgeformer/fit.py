@@ -74,16 +74,34 @@ def seq2seq_batch(sources: list[str], targets: list[str], card: ModelCard) -> di
             "labels": labels}  # fmt: skip
 
 
+MASK_RATE = 0.15  # BERT's: of the chosen tokens 80% become the mask id, 10% a random byte, 10% stay
+
+
+def mask_tokens(ids: Tensor, card: ModelCard, gen: torch.Generator) -> dict[str, Tensor]:
+    """BERT's masked-LM corruption of (B, T) ids; labels are the original ids at the chosen
+    positions and -100 elsewhere. The mask id is [training].mask_token_id (default: the pad id)."""
+    mask_id = int(card.training.get("mask_token_id", card.config.pad_token_id))
+    chosen = torch.rand(ids.shape, generator=gen) < MASK_RATE
+    chosen[:, 0] |= ~chosen.any(1)  # at least one target per row
+    roll = torch.rand(ids.shape, generator=gen)
+    random_bytes = torch.randint(0, 256, ids.shape, generator=gen)
+    corrupted = torch.where(chosen & (roll < 0.8), mask_id, ids)
+    corrupted = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_bytes, corrupted)
+    return {"input_ids": corrupted, "labels": torch.where(chosen, ids, -100)}
+
+
 def sampler_of(data: Dataset, card: ModelCard) -> Sampler:
     """Batches drawn uniformly from the data by the trainer's generator (the data position)."""
     length = card.config.max_positions
-    if data.task == "language-model":
+    if data.task in ("language-model", "masked-language-model"):
         stream = lm_stream(data.texts, card)
         window = min(length, len(stream) - 2)
 
         def windows(gen: torch.Generator, batch_size: int) -> dict[str, Tensor]:
             starts = torch.randint(0, len(stream) - window, (batch_size,), generator=gen).tolist()
             rows = torch.stack([stream[s : s + window + 1] for s in starts])
+            if data.task == "masked-language-model":
+                return mask_tokens(rows[:, :-1], card, gen)
             return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
 
         return windows
@@ -112,8 +130,8 @@ def loss_of(task: str, smoothing: float) -> Callable[[nn.Module, dict[str, Tenso
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, card: ModelCard, batch_size: int = 32) -> dict[str, Any]:
-    """Held-out metrics: perplexity per token (language model, sequence-to-sequence), accuracy and
-    balanced accuracy (classification)."""
+    """Held-out metrics: perplexity per token (language model, sequence-to-sequence; masked-LM: of
+    the masked tokens), accuracy and balanced accuracy (classification)."""
     model.eval()
     if data.task == "classification":
         from edgeformer.demo import classification_metrics
@@ -121,12 +139,15 @@ def evaluate(model: nn.Module, data: Dataset, card: ModelCard, batch_size: int =
         ids, mask = _pad_rows([list(t.encode("utf-8"))[: card.config.max_positions] for t in data.texts], 0)
         return classification_metrics(model, ids, mask, torch.tensor(data.labels))
     loss, total, count = loss_of(data.task, 0.0), 0.0, 0
-    if data.task == "language-model":
+    if data.task in ("language-model", "masked-language-model"):
         stream, length = lm_stream(data.texts, card), card.config.max_positions
         n = max(1, (len(stream) - 1) // length)
         length = min(length, len(stream) - 1)
         rows = [{"input_ids": stream[i * length : (i + 1) * length][None],
                  "labels": stream[i * length + 1 : (i + 1) * length + 1][None]} for i in range(n)]  # fmt: skip
+        if data.task == "masked-language-model":  # the same corruption at every evaluation
+            gen = torch.Generator().manual_seed(0)
+            rows = [mask_tokens(row["input_ids"], card, gen) for row in rows]
     else:
         rows = [seq2seq_batch(data.texts[i : i + batch_size], data.targets[i : i + batch_size], card)
                 for i in range(0, len(data.texts), batch_size)]  # fmt: skip

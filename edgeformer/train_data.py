@@ -1,6 +1,7 @@
 """The user's training data for ``edgeformer train --data``, read and checked before any step runs.
 
 - decoder (language model): text files, each one document: ``[bos] bytes [eos]``, concatenated;
+- encoder with an lm head (masked-LM pretraining): text files, as for a decoder;
 - encoder with a classification head: JSON lines ``{"text": ..., "label": ...}`` or CSV with a
   ``text,label`` header; a label is an index below ``num_labels`` or a name of ``[training].labels``;
 - encoder-decoder: JSON lines ``{"source": ..., "target": ...}`` or TSV ``source<TAB>target``.
@@ -37,8 +38,10 @@ class Dataset:
 
 def task_of(card: ModelCard) -> str:
     cfg = card.config
+    if cfg.family == "encoder" and cfg.head == "lm":
+        return "masked-language-model"
     if cfg.family == "encoder" and cfg.head != "classification":
-        raise DataError(f"{card.name}: training an encoder needs head = 'classification' (this card's is {cfg.head!r})")
+        raise DataError(f"{card.name}: training an encoder needs head = 'classification' or 'lm' (not {cfg.head!r})")
     if cfg.family != "encoder" and cfg.head != "lm":
         raise DataError(f"{card.name}: training a {cfg.family} needs head = 'lm' (this card's is {cfg.head!r})")
     if cfg.vocab_size < 256:
@@ -106,7 +109,7 @@ def read_data(card: ModelCard, paths: list[Path]) -> Dataset:
     for path in paths:
         text = _text_of(path)
         data.files[str(path)] = len(text.encode("utf-8"))
-        if task == "language-model":
+        if task in ("language-model", "masked-language-model"):
             data.texts.append(text)
             continue
         columns = ("text", "label") if task == "classification" else ("source", "target")

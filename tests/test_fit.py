@@ -31,6 +31,7 @@ FAMILIES = {
     "decoder": 'family = "decoder"\nhead = "lm"\npositions = "learned"\n',
     "encoder": 'family = "encoder"\nhead = "classification"\nnum_labels = 2\n',
     "encoder-decoder": 'family = "encoder-decoder"\nhead = "lm"\n',
+    "encoder-mlm": 'family = "encoder"\nhead = "lm"\n',
 }
 
 
@@ -46,7 +47,7 @@ def run(*args: object):
 
 
 def data_files(tmp_path: Path, family: str) -> tuple[Path, Path]:
-    if family == "decoder":
+    if family in ("decoder", "encoder-mlm"):
         (tmp_path / "a.txt").write_text("Return the absolute value of the argument.\n" * 20)
         (tmp_path / "b.txt").write_text("Return the sum of a and b.\n" * 5)
         return tmp_path / "a.txt", tmp_path / "b.txt"
@@ -260,3 +261,19 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_a_message(tmp_path
     monkeypatch.setattr(distributed, "world", lambda: (0, 3))
     with pytest.raises(Exception, match="global batch size 4 does not split over 3 ranks"):
         distributed.shard(lambda gen, b: {}, 4)
+
+
+def test_masked_lm_corrupts_fifteen_percent_like_bert():
+    import torch
+
+    from edgeformer.config import parse_card
+    from edgeformer.fit import mask_tokens
+
+    card = parse_card(tomllib.loads(f'name = "m"\n[model]\n{FAMILIES["encoder-mlm"]}{TINY}'))
+    ids = torch.randint(0, 256, (64, 32), generator=torch.Generator().manual_seed(1))
+    batch = mask_tokens(ids, card, torch.Generator().manual_seed(2))
+    chosen = batch["labels"] != -100
+    assert 0.12 < chosen.float().mean().item() < 0.18 and chosen.any(1).all()
+    assert torch.equal(batch["labels"][chosen], ids[chosen]) and torch.equal(batch["input_ids"][~chosen], ids[~chosen])
+    masked = (batch["input_ids"] == 256) & chosen
+    assert 0.7 < masked.sum().item() / chosen.sum().item() < 0.9
