@@ -111,7 +111,7 @@ def models(as_json: bool) -> None:
 def _recipe_options(f: Any) -> Any:
     """The knobs of a training recipe; each overrides the card's [training] value of the same name."""
     from edgeformer.cli_types import FiniteFloatRange
-    from edgeformer.nn.training import SCHEDULES
+    from edgeformer.nn.training import PRECISIONS, SCHEDULES
 
     unit = FiniteFloatRange(0, 1, max_open=True)
     open_unit = FiniteFloatRange(0, 1, min_open=True, max_open=True)
@@ -131,6 +131,13 @@ def _recipe_options(f: Any) -> Any:
         click.option("--label-smoothing", "label_smoothing", type=unit, help="Label smoothing (the paper: 0.1)."),
         click.option("--checkpoint-every", "checkpoint_every", type=count(0, 10**8), help="Steps between checkpoints."),
         click.option("--log-every", "log_every", type=count(1, 10**8), help="Steps between progress lines."),
+        click.option("--precision", type=click.Choice(PRECISIONS), help="bf16: autocast the forward pass."),
+        click.option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            "gradient_checkpointing",
+            default=None,
+            help="Recompute activations in the backward pass (less memory, more time).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

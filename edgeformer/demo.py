@@ -30,7 +30,7 @@ from edgeformer.data import ORDERS, Docstring, load_docstrings, reorder, word_or
 from edgeformer.errors import CardError
 from edgeformer.nn.checkpoint import save_checkpoint
 from edgeformer.nn.models import build_model, lm_loss
-from edgeformer.nn.training import SCHEDULES, TrainConfig, TrainResult, train
+from edgeformer.nn.training import PRECISIONS, SCHEDULES, TrainConfig, TrainResult, train
 from edgeformer.numbers import finite_number
 
 RECIPES = ("demo-decoder", "demo-encoder")
@@ -68,6 +68,15 @@ RECIPE_FLOATS: dict[str, tuple[str, Callable[[float], bool]]] = {
 }
 
 
+def _check_choices(name: str, cfg: TrainConfig) -> None:
+    for key, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+        if getattr(cfg, key) not in choices:
+            got = getattr(cfg, key)
+            raise CardError(f"{name}: [training].{key} must be one of {', '.join(choices)}, got {got!r:.40}")
+    if not isinstance(cfg.gradient_checkpointing, bool):
+        raise CardError(f"{name}: [training].gradient_checkpointing must be true or false")
+
+
 def _check_recipe(name: str, cfg: TrainConfig) -> None:
     """Refuse a [training] value outside its domain (CardError naming the key): NaN or inf in a
     rate trains nothing and reports a loss of NaN; a huge count runs for days or allocates everything."""
@@ -77,8 +86,7 @@ def _check_recipe(name: str, cfg: TrainConfig) -> None:
             raise CardError(f"{name}: [training].{key} must be an integer from {low} to {high:,}, got {value!r:.40}")
     betas = cfg.betas if isinstance(cfg.betas, tuple | list) and len(cfg.betas) == 2 else (None,)
     values = [(k, getattr(cfg, k)) for k in RECIPE_FLOATS if k != "betas"] + [("betas", b) for b in betas]
-    if cfg.schedule not in SCHEDULES:
-        raise CardError(f"{name}: [training].schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r:.40}")
+    _check_choices(name, cfg)
     for key, value in values:
         if value is None and key in ("dropout", "attention_dropout"):
             continue  # the card's [model] value

@@ -277,3 +277,21 @@ def test_masked_lm_corrupts_fifteen_percent_like_bert():
     assert torch.equal(batch["labels"][chosen], ids[chosen]) and torch.equal(batch["input_ids"][~chosen], ids[~chosen])
     masked = (batch["input_ids"] == 256) & chosen
     assert 0.7 < masked.sum().item() / chosen.sum().item() < 0.9
+
+
+def test_bf16_autocast_and_gradient_checkpointing(tmp_path):
+    card = tiny_card(tmp_path, "decoder")
+    train, _ = data_files(tmp_path, "decoder")
+    flags = ["--data", train, "--steps", "3", "--dropout", "0", "--log-every", "1", "--batch-size", "2"]
+
+    def losses(name, *more):
+        result = run("train", card, *flags, *more, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+
+    plain = losses("plain")
+    assert losses("ckpt", "--gradient-checkpointing") == pytest.approx(plain, abs=1e-6)  # same numbers, less memory
+    bf16 = losses("bf16", "--precision", "bf16")
+    assert bf16 != plain and bf16 == pytest.approx(plain, abs=0.05)  # bfloat16 rounding, the same training
+    recipe = tomllib.loads((tmp_path / "bf16" / "tiny-decoder.toml").read_text())["training"]
+    assert recipe["precision"] == "bf16"

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 Batch = dict[str, Tensor]
 SCHEDULES = ("linear", "cosine", "inverse-sqrt")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 0  # 0: no checkpoint during training
+    precision: str = "fp32"  # PRECISIONS: bf16 runs the forward pass under torch.autocast (CPU)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass
 
 
 @dataclass
@@ -111,7 +114,8 @@ def _one_step(model: nn.Module, sample_batch: Callable, loss_fn: Callable, cfg: 
     loop.opt.zero_grad(set_to_none=True)
     total = 0.0
     for _ in range(cfg.grad_accum):
-        loss = loss_fn(model, sample_batch(loop.gen, cfg.batch_size))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = loss_fn(model, sample_batch(loop.gen, cfg.batch_size)).float()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {loop.step}; lower the learning rate")
         (loss / cfg.grad_accum).backward()
