@@ -65,7 +65,7 @@ def models(as_json: bool) -> None:
     """List the shipped model cards: name, family, shape, parameters and fp32 size."""
     from edgeformer.zoo import list_cards, parameter_count
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for card in list_cards():
         cfg = card.config
         params = parameter_count(cfg)
@@ -528,8 +528,8 @@ def check(
             expect_manifest_sha256=expect_sha256,
         )
     except ParityError as exc:
-        if as_json:
-            click.echo(json_text(exc.report.to_dict()))  # type: ignore[attr-defined]
+        if as_json and exc.report is not None:  # (none when the check could not run: its inputs were refused)
+            click.echo(json_text(exc.report.to_dict()))
         raise
     if as_json:
         click.echo(json_text(report.to_dict()))
@@ -562,11 +562,10 @@ def _recorded_outcome(report: Any, accept: bool, as_json: bool) -> None:
     if not as_json:
         _verdict_lines(recorded, rejudged, report.rejudge_note)
     verdict = rejudged or recorded  # what check measured itself decides; a bundle without rows: what it records
-    if verdict is not None and verdict.ok and not accepted:
-        return
-    if verdict is None and not accepted:
-        return
-    if not accepted:  # a miss nobody accepted: re-measured here, or an edited manifest / another tool's
+    if not accepted:
+        if verdict is None or verdict.ok:
+            return
+        # a miss nobody accepted: re-measured here, or an edited manifest / another tool's
         said = "the verdict re-measured by check misses" if rejudged else "the manifest records a budget miss"
         raise BudgetMissError(f"{said} and the miss was not accepted: {verdict.line()}", verdict)
     parity = [f"against torch at {c.dims}: {m}" for c in report.cases for m in c.violations]

@@ -215,10 +215,8 @@ def validate(cfg: ModelConfig) -> None:
 
 CARD_KEYS = {"name", "description", "checkpoint", "checkpoint_sha256", "tokenizer", "metrics", "training", "model"}
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[str(f.type)]
-    for f in dataclasses.fields(ModelConfig)
-}
+_TYPE_OF: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_TYPES = {f.name: _TYPE_OF[str(f.type)] for f in dataclasses.fields(ModelConfig)}
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def word_order_examples(split: str = "valid") -> list[tuple[str, int]]:
     orders, so the classes are exactly balanced; shuffles are seeded by the text (a fixed set)."""
     train = set(word_order_texts(load_docstrings("train")))
     texts = word_order_texts(load_docstrings(split), exclude=train if split == "valid" else None)
-    out = []
+    out: list[tuple[str, int]] = []
     for words in texts:
         rng = random.Random(zlib.crc32(" ".join(words).encode("utf-8")))
         out.extend((reorder(words, label, rng), label) for label in range(len(ORDERS)))

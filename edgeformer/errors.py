@@ -1,5 +1,9 @@
 """Typed errors. The CLI turns every one of these into a message without a traceback."""
 
+from __future__ import annotations
+
+from typing import Any, Protocol
+
 
 class EdgeformerError(Exception):
     """Base class of every error edgeformer raises on purpose."""
@@ -21,8 +25,19 @@ class BundleError(EdgeformerError):
     """A bundle directory is missing, incomplete, or its files do not match the manifest."""
 
 
+class CheckReport(Protocol):
+    """What a failed check reports (``parity.ParityReport``, which this module cannot import)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class ParityError(EdgeformerError):
-    """The ONNX graph does not compute what the torch source computes (within tolerance)."""
+    """The ONNX graph does not compute what the torch source computes (within tolerance).
+
+    ``report``: the report of the check that failed (None when the check could not run, e.g. its
+    real inputs were refused)."""
+
+    report: CheckReport | None = None
 
 
 class ResourceError(EdgeformerError):

@@ -306,9 +306,7 @@ def _fit(
     train_set, valid_set = sets
     dropouts = {k: getattr(cfg, k) for k in ("dropout", "attention_dropout") if getattr(cfg, k) is not None}
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        dataclasses.replace(card.config, **dropouts, gradient_checkpointing=cfg.gradient_checkpointing)
-    )
+    model = build_model(dataclasses.replace(card.config, **dropouts, gradient_checkpointing=cfg.gradient_checkpointing))
     if init is not None:
         init_weights(model, init)
     state = load_state(resume, model)[1] if resume is not None else None

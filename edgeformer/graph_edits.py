@@ -34,5 +34,5 @@ def remove_nodes(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
     for node in nodes:
         graph.remove(node, safe=True)
     for value in inputs:
-        if not value.uses() and value.name in graph.initializers:
+        if not value.uses() and value.name is not None and value.name in graph.initializers:
             graph.initializers.pop(value.name)

@@ -350,9 +350,9 @@ def atomic_group(paths: list[Path]) -> Iterator[list[Path]]:
     tmps = []
     try:
         for path in paths:
-            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=directory)
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=directory)
             os.close(fd)
-            tmps.append(Path(tmp))
+            tmps.append(Path(name))
         yield tmps
         entries: list[dict[str, str | None]] = []
         for path, tmp in zip(paths, tmps, strict=True):

@@ -4,9 +4,10 @@ sampling options). Standard library only: the device runtime uses it too."""
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 
-def finite_number(value: object) -> bool:
+def finite_number(value: object) -> TypeGuard[int | float]:
     """An int or float (not a bool) that is finite as a float: NaN, the infinities and integers
     too large for a float (``10**400``, which ``math.isfinite`` cannot even convert) are not."""
     if not isinstance(value, int | float) or isinstance(value, bool):

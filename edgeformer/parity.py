@@ -16,6 +16,7 @@ import torch
 
 from edgeformer.config import ModelConfig
 from edgeformer.export.graphs import GraphPlan, derived_dims, make_inputs, run_torch
+from edgeformer.nn.models import as_encoder_decoder
 from edgeformer.real_inputs import complete_inputs, read_real_inputs  # noqa: F401 - read_real_inputs importable from here
 
 TOLERANCE = {"fp32": 1e-4}  # reduced precisions are judged by their accuracy budget instead
@@ -145,23 +146,47 @@ def _case(
     dims: dict[str, int],
     kind: str = "random",
     budget: dict[str, float] | None = None,
+    want: dict[str, np.ndarray] | None = None,
 ) -> CaseReport:
-    want = run_torch(plan, inputs)
+    """One shape: ``want`` (the torch outputs, computed here unless given) against the graph's."""
+    want = run_torch(plan, inputs) if want is None else want
     got = run_onnx(session, inputs)
     limit = tolerance if budget is None else float("inf")  # a budget judges reduced precisions
     outputs = [compare(spec.name, want[spec.name], got[spec.name], limit) for spec in plan.outputs]
     case = CaseReport(plan.name, dims, outputs, kind)
-    if budget is not None:
-        from edgeformer.quantize.budget import measure, to_jsonable
-        from edgeformer.verdict import misses
+    if budget is not None:  # the one case judge the precision search also calls (verdict.judge_case)
+        from edgeformer.verdict import judge_case
 
-        lm = plan.name in ("model", "decoder") and "logits" in want and kind == "real"
-        case.metrics = to_jsonable(measure([want], [got], [inputs], language_model=lm))
-        # on random tokens a model's logits are near ties that say nothing about its task: there
-        # only cosine is judged; top-1 agreement and perplexity on the real inputs given
-        judged = budget if kind == "real" else {k: v for k, v in budget.items() if k == "cosine"}
-        case.violations = misses(case.metrics, judged)
+        lm = plan.name in ("model", "decoder") and "logits" in want
+        case.metrics, case.violations = judge_case(want, got, inputs, budget, kind=kind, language_model=lm)
     return case
+
+
+@dataclass
+class BudgetCase:
+    """One random-input shape the final parity check judges, with the torch source's outputs on it:
+    computed once, judged by the precision search and then by the final check (``references``)."""
+
+    graph: str
+    dims: dict[str, int]
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.dims.items() if k != "total_sequence")
+
+
+def budget_cases(source: Any, seed: int = 0) -> dict[str, list[BudgetCase]]:
+    """Every graph's parity cases (``plan.cases``, the inputs ``check_graph`` makes, seed by seed),
+    with the torch outputs on them, for the search to meet the budget on what the check judges."""
+    out: dict[str, list[BudgetCase]] = {}
+    for plan in source.plans:
+        out[plan.name] = []
+        for i, dims in enumerate(plan.cases):
+            inputs = make_inputs(plan, dims, seed=seed + i)
+            out[plan.name].append(BudgetCase(plan.name, derived_dims(dims), inputs, run_torch(plan, inputs)))
+    return out
 
 
 def _dims_of(plan: GraphPlan, inputs: dict[str, np.ndarray]) -> dict[str, int]:
@@ -175,12 +200,16 @@ def check_graph(
     seed: int = 0,
     real: list[dict[str, np.ndarray]] | None = None,
     budget: dict[str, float] | None = None,
+    references: list[BudgetCase] | None = None,
 ) -> list[CaseReport]:
-    """Random inputs at every shape of plan.cases, then the real inputs given, if any."""
+    """Random inputs at every shape of plan.cases, then the real inputs given, if any. ``references``
+    (``budget_cases``) are those very inputs with the torch outputs already computed: reused."""
     reports = []
     for i, dims in enumerate(plan.cases):
-        inputs = make_inputs(plan, dims, seed=seed + i)
-        reports.append(_case(plan, session, inputs, tolerance, derived_dims(dims), budget=budget))
+        known = references[i] if references is not None and i < len(references) else None
+        inputs = make_inputs(plan, dims, seed=seed + i) if known is None else known.inputs
+        want = None if known is None else known.reference
+        reports.append(_case(plan, session, inputs, tolerance, derived_dims(dims), budget=budget, want=want))
     for inputs in real or []:
         reports.append(_case(plan, session, inputs, tolerance, _dims_of(plan, inputs), "real", budget))
     return reports
@@ -192,11 +221,12 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
     ids = torch.from_numpy(prompt)
     tokens = []
     if cfg.family == "encoder-decoder":
-        cross = model.cross_key_values(model.encode(ids))
+        seq2seq = as_encoder_decoder(model)
+        cross = seq2seq.cross_key_values(seq2seq.encode(ids))
         nxt = torch.full((ids.shape[0], 1), max(cfg.bos_token_id, 0), dtype=torch.long)  # as the runtime starts
         past = None
         for _ in range(steps):
-            out = model.decode(nxt, cross, past_key_values=past)
+            out = seq2seq.decode(nxt, cross, past_key_values=past)
             nxt, past = out["logits"][:, -1:].argmax(-1), out["present_key_values"]
             tokens.append(nxt)
     else:
@@ -255,13 +285,14 @@ def check_source(
     raise_on_failure: bool = True,
     budget: dict[str, float] | None = None,
     target_providers: tuple[str, ...] = (),
+    references: dict[str, list[BudgetCase]] | None = None,
 ) -> ParityReport:
     """Compare every graph (name -> .onnx path) with the torch source at several shapes (and on
     ``real_inputs``, given to the first graph), then greedy generation. On a numeric failure,
     bisect to the first diverging module and node. fp32 is held to ``TOLERANCE``; a reduced
     precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's). The report
     names the provider the graphs ran on, and says so when ``target_providers`` (the bundle's
-    target) wanted another one."""
+    target) wanted another one. ``references`` (``budget_cases``): the torch outputs, computed once."""
     from edgeformer.bisect import bisect
     from edgeformer.errors import ParityError
     from edgeformer.runtime.session import make_session
@@ -286,6 +317,7 @@ def check_source(
             report.tolerance,
             real=[real] if real and plan is source.plans[0] else None,
             budget=budget,
+            references=(references or {}).get(plan.name),
         )
         report.cases += cases
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)
@@ -302,7 +334,7 @@ def check_source(
                 f"({verdict}, tolerance {report.tolerance:g})"
             )
         else:
-            cosine = min(c.metrics.get("cosine", 1.0) for c in cases)  # type: ignore[union-attr]
+            cosine = min((c.metrics or {}).get("cosine", 1.0) for c in cases)
             real_metrics = [c.metrics for c in cases if c.inputs == "real" and c.metrics and "top1" in c.metrics]
             top1 = ""
             if real_metrics:
@@ -324,7 +356,7 @@ def check_source(
         log(f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, {outcome}")
     if not report.ok and raise_on_failure:
         error = ParityError(format_failure(report))
-        error.report = report  # type: ignore[attr-defined]
+        error.report = report
         raise error
     return report
 

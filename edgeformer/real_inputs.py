@@ -34,7 +34,8 @@ def complete_inputs(plan: GraphPlan, given: dict[str, np.ndarray]) -> dict[str, 
             pos = np.clip(np.cumsum(out["attention_mask"], axis=1) - 1, 0, None)
             out[spec.name] = pos[:, -ids.shape[1] :].astype(np.int64)
         elif spec.name.startswith("past_key_values.") and ".encoder." not in spec.name:
-            out[spec.name] = np.zeros((ids.shape[0], spec.shape[1], 0, spec.shape[3]), dtype=np.float32)
+            heads, head_dim = int(spec.shape[1]), int(spec.shape[3])  # (batch, heads, past, head_dim)
+            out[spec.name] = np.zeros((ids.shape[0], heads, 0, head_dim), dtype=np.float32)
         else:
             raise ParityError(f"real inputs lack {spec.name!r}, which cannot be derived")
         if spec.high and (out[spec.name].min() < 0 or out[spec.name].max() >= spec.high):

@@ -125,6 +125,31 @@ def judge(
                    sorted(set(lengths)), provider, tried, accepted and bool(broken))  # fmt: skip
 
 
+def case_bounds(budget: dict[str, float], kind: str = "random") -> dict[str, float]:
+    """The bounds one parity case is judged by: on random tokens a model's logits are near ties that
+    say nothing about its task, so there only cosine is judged; the whole budget on real inputs."""
+    return dict(budget) if kind == "real" else {k: v for k, v in budget.items() if k == "cosine"}
+
+
+def judge_case(
+    want: dict[str, Any],
+    got: dict[str, Any],
+    inputs: dict[str, Any],
+    budget: dict[str, float],
+    *,
+    kind: str = "random",
+    language_model: bool = False,
+) -> tuple[dict[str, float], list[str]]:
+    """THE judge of one input case of a reduced-precision graph against its reference outputs (the torch
+    source's): the budget metrics (``quantize.budget.measure``) and the bounds they break. The final
+    parity check (``parity``) and the precision search (``quantize.mixed``) both call it, on the same
+    cases and the same reference outputs, so a graph the search accepts is one the check accepts."""
+    from edgeformer.quantize.budget import measure, to_jsonable
+
+    metrics = to_jsonable(measure([want], [got], [inputs], language_model=language_model and kind == "real"))
+    return metrics, misses(metrics, case_bounds(budget, kind))
+
+
 def combine(verdicts: list[Verdict], *, tried: str = "") -> Verdict:
     """One verdict for several graphs of a bundle: every miss of each, named by graph."""
     if not verdicts:

@@ -11,6 +11,18 @@ from edgeformer.zoo import resolve_card  # noqa: E402
 EDGE_CARDS = ["bert-mini", "gpt-mini", "transformer-mini", "local-mini", "sparse-mini"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _manifests_follow_the_schema():
+    """Every manifest written in this session is validated against the JSON Schema (schema_check.py)."""
+    import schema_check
+
+    from edgeformer.runtime import manifest
+
+    manifest.WRITE_CHECKS.append(schema_check.check)
+    yield
+    manifest.WRITE_CHECKS.remove(schema_check.check)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
@@ -49,3 +61,6 @@ def pytest_terminal_summary(terminalreporter):
         counts = ", ".join(f"{name} {n} ({props.PASSED[name]} ok)" for name, n in sorted(props.CASES.items()))
         total = sum(props.CASES.values())
         terminalreporter.write_line(f"property-based cases: {total:,} generated ({len(props.CASES)} kinds: {counts})")
+    schema_check = sys.modules.get("schema_check")
+    if schema_check is not None and schema_check.CHECKED["manifests"]:
+        terminalreporter.write_line(f"manifests validated against the JSON Schema: {schema_check.CHECKED['manifests']}")

@@ -124,7 +124,7 @@ def measure_limits(
     n = matmul_size
     k = 4096 if bandwidth_mb * (1 << 20) >= 4096 * 4 * 64 else 256
     m = max(1, bandwidth_mb * (1 << 20) // (4 * k))
-    plans = {
+    plans: dict[str, tuple[dict[str, np.ndarray], float, str]] = {
         "matmul_fp32": (
             {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)},
             2.0 * n**3,

@@ -135,7 +135,7 @@ def forward_ids(seed: int, vocab_size: int, batch: int, sequence: int) -> np.nda
 def forward_feeds(graph: Graph, config: dict[str, Any], batch: int, sequence: int, seed: int = 0):
     """Feeds for one call of a graph: random token ids, all-ones masks, positions 0..T-1, empty
     caches; other inputs (a user's own module) ones for integers and standard normal for floats."""
-    vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else 2
+    vocab = v if isinstance(v := config.get("vocab_size"), int) else 2
     rng = case_rng(seed, 2, batch, sequence)
     feeds = {}
     for spec in graph.inputs:

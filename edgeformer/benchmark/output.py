@@ -37,7 +37,7 @@ def table(report: dict[str, Any]) -> str:
         if limits_line(run):
             lines.append(f"  limits {limits_line(run)}")
     base = report.get("baseline")
-    header = (
+    header: tuple[str, ...] = (
         "case",
         "series",
         "p50 ms",
@@ -73,7 +73,8 @@ def table(report: dict[str, Any]) -> str:
 
 def _body(ordered: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """One table line per row, the case named on its first line only."""
-    body, last = [], None
+    body: list[tuple[str, ...]] = []
+    last = None
     for r in ordered:
         ratio = r.get("speedup_paired") or r.get("speedup")
         speed = "-" if ratio is None else f"{ratio:.2f}x"

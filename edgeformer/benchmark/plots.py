@@ -88,9 +88,9 @@ def _tokens_panel(ax: Any, gen: list[dict[str, Any]]) -> None:
         ax.bar(xs, ys, width=width, label=bar)
     limits = {}
     for case in cases:  # one dashed line per case where the series agree on the limit (within 5%)
-        found = [r["bandwidth_limit_tokens_per_s"] for r in gen if describe(r) == case]
-        if found and all(found) and max(found) <= 1.05 * min(found):
-            limits[case] = min(found)
+        at = [r["bandwidth_limit_tokens_per_s"] for r in gen if describe(r) == case]
+        if at and all(at) and max(at) <= 1.05 * min(at):
+            limits[case] = min(at)
     for j, case in enumerate(cases):
         if case in limits:
             ax.hlines(limits[case], j - 0.45, j + 0.45, colors="black", linestyles="dashed")

@@ -19,6 +19,7 @@ command line is ``device`` (``python -m edgeformer.runtime.bench``).
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def _forward_cases(model: RuntimeModel, threads: int, settings: Settings, progre
             feeds = forward_feeds(graph, model.config, batch, seq, settings.seed)
             progress.case(f"{threads} thr {graph_name} batch {batch} seq {seq}", settings.iterations)
             samples = time_calls(
-                lambda f=feeds: session.run(None, f),
+                functools.partial(session.run, None, feeds),
                 settings.warmup,
                 settings.iterations,
                 settings.time_budget,

@@ -179,7 +179,7 @@ def resolve(settings: Settings, family: str, config: dict[str, Any]) -> Settings
         out = replace(out, threads=(physical_cores(),))
     if settings.sequences is None:
         fit = tuple(s for s in DEFAULT_SEQUENCES if max_pos is None or s <= max_pos)
-        out = replace(out, sequences=fit or (max_pos,))
+        out = replace(out, sequences=fit or ((max_pos,) if max_pos is not None else ()))
     elif max_pos is not None and max(settings.sequences) > max_pos:
         raise OptionError(f"--sequence {max(settings.sequences)} is longer than the model's max_positions {max_pos}")
     if family not in STEP_GRAPH:

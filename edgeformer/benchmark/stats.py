@@ -122,6 +122,7 @@ def machine() -> dict[str, Any]:
     info = _cpuinfo()
     cpu = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor() or "unknown"
     flags = (info.get("flags") or info.get("Features") or "").split()
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

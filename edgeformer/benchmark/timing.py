@@ -19,7 +19,8 @@ class Progress:
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.prefix = prefix
-        self.text, self.total, self.count, self.started, self.shown = "", None, 0, 0.0, 0.0
+        self.text, self.count, self.started, self.shown = "", 0, 0.0, 0.0
+        self.total: int | None = None
 
     def case(self, text: str, total: int | None) -> None:
         self.text, self.total, self.count = text, total, 0

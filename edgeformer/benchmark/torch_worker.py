@@ -27,6 +27,7 @@ from edgeformer.benchmark.options import FORWARD_GRAPH, Limits, Settings
 from edgeformer.benchmark.settings import resolve
 from edgeformer.benchmark.timing import Progress, clock_runs, time_calls
 from edgeformer.errors import EdgeformerError
+from edgeformer.nn.models import as_encoder_decoder
 
 
 def rebuild(bundle: Path | None, card: str | None, seed: int) -> Any:
@@ -43,7 +44,8 @@ def rebuild(bundle: Path | None, card: str | None, seed: int) -> Any:
 def forward_fn(model: torch.nn.Module, family: str, ids: torch.Tensor) -> Callable[[], Any]:
     mask = torch.ones_like(ids)
     if family == "encoder-decoder":
-        return lambda: model.cross_key_values(model.encode(ids, mask))  # type: ignore[operator]
+        seq2seq = as_encoder_decoder(model)
+        return lambda: seq2seq.cross_key_values(seq2seq.encode(ids, mask))
     return lambda: model(ids, mask)
 
 
@@ -56,11 +58,12 @@ def torch_generate(
     ids = torch.from_numpy(ids_np)
     tokens, times = [], []
     if family == "encoder-decoder":
-        cross = model.cross_key_values(model.encode(ids))  # type: ignore[operator]
+        seq2seq = as_encoder_decoder(model)
+        cross = seq2seq.cross_key_values(seq2seq.encode(ids))
         nxt = torch.full((ids.shape[0], 1), start_token, dtype=torch.long)
         past = None
         for _ in range(new_tokens):
-            out = model.decode(nxt, cross, past_key_values=past)  # type: ignore[operator]
+            out = seq2seq.decode(nxt, cross, past_key_values=past)
             nxt, past = out["logits"][:, -1:].argmax(-1), out["present_key_values"]
             tokens.append(nxt)
             times.append((time.perf_counter_ns() - start) / 1e9)

@@ -25,12 +25,20 @@ from edgeformer.config import ModelCard, ModelConfig, Target, parse_card, render
 from edgeformer.errors import BundleError, CardError, EdgeformerError, ExportError, UserCodeNotRun
 from edgeformer.export.graphs import GraphPlan, plan_graphs
 from edgeformer.export.trace import trace
-from edgeformer.io import atomic_dir, json_text, pause_point, scratch_dir, sha256_file
+from edgeformer.io import atomic_dir, pause_point, scratch_dir, sha256_file
 from edgeformer.nn.checkpoint import load_model
-from edgeformer.runtime.bundle import FORMAT_VERSION as RUNTIME_FORMAT_VERSION
+from edgeformer.runtime.errors import RuntimeBundleError
+from edgeformer.runtime.manifest import (
+    FORMAT_VERSION,
+    GraphEntry,
+    Manifest,
+    TensorSpec,
+    manifest_text,
+    parse_manifest,
+    parse_recipe,
+)
 from edgeformer.travel import copy_travelling, travelling_file
 
-FORMAT_VERSION = RUNTIME_FORMAT_VERSION  # the manifest format the runtime reads
 EXTERNAL_DATA_BYTES = 1 << 30  # weights beyond 1 GiB go to <graph>.onnx.data (protobuf stops at 2 GiB)
 
 Log = Callable[[str], None]
@@ -248,34 +256,37 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> str:
         path = directory / graph["file"]
         if path.suffix == ".onnx" and path.is_file():
             graph["weights_read_bytes"] = graph_weights_read(path)
-    (directory / "manifest.json").write_text(json_text(manifest) + "\n", encoding="utf-8")
+    text = manifest_text(parse_manifest(manifest, f"{directory}/manifest.json"))  # the typed reader and writer
+    (directory / "manifest.json").write_text(text, encoding="utf-8")
     return stamp_manifest(directory)
 
 
 def build_manifest(source: Source, target: Target, files: list[str], directory: Path) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": source.name,
-        "family": source.config.family if source.config else "custom",
-        "config": source.config.to_dict() if source.config else None,
-        "tokenizer": source.tokenizer,
-        "precision": target.precision,
-        "target": target.to_dict(),
-        "opset": target.opset,
-        "providers_tried": list(target.providers),
-        "graphs": {
-            plan.name: {
-                "file": plan.file,
-                "inputs": [s.to_dict() for s in plan.inputs],
-                "outputs": [s.to_dict() for s in plan.outputs],
-            }
-            for plan in source.plans
-        },
-        "files": file_hashes(directory, files),
-        "producer": versions(),
-        "source": source.recipe,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    """The typed manifest of a bundle just traced, as its JSON object (the stages add their reports)."""
+    graphs = {
+        plan.name: GraphEntry(
+            plan.file,
+            tuple(TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in plan.inputs),
+            tuple(TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in plan.outputs),
+        )
+        for plan in source.plans
     }
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=source.name,
+        family=source.config.family if source.config else "custom",
+        config=source.config.to_dict() if source.config else None,
+        tokenizer=source.tokenizer,
+        precision=target.precision,
+        target=target.to_dict(),
+        opset=target.opset,
+        providers_tried=tuple(target.providers),
+        graphs=graphs,
+        files=file_hashes(directory, files),
+        producer=versions(),
+        source=parse_recipe(source.recipe, "the export's source"),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    ).to_dict()
 
 
 def read_manifest(bundle: str | Path, *, verify: bool = True) -> dict[str, Any]:
@@ -301,36 +312,13 @@ def read_checked(
     return read
 
 
-# what the tools (check, fuse, quantize) read beyond the runtime's fields, and their types
-PRODUCER_FIELDS: dict[str, type] = {
-    "precision": str, "opset": int, "target": dict, "source": dict, "fusions": dict, "parity": dict,
-}  # fmt: skip
-RECIPE_FIELDS: dict[str, type] = {
-    "kind": str, "card": str, "seed": int, "checkpoint": str, "checkpoint_sha256": str, "factory": str, "io": dict,
-}  # fmt: skip
-
-
-_KINDS = {str: "a string", int: "an integer", dict: "an object"}
-
-
-def _wrong_type(value: object, kind: type) -> bool:
-    return value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool))
-
-
 def check_producer_fields(manifest: dict[str, Any], where: str) -> None:
-    """Refuse (BundleError) a manifest whose fields for the tools have the wrong type, or whose
-    precision is unknown (a check against an unknown precision would judge nothing)."""
-    from edgeformer.config import PRECISIONS
-
-    for key, kind in PRODUCER_FIELDS.items():
-        if _wrong_type(manifest.get(key), kind):
-            raise BundleError(f"{where}: {key!r} must be {_KINDS[kind]}, got {manifest[key]!r:.60}")
-    if manifest.get("precision", "fp32") not in PRECISIONS:
-        raise BundleError(f"{where}: precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
-    recipe = manifest.get("source") or {}
-    for key, kind in RECIPE_FIELDS.items():
-        if _wrong_type(recipe.get(key), kind):
-            raise BundleError(f"{where}: source.{key} must be {_KINDS[kind]}, got {recipe[key]!r:.60}")
+    """Refuse (BundleError) a manifest the typed reader (``runtime.manifest``) refuses: a field
+    of the wrong type, an unknown precision (a check against it would judge nothing)."""
+    try:
+        parse_manifest(manifest, where)
+    except RuntimeBundleError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def new_bundle_dir(out: Path, force: bool) -> contextlib.AbstractContextManager[Path]:
@@ -490,7 +478,7 @@ def export_reduced(
     import dataclasses
 
     from edgeformer.ownership import check_bundle_output
-    from edgeformer.parity import check_source
+    from edgeformer.parity import budget_cases, check_source
     from edgeformer.quantize.bundle import quantize_bundle
 
     check_bundle_output(out, force, ExportError)
@@ -512,6 +500,8 @@ def export_reduced(
         float_bundle = tmp / "fp32"
         # attention as MultiHeadAttention with separate projections, which the quantizer reaches
         export_bundle(source, float_target, float_bundle, check=check, log=log, packed_attention=False)
+        # the final check's shapes and torch outputs, once: the search meets the budget on them, the check reuses them
+        cases = budget_cases(fixed) if check else None
 
         def checked(directory: Path, manifest: dict[str, Any]) -> None:
             manifest["target"] = target.to_dict() | {"budget": manifest["target"]["budget"]}
@@ -527,6 +517,7 @@ def export_reduced(
                     budget=manifest["target"]["budget"],
                     raise_on_failure=not accept_budget_miss,
                     target_providers=tuple(target.providers),
+                    references=cases,
                 )
                 manifest["parity"] = report.to_dict()
                 if not report.ok:  # accepted: recorded beside the quantization verdict
@@ -552,4 +543,5 @@ def export_reduced(
             accept_budget_miss=accept_budget_miss,
             log=log,
             before_commit=checked,
+            cases=cases,
         )

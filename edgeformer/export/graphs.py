@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeformer.config import ModelConfig
+from edgeformer.nn.models import EncoderDecoderModel, as_encoder_decoder
 
 Dim = str | int
 
@@ -86,7 +87,7 @@ class DecoderGraph(nn.Module):
 
 
 class Seq2SeqEncoderGraph(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EncoderDecoderModel) -> None:
         super().__init__()
         self.model = model
 
@@ -96,7 +97,7 @@ class Seq2SeqEncoderGraph(nn.Module):
 
 
 class Seq2SeqDecoderGraph(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EncoderDecoderModel) -> None:
         super().__init__()
         self.model = model
 
@@ -189,6 +190,7 @@ def _card_plans(model: nn.Module, cfg: ModelConfig) -> list[GraphPlan]:
         ]
         outputs = [logits, *_kv_specs("present", cfg.n_layers, ["key", "value"], cfg, "total_sequence")]
         return [GraphPlan("model", DecoderGraph(model), inputs, outputs)]
+    model = as_encoder_decoder(model)
     enc_hidden = TensorSpec("last_hidden_state", "float32", ("batch", "encoder_sequence", cfg.d_model))
     encoder = GraphPlan(
         "encoder",

@@ -17,10 +17,10 @@ FUSION_DOMAIN = "ai.onnxruntime._fusion"
 
 
 class SplitFlattenedAttentionOutput(pattern.RewriteRuleClassBase):
-    def pattern(self, op, sdpa_out, shape):  # type: ignore[no-untyped-def]
+    def pattern(self, op, sdpa_out, shape):
         return op.Reshape(op.Transpose(sdpa_out, perm=[0, 2, 1, 3]), shape, _outputs=["flat"])
 
-    def check(self, context, sdpa_out, shape, flat, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, sdpa_out, shape, flat, **_):
         result = pattern.MatchResult()
         producer = sdpa_out.producer()
         if producer is None or producer.op_type != "SDPA" or producer.domain != FUSION_DOMAIN:
@@ -29,7 +29,7 @@ class SplitFlattenedAttentionOutput(pattern.RewriteRuleClassBase):
             return result.fail("the attention output is not flattened to 2-D", flat)
         return result
 
-    def rewrite(self, op, sdpa_out, shape, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, sdpa_out, shape, **_):
         bsd = op.Constant(value=ir.tensor(np.array([0, 0, -1], dtype=np.int64)))
         merged = op.Reshape(op.Transpose(sdpa_out, perm=[0, 2, 1, 3]), bsd)  # (B, S, D)
         return op.Reshape(merged, shape)

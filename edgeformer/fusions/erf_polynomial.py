@@ -18,23 +18,23 @@ A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # a1 ..
 MAX_ERROR = 1.5e-7
 
 
-def _const(op, value: float):  # type: ignore[no-untyped-def]
+def _const(op, value: float):
     return op.Constant(value=ir.tensor(np.array(value, dtype=np.float32)))
 
 
 class PolynomialErf(pattern.RewriteRuleClassBase):
     """Erf(z) -> Min(u, Max(-u, 2z)), u = 1 - t poly(t) exp(-z^2), t = 1 / (1 + p |z|)."""
 
-    def pattern(self, op, z):  # type: ignore[no-untyped-def]
+    def pattern(self, op, z):
         return op.Erf(z)
 
-    def check(self, context, z, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, z, **_):
         result = pattern.MatchResult()
         if z.dtype is not None and z.dtype != ir.DataType.FLOAT:
             return result.fail("the input is not float32", z)
         return result
 
-    def rewrite(self, op, z, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, z, **_):
         one = _const(op, 1.0)
         t = op.Div(one, op.Add(one, op.Mul(op.Abs(z), _const(op, P))))
         poly = _const(op, A[-1])

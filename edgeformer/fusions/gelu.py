@@ -18,7 +18,7 @@ from onnxscript.rewriter import pattern
 _C = math.sqrt(2.0 / math.pi)
 
 
-def _close(value, want: float, tol: float = 1e-4) -> bool:  # type: ignore[no-untyped-def]
+def _close(value, want: float, tol: float = 1e-4) -> bool:
     const = value.const_value if value is not None else None
     return const is not None and const.numpy().size == 1 and abs(float(const.numpy().reshape(())) - want) <= tol
 
@@ -39,42 +39,42 @@ class _Arranged(pattern.RewriteRuleClassBase):
         self._product = ARRANGEMENTS[arrangement]
 
     @staticmethod
-    def _outer(one, half, result):  # type: ignore[no-untyped-def]
+    def _outer(one, half, result):
         if not _close(one, 1.0) or not _close(half, 0.5):
             return result.fail("the outer constants are not 1 and 0.5", half)
         return result
 
 
 class TanhGelu(_Arranged):
-    def pattern(self, op, x, three, k, c, one, half):  # type: ignore[no-untyped-def]
+    def pattern(self, op, x, three, k, c, one, half):
         cube = op.Mul(op.Pow(x, three), k)  # 0.044715 x^3
         inner = op.Mul(op.Add(x, cube), c)  # sqrt(2/pi) (x + ...)
         return self._product(op, x, op.Add(op.Tanh(inner), one), half)
 
-    def check(self, context, x, three, k, c, one, half, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, x, three, k, c, one, half, **_):
         result = pattern.MatchResult()
         for value, want, name in ((three, 3.0, "exponent"), (k, 0.044715, "cubic coefficient"), (c, _C, "sqrt(2/pi)")):
             if not _close(value, want):
                 return result.fail(f"the {name} is not the constant {want}", value)
         return self._outer(one, half, result)
 
-    def rewrite(self, op, x, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, x, **_):
         return op.FastGelu(x, _domain="com.microsoft")
 
 
 class ErfGelu(_Arranged):
-    def pattern(self, op, x, root2, one, half):  # type: ignore[no-untyped-def]
+    def pattern(self, op, x, root2, one, half):
         scaled = pattern.OrValue([op.Div(x, root2), op.Mul(x, root2)], tag_var="scaling", tag_values=["Div", "Mul"])
         return self._product(op, x, op.Add(op.Erf(scaled), one), half)
 
-    def check(self, context, x, root2, one, half, scaling, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, x, root2, one, half, scaling, **_):
         result = pattern.MatchResult()
         want = math.sqrt(2.0) if scaling == "Div" else 1.0 / math.sqrt(2.0)
         if not _close(root2, want):
             return result.fail(f"x is not {'divided' if scaling == 'Div' else 'multiplied'} by {want:.6f}", root2)
         return self._outer(one, half, result)
 
-    def rewrite(self, op, x, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, x, **_):
         return op.Gelu(x, _domain="com.microsoft")
 
 

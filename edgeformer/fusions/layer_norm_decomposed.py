@@ -19,10 +19,10 @@ from onnxscript.rewriter import pattern
 class DecomposeLayerNorm(pattern.RewriteRuleClassBase):
     """LayerNormalization(x, scale, bias) over the last axis -> ReduceMean / Sub / Mul / Sqrt / Div."""
 
-    def pattern(self, op, x, scale, bias):  # type: ignore[no-untyped-def]
+    def pattern(self, op, x, scale, bias):
         return op.LayerNormalization(x, scale, bias, _allow_other_attributes=True, _outputs=["out"])
 
-    def check(self, context, x, scale, bias, out, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, x, scale, bias, out, **_):
         result = pattern.MatchResult()
         node = out.producer()
         axis = node.attributes.get("axis")
@@ -35,7 +35,7 @@ class DecomposeLayerNorm(pattern.RewriteRuleClassBase):
             return result.fail("the input is not float32", x)
         return result
 
-    def rewrite(self, op, x, scale, bias, out, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, x, scale, bias, out, **_):
         eps = out.producer().attributes.get("epsilon")
         epsilon = op.Constant(value=ir.tensor(np.array(eps.as_float() if eps else 1e-5, dtype=np.float32)))
         axes = op.Constant(value_ints=[-1])

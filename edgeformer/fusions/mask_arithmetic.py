@@ -20,7 +20,7 @@ from edgeformer.fusions.mask_bias import fill_branch
 FLOAT = int(ir.DataType.FLOAT)
 
 
-def _scalar(value) -> float | None:  # type: ignore[no-untyped-def]
+def _scalar(value) -> float | None:
     const = value.const_value if value is not None else None
     if const is None or const.numpy().size != 1:
         return None
@@ -31,22 +31,23 @@ class BiasFromMask(pattern.RewriteRuleClassBase):
     """Where(mask, 0, fill) -> (1 - Cast(mask, float)) * fill and Where(masked, fill, 0) ->
     Cast(masked, float) * fill, for a finite constant fill."""
 
-    def pattern(self, op, mask, when_true, when_false):  # type: ignore[no-untyped-def]
+    def pattern(self, op, mask, when_true, when_false):
         return op.Where(mask, when_true, when_false)
 
-    def check(self, context, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, mask, when_true, when_false, **_):
         result = pattern.MatchResult()
         side = fill_branch(when_true, when_false)
         if side is None:
             return result.fail("the Where is not a bias: one branch the constant 0, the other a constant", mask)
         fill = when_true if side == 1 else when_false
-        if not math.isfinite(_scalar(fill)):  # type: ignore[arg-type]
+        value = _scalar(fill)
+        if value is None or not math.isfinite(value):
             return result.fail("the fill is not a finite constant (0 * inf would be NaN)", fill)
         if fill.const_value.dtype != ir.DataType.FLOAT:
             return result.fail("the fill is not float32", fill)
         return result
 
-    def rewrite(self, op, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, mask, when_true, when_false, **_):
         if fill_branch(when_true, when_false) == 1:
             return op.Mul(op.Cast(mask, to=FLOAT), when_true)
         one = op.Constant(value=ir.tensor(np.array(1.0, dtype=np.float32)))
@@ -56,17 +57,17 @@ class BiasFromMask(pattern.RewriteRuleClassBase):
 class FloatOfAnd(pattern.RewriteRuleClassBase):
     """Cast(And(a, b), float) -> Cast(a, float) * Cast(b, float)."""
 
-    def pattern(self, op, a, b):  # type: ignore[no-untyped-def]
+    def pattern(self, op, a, b):
         return op.Cast(op.And(a, b), _allow_other_attributes=True, _outputs=["out"])
 
-    def check(self, context, a, b, out, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, a, b, out, **_):
         result = pattern.MatchResult()
         to = out.producer().attributes.get("to")
         if to is None or int(to.as_int()) != FLOAT:
             return result.fail("the cast is not to float32", out)
         return result
 
-    def rewrite(self, op, a, b, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, a, b, **_):
         return op.Mul(op.Cast(a, to=FLOAT), op.Cast(b, to=FLOAT))
 
 

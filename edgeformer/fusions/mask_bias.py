@@ -31,10 +31,10 @@ class MaskToBias(pattern.RewriteRuleClassBase):
     Where(masked, fill, 0). Either way no Not is left for the attention match to walk over.
     """
 
-    def pattern(self, op, masked_out, fill, scores):  # type: ignore[no-untyped-def]
+    def pattern(self, op, masked_out, fill, scores):
         return op.Where(masked_out, fill, scores)
 
-    def check(self, context, masked_out, fill, scores, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, masked_out, fill, scores, **_):
         result = pattern.MatchResult()
         if masked_out.dtype is not None and masked_out.dtype != ir.DataType.BOOL:
             return result.fail("the condition is not boolean", masked_out)
@@ -51,7 +51,7 @@ class MaskToBias(pattern.RewriteRuleClassBase):
             return result.fail("the kept branch is a constant: this Where is a bias already", scores)
         return result
 
-    def rewrite(self, op, masked_out, fill, scores, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, masked_out, fill, scores, **_):
         zero = op.Constant(value=ir.tensor(np.array(0.0, dtype=np.float32)))
         if _is_not(masked_out):
             return op.Add(scores, op.Where(masked_out.producer().inputs[0], zero, fill))
@@ -95,12 +95,12 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
     padded positions stay comparable with the torch source, and masked keys still get weight 0.
     """
 
-    def pattern(self, op, mask, when_true, when_false):  # type: ignore[no-untyped-def]
+    def pattern(self, op, mask, when_true, when_false):
         return op.Where(mask, when_true, when_false)
 
     threshold = LARGE_NEGATIVE  # fills at or below this are replaced
 
-    def check(self, context, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, mask, when_true, when_false, **_):
         result = pattern.MatchResult()
         side = fill_branch(when_true, when_false)
         if side is None:
@@ -110,7 +110,7 @@ class FiniteMaskFill(pattern.RewriteRuleClassBase):
             return result.fail("the fill is already finite", fill)
         return result
 
-    def rewrite(self, op, mask, when_true, when_false, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, mask, when_true, when_false, **_):
         side = fill_branch(when_true, when_false)
         fill = when_true if side == 1 else when_false
         finite = op.Constant(value=ir.tensor(np.array(FINITE_FILL, dtype=fill.const_value.numpy().dtype)))
@@ -136,10 +136,10 @@ class MergeMaskBiases(pattern.RewriteRuleClassBase):
     """Add(Add(scores, bias1), bias2) -> Add(scores, bias1 + bias2) for two mask biases (a causal
     and a padding ``masked_fill`` one after the other): attention is matched with one Add of a mask."""
 
-    def pattern(self, op, scores, first, second):  # type: ignore[no-untyped-def]
+    def pattern(self, op, scores, first, second):
         return op.Add(op.Add(scores, first), second)
 
-    def check(self, context, scores, first, second, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, scores, first, second, **_):
         result = pattern.MatchResult()
         for bias in (first, second):
             producer = bias.producer()
@@ -147,7 +147,7 @@ class MergeMaskBiases(pattern.RewriteRuleClassBase):
                 return result.fail("an added value is not a mask bias Where(mask, 0, fill)", bias)
         return result
 
-    def rewrite(self, op, scores, first, second, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, scores, first, second, **_):
         return op.Add(scores, op.Add(first, second))
 
 
@@ -155,10 +155,10 @@ class NanGuardScalar(pattern.RewriteRuleClassBase):
     """Where(IsNaN(p), [0], p) -> Where(IsNaN(p), 0, p): the exporter writes the guard's zero as a
     one-element tensor; the attention pattern (onnxscript's SDPA) takes the scalar."""
 
-    def pattern(self, op, probs, zero):  # type: ignore[no-untyped-def]
+    def pattern(self, op, probs, zero):
         return op.Where(op.IsNaN(probs), zero, probs)
 
-    def check(self, context, probs, zero, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, probs, zero, **_):
         result = pattern.MatchResult()
         value = zero.const_value
         if value is None or value.numpy().shape != (1,) or float(value.numpy()[0]) != 0.0:
@@ -167,7 +167,7 @@ class NanGuardScalar(pattern.RewriteRuleClassBase):
             return result.fail("the guarded value's rank is unknown", probs)
         return result
 
-    def rewrite(self, op, probs, zero, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, probs, zero, **_):
         scalar = op.Constant(value=ir.tensor(np.array(0.0, dtype=zero.const_value.numpy().dtype)))
         return op.Where(op.IsNaN(probs), scalar, probs)
 

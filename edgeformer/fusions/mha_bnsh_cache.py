@@ -24,7 +24,7 @@ def _flattens_heads(shape: ir.Value) -> bool:
 
 
 class MhaBnshCache(pattern.RewriteRuleClassBase):
-    def pattern(self, op, query, key4, value4, key_shape, value_shape, mask):  # type: ignore[no-untyped-def]
+    def pattern(self, op, query, key4, value4, key_shape, value_shape, mask):
         key = op.Reshape(op.Transpose(key4, perm=[0, 2, 1, 3]), key_shape)
         value = op.Reshape(op.Transpose(value4, perm=[0, 2, 1, 3]), value_shape)
         return op.MultiHeadAttention(
@@ -39,7 +39,7 @@ class MhaBnshCache(pattern.RewriteRuleClassBase):
             _outputs=["attention"],
         )
 
-    def check(self, context, key4, value4, key_shape, value_shape, attention, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, key4, value4, key_shape, value_shape, attention, **_):
         result = pattern.MatchResult()
         node = attention.producer()
         heads = node.attributes.get("num_heads")
@@ -56,7 +56,7 @@ class MhaBnshCache(pattern.RewriteRuleClassBase):
                 return result.fail("the Reshape does not merge heads and head_dim", shape)
         return result
 
-    def rewrite(self, op, query, key4, value4, mask, attention, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, query, key4, value4, mask, attention, **_):
         attributes = {name: attr.value for name, attr in attention.producer().attributes.items()}
         return op.MultiHeadAttention(query, key4, value4, None, None, mask, _domain="com.microsoft", **attributes)
 

@@ -43,7 +43,7 @@ class BlockTracer(MatchingTracer):
         self.names = rule_names
         self.best: dict[int, Attempt] = {}
 
-    def log(self, rule, container, node, match_result, status) -> None:  # type: ignore[no-untyped-def]
+    def log(self, rule, container, node, match_result, status) -> None:
         super().log(rule, container, node, match_result, status)
         score = len(match_result.nodes) + int(status.value) * 100
         held = self.best.get(id(node))

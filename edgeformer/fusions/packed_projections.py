@@ -47,26 +47,27 @@ def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
 def pack_projections(model: ir.Model) -> int:
     graph = model.graph
     order = {node: i for i, node in enumerate(graph)}
-    groups: dict[ir.Value, list[ir.Node]] = defaultdict(list)
+    groups: dict[ir.Value, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)  # input -> (MatMul, weight)
     for node in graph:
         w = _weight(node)
         if w is not None and node.inputs[0] is not None:
-            groups[node.inputs[0]].append(node)
+            groups[node.inputs[0]].append((node, w))
     packed = 0
-    for x, nodes in groups.items():
-        weights = [_weight(n) for n in nodes]
-        if len(nodes) < 2 or len({w.shape[0] for w in weights}) != 1:  # type: ignore[union-attr]
+    for x, group in groups.items():
+        group.sort(key=lambda pair: order[pair[0]])
+        nodes, weights = [n for n, _ in group], [w for _, w in group]
+        if len(nodes) < 2 or len({w.shape[0] for w in weights}) != 1:
             continue
         biases = [_bias(n) for n in nodes]
-        with_bias = all(b is not None for b in biases)
-        nodes.sort(key=order.__getitem__)
+        bias_arrays = [b[1] for b in biases if b is not None]
+        with_bias = len(bias_arrays) == len(nodes)
         first = nodes[0]
-        sizes = [w.shape[1] for w in weights]  # type: ignore[union-attr]
+        sizes = [w.shape[1] for w in weights]
         stem = f"{first.name or 'proj'}_packed"
-        w_all = add_initializer(graph, f"{stem}.weight", np.concatenate(weights, axis=1))  # type: ignore[arg-type]
+        w_all = add_initializer(graph, f"{stem}.weight", np.concatenate(weights, axis=1))
         new = [ir.node("MatMul", [x, w_all], name=stem)]
         if with_bias:
-            b_all = add_initializer(graph, f"{stem}.bias", np.concatenate([b[1] for b in biases]))  # type: ignore[index]
+            b_all = add_initializer(graph, f"{stem}.bias", np.concatenate(bias_arrays))
             new.append(ir.node("Add", [new[-1].outputs[0], b_all], name=f"{stem}_bias"))
         split_sizes = add_initializer(graph, f"{stem}.split", np.asarray(sizes, dtype=np.int64))
         split = ir.node(

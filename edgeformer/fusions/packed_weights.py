@@ -22,13 +22,16 @@ def fold_packed_weights(model: ir.Model) -> int:
     for node in list(graph):
         if node.op_type != "Concat" or node.domain not in ("", "ai.onnx"):
             continue
-        parts = list(node.inputs)
-        if not parts or any(p is None or not p.is_initializer() or p.const_value is None for p in parts):
+        parts = [p for p in node.inputs if p is not None and p.is_initializer()]
+        if not parts or len(parts) != len(node.inputs):
             continue
         if any(len(p.uses()) != 1 for p in parts):  # a part still used elsewhere would be duplicated
             continue
+        arrays = [p.const_value.numpy() for p in parts if p.const_value is not None]
+        if len(arrays) != len(parts):
+            continue
         axis = node.attributes["axis"].as_int()
-        packed = np.concatenate([p.const_value.numpy() for p in parts], axis=axis)  # type: ignore[union-attr]
+        packed = np.concatenate(arrays, axis=axis)
         out = node.outputs[0]
         value = add_initializer(graph, f"{out.name}_packed", packed)
         ir.convenience.replace_all_uses_with(out, value)

@@ -20,7 +20,17 @@ import onnx_ir as ir
 
 from edgeformer.errors import ParityError
 from edgeformer.fusions import standard_attention, tables
-from edgeformer.fusions.checks import INTERMEDIATE_DOMAIN, Feeds, check, intermediate_ops, ort_message, run, undo
+from edgeformer.fusions.checks import (
+    INTERMEDIATE_DOMAIN,
+    Feeds,
+    Snapshot,
+    check,
+    intermediate_ops,
+    ort_message,
+    run,
+    snapshot,
+    undo,
+)
 from edgeformer.fusions.miss_reasons import gelu_tanh_nodes, why_not
 from edgeformer.fusions.passes import CPU_KERNEL_PROVIDERS, FusionOptions, FusionPass, FusionResult
 
@@ -112,28 +122,28 @@ def _standard_leftovers(model: ir.Model, not_fused: list[dict[str, str]]) -> lis
 
 @dataclass
 class _Checker:
-    """The unfused outputs, and the passes since the last check that could run (see checks.check)."""
+    """The unfused outputs, the last graph that passed its check (the restore point), and the
+    passes since then whose graph could not run yet (see checks.check)."""
 
     feeds: list[Feeds]
     reference: list[list[Any]]
     tolerance: float
     strict: bool
     log: Callable[[str], None]
-    restore_point: Any = None
+    restore_point: Snapshot
     pending: list[PassRecord] = field(default_factory=list)
 
-    def before(self, model: ir.Model) -> None:
-        if not self.pending:
-            self.restore_point = ir.to_proto(model)
-
     def after(self, model: ir.Model, record: PassRecord) -> ir.Model:
-        record.max_rel_error, problem, deferred = check(model, self.feeds, self.reference, self.tolerance)
+        snap = snapshot(model)
+        record.max_rel_error, problem, deferred = check(snap, model, self.feeds, self.reference, self.tolerance)
         if deferred:
             record.deferred = True
             self.pending.append(record)
             return model
         if problem:
             model = self._fail(model, [*self.pending, record], problem)
+        else:
+            self.restore_point = snap  # the graph just checked is where a later failure goes back to
         self.pending.clear()
         return model
 
@@ -156,8 +166,9 @@ def _checker(model: ir.Model, feeds: list[Feeds] | None, report: FusionReport, *
     if not feeds:
         report.parity_not_checked = "no inputs were given for the check"
         return None
+    start = snapshot(model)
     try:
-        return _Checker(feeds, run(model, feeds), **kwargs)
+        return _Checker(feeds, run(start, feeds), restore_point=start, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any onnxruntime failure on the source graph
         report.parity_not_checked = f"the unfused graph does not run under onnxruntime ({ort_message(exc)})"
         return None
@@ -170,8 +181,6 @@ def _run_passes(
     before: dict[str, int] = {}
     for fusion_pass in passes:
         start = time.perf_counter()
-        if checker is not None:
-            checker.before(model)
         result = fusion_pass(model)
         assert isinstance(result, FusionResult)
         nodes = len(list(model.graph.all_nodes()))

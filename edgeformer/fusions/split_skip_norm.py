@@ -58,7 +58,7 @@ def split_skip_layer_norm(model: ir.Model) -> int:
         add = ir.node("Add", [x, skip], name=f"{stem}_add")
         add_bias = ir.node("Add", [add.outputs[0], bias], name=f"{stem}_add_bias")
         epsilon = node.attributes.get("epsilon")
-        attributes: dict[str, object] = {"axis": -1}
+        attributes: dict[str, int | float] = {"axis": -1}
         if epsilon is not None:
             attributes["epsilon"] = epsilon.as_float()
         norm_inputs = [add_bias.outputs[0], gamma] + ([beta] if beta is not None else [])

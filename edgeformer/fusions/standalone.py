@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -61,21 +62,22 @@ def graph_feeds(model: ir.Model, seed: int = 0, dims: dict[str, int] | None = No
     (``dims``, else small guesses), masks are ones, ids are small non-negative integers."""
     rng = np.random.default_rng(seed)
     sizes = check_sizes(model, dims)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for value in model.graph.inputs:
+        name = value.name or ""  # (onnx_ir reads a nameless input as "")
         if value.shape is None or value.dtype not in _NP:
-            raise ExportError(f"input {value.name!r} has no known shape or a dtype the fusion check cannot feed")
+            raise ExportError(f"input {name!r} has no known shape or a dtype the fusion check cannot feed")
         shape = tuple(d if isinstance(d, int) else sizes[str(d)] for d in value.shape.dims)
         dtype = _NP[value.dtype]
-        lowered = value.name.lower()
+        lowered = name.lower()
         if "mask" in lowered:
-            feeds[value.name] = np.ones(shape, dtype=dtype)
+            feeds[name] = np.ones(shape, dtype=dtype)
         elif "position" in lowered and len(shape) == 2:
-            feeds[value.name] = np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
+            feeds[name] = np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
         elif np.issubdtype(dtype, np.integer):
-            feeds[value.name] = rng.integers(0, 50, shape, dtype=dtype)
+            feeds[name] = rng.integers(0, 50, shape, dtype=dtype)
         else:
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 
 
@@ -151,35 +153,35 @@ def fuse_bundle(
 ) -> dict[str, Any]:
     """Fuse every graph of a bundle into a new bundle; the manifest records the reports.
     ``providers`` default to the bundle target's (cpu where it names none)."""
-    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, save_graph, write_manifest
+    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_checked, save_graph, write_manifest
     from edgeformer.ownership import check_bundle_output
 
     refuse_overlap(src, out, BundleError)
     check_bundle_output(out, force, ExportError)  # before the work: refused now, not after it
-    manifest = read_manifest(src)
-    if manifest.get("fusions"):
-        raise BundleError(f"{src} is already fused ({', '.join(manifest['fusions'])})")
+    typed = read_checked(src).typed  # the typed manifest (edgeformer.runtime.manifest)
+    if typed.fusions:
+        raise BundleError(f"{src} is already fused ({', '.join(typed.fusions)})")
     if providers is None:
-        providers = tuple((manifest.get("target") or {}).get("providers") or ("cpu",))
+        providers = tuple((typed.target or {}).get("providers") or ("cpu",))
     if dims:
-        refuse_unknown_dims(dims, [load_onnx(src / g["file"]) for g in manifest["graphs"].values()])
+        refuse_unknown_dims(dims, [load_onnx(src / g.file) for g in typed.graphs.values()])
     with new_bundle_dir(out, force) as tmp:
         reports, files = {}, []
-        for name, graph in manifest["graphs"].items():
-            log(f"fusing {graph['file']} ({form}) ...")
-            model = load_onnx(src / graph["file"])
+        for name, graph in typed.graphs.items():
+            log(f"fusing {graph.file} ({form}) ...")
+            model = load_onnx(src / graph.file)
             report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
             reports[name] = report.to_dict()
-            files += save_graph(model, tmp / graph["file"])
-        for name in manifest["files"]:
+            files += save_graph(model, tmp / graph.file)
+        for name in typed.files:
             if name not in files and not (tmp / name).exists():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
                 shutil.copy2(src / name, tmp / name)
                 files.append(name)
-        manifest["fusions"] = reports
-        manifest["files"] = file_hashes(tmp, files)
-        manifest["target"] = {**(manifest.get("target") or {}), "fusions": form, "providers": list(providers)}
-        manifest.pop("parity", None)  # parity was measured on the unfused graphs; `check` measures it again
+        target = {**(typed.target or {}), "fusions": form, "providers": list(providers)}
+        # parity was measured on the unfused graphs; `check` measures it again
+        fused = dataclasses.replace(typed, fusions=reports, files=file_hashes(tmp, files), target=target, parity=None)
+        manifest = fused.to_dict()
         write_manifest(tmp, manifest)
     return manifest
 

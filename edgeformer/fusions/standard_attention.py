@@ -17,10 +17,10 @@ OPSET = 23  # the first opset with Attention
 class SdpaToAttention(pattern.RewriteRuleClassBase):
     """SDPA(q, k, v[, bias]) -> Attention(q, k', v[, bias]) with k' in (B, H, S, Dh)."""
 
-    def pattern(self, op, query, key, value):  # type: ignore[no-untyped-def]
+    def pattern(self, op, query, key, value):
         return op.SDPA(query, key, value, _allow_other_inputs=True, _domain=FUSION_DOMAIN, _outputs=["out"])
 
-    def check(self, context, query, key, value, out, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, query, key, value, out, **_):
         result = pattern.MatchResult()
         node = out.producer()
         key_format = node.attributes.get("key_format")
@@ -28,7 +28,7 @@ class SdpaToAttention(pattern.RewriteRuleClassBase):
             return result.fail("the fused attention has no known key layout", key)
         return result
 
-    def rewrite(self, op, query, key, value, out, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, query, key, value, out, **_):
         node = out.producer()
         if node.attributes["key_format"].as_string() == "BSHd":
             key = op.Transpose(key, perm=[0, 2, 1, 3])  # (B, S, H, Dh) -> (B, H, S, Dh)
@@ -40,7 +40,7 @@ class SdpaToAttention(pattern.RewriteRuleClassBase):
         return op.Attention(*inputs, **extra)
 
 
-def _rows_for_each_query(op, mask, query):  # type: ignore[no-untyped-def]
+def _rows_for_each_query(op, mask, query):
     """onnxruntime's Attention kernel wants one mask row per query position (the ONNX spec allows
     broadcasting): a (B, 1, 1, T) padding mask, as cross-attention has, is expanded to (B, 1, S, T)."""
     if mask.shape is not None and query.shape is not None and mask.shape.rank() >= 2:

@@ -14,10 +14,10 @@ from onnxscript.rewriter import pattern
 class StaticReduceSum(pattern.RewriteRuleClassBase):
     """ReduceSum(x, axes) -> ReduceMean(x, axes) * n, where the reduced sizes multiply to n."""
 
-    def pattern(self, op, x, axes):  # type: ignore[no-untyped-def]
+    def pattern(self, op, x, axes):
         return op.ReduceSum(x, axes, _allow_other_attributes=True, _outputs=["out"])
 
-    def check(self, context, x, axes, out, **_):  # type: ignore[no-untyped-def]
+    def check(self, context, x, axes, out, **_):
         result = pattern.MatchResult()
         if axes.const_value is None or axes.const_value.numpy().size == 0:
             return result.fail("the axes are not constant (or empty: every axis)", axes)
@@ -28,11 +28,11 @@ class StaticReduceSum(pattern.RewriteRuleClassBase):
         return result
 
     @staticmethod
-    def _sizes(x, axes) -> list:  # type: ignore[no-untyped-def]
+    def _sizes(x, axes) -> list:
         rank = x.shape.rank()
         return [x.shape[int(a) % rank] for a in axes.const_value.numpy().ravel()]
 
-    def rewrite(self, op, x, axes, out, **_):  # type: ignore[no-untyped-def]
+    def rewrite(self, op, x, axes, out, **_):
         keep = out.producer().attributes.get("keepdims")
         count = int(np.prod(self._sizes(x, axes)))
         mean = op.ReduceMean(x, axes, keepdims=keep.as_int() if keep is not None else 1)

@@ -78,7 +78,7 @@ def infer(model: ir.Model) -> dict[ir.Value, ir.Shape | None]:
     return improved
 
 
-def _unknowns(dims: list) -> int:  # type: ignore[type-arg]
+def _unknowns(dims: list) -> int:
     return sum(1 for d in dims if d is None or (not isinstance(d, int) and (_name(d) or "unk__").startswith("unk__")))
 
 
@@ -97,7 +97,7 @@ def canonical_dims(model: ir.Model) -> int:
             name = _name(dim)
             if name and not name.startswith("unk__"):
                 inputs.setdefault(name, (value, axis))
-    made: dict[tuple[str, int, int], ir.Value] = {}
+    made: dict[tuple[str | None, int, int], ir.Value] = {}  # (graph input, axis, rank) -> its Gather
     rewrites = 0
     for node in list(model.graph):
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
@@ -193,7 +193,7 @@ def _static_slice(node: ir.Node) -> np.ndarray | None:
     inputs = [*node.inputs, None, None][:5]
     starts, ends = _const_ints(inputs[1]), _const_ints(inputs[2])
     axes, steps = _const_ints(inputs[3], [0]), _const_ints(inputs[4], [1])
-    if source is None or source.shape is None or None in (starts, ends, axes, steps):
+    if source is None or source.shape is None or starts is None or ends is None or axes is None or steps is None:
         return None
     if len(starts) != 1 or len(ends) != 1 or axes not in ([0], [-1]) or steps != [1]:
         return None

@@ -10,12 +10,13 @@ convert it (GPT-2's Conv1D weights are transposed, its fused q/k/v projection is
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +81,7 @@ class HFConfig:
             raise ModelImportError(f"{self.path}: {key} must be a number, got {value!r}")
         return float(value)
 
-    def token_id(self, key: str, vocab_size: int) -> int:
+    def token_id(self, key: str, vocab_size: builtins.int) -> builtins.int:  # (int: the method above)
         """A special token id, or -1 when config.json has none (or one outside the vocabulary)."""
         value = self.get(key)
         if isinstance(value, list):  # generation configs allow several; the first is the one to use
@@ -146,7 +147,10 @@ def read_weights(files: list[Path]) -> dict[str, Tensor]:
     return state
 
 
-def identity(t: Tensor) -> Tensor:
+T = TypeVar("T")
+
+
+def identity(t: T) -> T:
     return t
 
 
@@ -215,6 +219,14 @@ def tied_names(model: nn.Module) -> set[str]:
     return every - {name for name, _ in model.named_parameters()}
 
 
+def _made(take: Take, found: Tensor | None) -> Tensor:
+    """The tensor ``take`` makes of the checkpoint's ``found`` (None: of its default)."""
+    if found is not None:
+        return take.convert(found)
+    assert take.default is not None  # load_mapped refused a missing tensor without a default
+    return take.default()
+
+
 def load_mapped(model: nn.Module, checkpoint: dict[str, Tensor], wmap: WeightMap, where: str) -> dict[str, str]:
     """Fill ``model`` from ``checkpoint`` through ``wmap``. Every problem is listed at once in a
     CheckpointError: missing tensors (with the shape expected), unexpected ones (with the shape
@@ -267,9 +279,7 @@ def load_mapped(model: nn.Module, checkpoint: dict[str, Tensor], wmap: WeightMap
         raise ModelImportError(f"the importer leaves edgeformer tensors unset: {_listed(unset)}")
     new = {}
     for ours, take in wmap.takes.items():
-        found = state.get(take.source)
-        tensor = take.default() if found is None and take.default is not None else take.convert(found)
-        tensor = tensor.detach().to(torch.float32).contiguous()
+        tensor = _made(take, state.get(take.source)).detach().to(torch.float32).contiguous()
         if ours not in own or tuple(tensor.shape) != tuple(own[ours].shape):
             want = _shape(own[ours]) if ours in own else "no such tensor"
             raise ModelImportError(f"the importer makes {ours} of shape {_shape(tensor)}; the model has {want}")

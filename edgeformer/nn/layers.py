@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ class FeedForward(nn.Module):
 
 class SinusoidalPositions(nn.Module):
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as in the paper."""
+
+    table: Tensor  # (P, C), a buffer
 
     def __init__(self, max_positions: int, d_model: int) -> None:
         super().__init__()
@@ -122,10 +125,16 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer) -> Tensor:  # type: ignore[no-untyped-def]
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:
             return x + self.dropout(sublayer(norm(x)))
         return norm(x + self.dropout(sublayer(x)))
+
+    def cross_key_values(self, memory: Tensor) -> KV:
+        """This layer's cross-attention keys and values of the encoder output: (B, H, S, D) each."""
+        if self.cross_attn is None:
+            raise ValueError("a layer without cross-attention has no cross keys and values")
+        return self.cross_attn.project_kv(memory)
 
     def forward(
         self,
@@ -147,10 +156,10 @@ class Block(nn.Module):
             return self.self_attn(h, (k, v), mask)
 
         x = self._residual(x, self.self_norm, self_attention)
-        if self.cross_attn is not None:
+        if self.cross_attn is not None and self.cross_norm is not None:  # both or neither
             if cross_kv is None:
                 raise ValueError("a cross-attention layer needs the encoder's keys and values (cross_kv)")
             cross_attn = self.cross_attn
-            x = self._residual(x, self.cross_norm, lambda h: cross_attn(h, cross_kv, cross_mask))  # type: ignore[arg-type]
+            x = self._residual(x, self.cross_norm, lambda h: cross_attn(h, cross_kv, cross_mask))
         x = self._residual(x, self.ffn_norm, self.ffn)
         return x, present[0]

@@ -6,6 +6,8 @@ Outputs are dicts with Hugging Face names (``last_hidden_state``, ``logits``, ``
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,6 +70,8 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
 
 
 class _Model(nn.Module):
+    lm_head: nn.Linear | None  # set by each family (None: no language-model head)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -81,10 +85,10 @@ class _Model(nn.Module):
         self.lm_transform = LMHeadTransform(self.config) if self.config.lm_head_transform else None
         return head
 
-    def _logits(self, hidden: Tensor) -> Tensor:
+    def _logits(self, head: nn.Linear, hidden: Tensor) -> Tensor:
         if self.lm_transform is not None:
             hidden = self.lm_transform(hidden)
-        return self.lm_head(hidden)  # (B, T, V)
+        return head(hidden)  # (B, T, V)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -120,7 +124,7 @@ class EncoderModel(_Model):
         hidden, _ = self.encoder(x, mask)
         out = {"last_hidden_state": hidden}
         if self.lm_head is not None:
-            out["logits"] = self._logits(hidden)  # (B, T, V)
+            out["logits"] = self._logits(self.lm_head, hidden)  # (B, T, V)
         elif self.classifier is not None:
             pooled = self._pool(hidden, attention_mask)
             out["logits"] = self.classifier(self.head_dropout(pooled))  # (B, L)
@@ -156,7 +160,7 @@ class DecoderModel(_Model):
         hidden, presents = self.decoder(x, mask, past_key_values)
         out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
         if self.lm_head is not None:
-            out["logits"] = self._logits(hidden)  # (B, T, V)
+            out["logits"] = self._logits(self.lm_head, hidden)  # (B, T, V)
         return out
 
 
@@ -181,7 +185,7 @@ class EncoderDecoderModel(_Model):
 
     def cross_key_values(self, memory: Tensor) -> list[KV]:
         """Keys and values of the encoder output for every decoder layer, computed once."""
-        return [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]  # type: ignore[union-attr]
+        return [cast(Block, layer).cross_key_values(memory) for layer in self.decoder.layers]  # ModuleList: Modules
 
     def decode(
         self,
@@ -202,7 +206,7 @@ class EncoderDecoderModel(_Model):
         )
         out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
         if self.lm_head is not None:
-            out["logits"] = self._logits(hidden)  # (B, T, V)
+            out["logits"] = self._logits(self.lm_head, hidden)  # (B, T, V)
         return out
 
     def forward(
@@ -214,6 +218,13 @@ class EncoderDecoderModel(_Model):
     ) -> dict:
         memory = self.encode(input_ids, attention_mask)
         return self.decode(decoder_input_ids, self.cross_key_values(memory), attention_mask, decoder_attention_mask)
+
+
+def as_encoder_decoder(model: nn.Module) -> EncoderDecoderModel:
+    """``model`` as the EncoderDecoderModel an encoder-decoder card or import builds (TypeError if not)."""
+    if not isinstance(model, EncoderDecoderModel):
+        raise TypeError(f"an encoder-decoder card's model is an EncoderDecoderModel, got {type(model).__name__}")
+    return model
 
 
 def build_model(cfg: ModelConfig) -> EncoderModel | DecoderModel | EncoderDecoderModel:

@@ -71,7 +71,8 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms or position tables)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -162,11 +163,9 @@ def train(
         result.losses.append(loss)
         step, loop.step = loop.step, loop.step + 1
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            log(step, loss, loop.sched.get_last_lr()[0])
+            log(step, loss, float(loop.sched.get_last_lr()[0]))
         if checkpoint is not None and cfg.checkpoint_every and loop.step % cfg.checkpoint_every == 0:
-            model.eval()
             checkpoint(loop.state(result.losses))
-            model.train()
     model.eval()
     result.seconds = time.perf_counter() - start
     return result

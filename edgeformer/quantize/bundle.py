@@ -20,7 +20,7 @@ from edgeformer.errors import EdgeformerError
 from edgeformer.paths import refuse_overlap
 from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
-from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget
+from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget, weight_params
 from edgeformer.quantize.verdict_rows import language_model as is_language_model
 from edgeformer.quantize.verdict_rows import write_rows
 from edgeformer.verdict import combine, judge
@@ -156,7 +156,11 @@ def quantize_bundle(
     accept_budget_miss: bool = False,
     log: Log = lambda _m: None,
     before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
+    cases: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
+    """``cases`` (graph name -> ``parity.BudgetCase``): the shapes the final parity check will judge,
+    with the torch outputs on them; the search meets the budget on them too, and a miss there is a
+    miss of the verdict (nothing written), named by its shape."""
     from edgeformer.errors import ExportError
     from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, write_manifest
     from edgeformer.io import scratch_dir
@@ -196,7 +200,7 @@ def quantize_bundle(
     float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
     encoder = float_sessions.get("encoder")
     calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
-    valid_feeds = {name: [] for name in graphs}
+    valid_feeds: dict[str, list[dict[str, Any]]] = {name: [] for name in graphs}
     for rows in valid_rows:
         for name, feeds in calibration.graph_feeds(manifest, rows, encoder_session=encoder).items():
             valid_feeds[name] += feeds
@@ -254,7 +258,8 @@ def quantize_bundle(
                 language_model=language_model,
                 log=log,
                 verdict_feeds=valid_feeds[name],
-                rank=int4_rank.rank if precision == "int4" else None,
+                rank=int4_rank.rank if precision == "int4" or (precision == "int8" and mode == "dynamic") else None,
+                cases=(cases or {}).get(name, ()),
             )
             int4_nodes = _int4_nodes(trial, candidates, result.kept_in_float) if precision == "int4" else None
             validation = budgets.measure(
@@ -267,6 +272,7 @@ def quantize_bundle(
             files.append(graph["file"])
             size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(graph["file"]))
             size_after = (tmp / graph["file"]).stat().st_size
+            graph_cases = (cases or {}).get(name, [])
             graph_verdict = judge(
                 validation,
                 judged,
@@ -276,7 +282,8 @@ def quantize_bundle(
                 provider=_provider(trial),
                 tried=result.tried_text(),
             )
-            graph_verdict.misses = [f"{name} {m}" for m in graph_verdict.misses]
+            graph_verdict.misses = [f"{name} {m}" for m in graph_verdict.misses + result.case_misses]
+            graph_verdict.ok = not graph_verdict.misses
             verdicts.append(graph_verdict)
             entry = result.to_dict() | {
                 "within_budget": graph_verdict.ok,  # the verdict's, on the validation rows
@@ -287,7 +294,13 @@ def quantize_bundle(
                 "bytes_after": size_after,
                 "size_ratio": round(size_after / size_before, 4),
                 "int8_attention_blocks": qattention.count(tmp / graph["file"]),
+                # what the nodes kept in float read at full width per run (decoding is bound by weight reads)
+                "float_weight_bytes": 4 * sum(weight_params(model, [k["node"] for k in result.kept_in_float]).values()),
             }
+            if graph_cases:  # the final parity check's shapes, judged by the search against torch
+                entry["parity_cases"] = {"shapes": len(graph_cases), "worst": result.case_measured}
+                entry["parity_cases_misses"] = result.case_misses
+                log(f"  the parity check's {len(graph_cases)} shapes against torch: worst {result.case_measured}")
             if int4_nodes is not None:  # what the graph holds in int4; every other candidate is kept_in_float
                 entry["int4_nodes"] = int4_nodes
             report["graphs"][name] = entry

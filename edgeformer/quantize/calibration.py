@@ -156,7 +156,8 @@ def _cache_shape(spec: Any, batch: int) -> tuple[int, ...]:
 def _fixed_sizes(graph: dict[str, Any]) -> tuple[int | None, int | None]:
     spec = next((s for s in graph["inputs"] if s["name"] == "input_ids"), None)
     shape = spec["shape"] if spec is not None else ["batch", "sequence"]
-    return tuple(d if isinstance(d, int) else None for d in shape[:2])  # type: ignore[return-value]
+    batch, sequence = shape[:2]
+    return (batch if isinstance(batch, int) else None, sequence if isinstance(sequence, int) else None)
 
 
 def _fit(rows: np.ndarray, length: int | None) -> np.ndarray:

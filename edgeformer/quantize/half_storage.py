@@ -34,7 +34,7 @@ def store_half(path: Path, *, min_elements: int = MIN_ELEMENTS) -> int:
     graph = model.graph
     inputs = {v.name for v in graph.inputs}
     casts = []
-    for value in list(graph.initializers.values()):
+    for name, value in list(graph.initializers.items()):
         tensor = value.const_value
         if tensor is None or tensor.dtype != ir.DataType.FLOAT or value.name in inputs or value.is_graph_output():
             continue
@@ -46,8 +46,8 @@ def store_half(path: Path, *, min_elements: int = MIN_ELEMENTS) -> int:
         half = add_initializer(graph, f"{value.name}_fp16", array.astype(np.float16))
         cast = ir.node("Cast", [half], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_widen")
         ir.convenience.replace_all_uses_with(value, cast.outputs[0])
-        graph.initializers.pop(value.name)
-        cast.outputs[0].name = value.name  # readers keep the name they knew
+        graph.initializers.pop(name)
+        cast.outputs[0].name = name  # readers keep the name they knew
         cast.outputs[0].shape, cast.outputs[0].type = value.shape, value.type
         casts.append(cast)
     if casts:

@@ -1,15 +1,17 @@
-"""Which MatMuls int4 hurts most, without quantizing and loading one whole graph per node.
+"""Which nodes reduced precision hurts most, without quantizing and loading one whole graph per node.
 
 The search keeps the most sensitive nodes in float. It used to score a node by quantizing the
-model with only that node in int4, writing it and loading a session: one quantization, one file
+model with only that node reduced, writing it and loading a session: one quantization, one file
 and one session per node, on a GPT-2-small-sized decoder (49 MatMuls) most of a 20-minute export.
 
-Here one graph holds both versions of every candidate: the float MatMul and the MatMulNBits node
-of the all-int4 graph (the very weights, scales and settings the bundle gets), blended by a gate
-input, ``y = y_float + gate * (y_int4 - y_float)``. One session; a run with one gate open is the
-model with that node alone in int4, scored as before by the share of the budget it uses up
-(``budget.budget_used``) on the first batch of calibration rows. The bisection over how many to
-keep in float then judges real written graphs on every calibration row.
+Here one graph holds both versions of every candidate: the all-reduced graph (the very weights,
+scales and settings the bundle gets: int4's MatMulNBits, dynamic int8's DynamicQuantizeMatMul,
+a Gather's int8 table) with, beside each candidate's reduced form, the float node, blended by a gate
+input, ``y = y_float + gate * (y_reduced - y_float)``. One quantization and one session; a run with
+one gate open is the model with that node alone reduced, scored as before by the share of the budget
+it uses up (``budget.budget_used``) on the first batch of calibration rows. A candidate no gate can
+reach (int8 attention merged into one QAttention) is scored the old way, by the caller. The
+bisection over how many to keep in float then judges real written graphs on every row and case.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import onnx
 from onnx import helper
 
 from edgeformer.quantize.mixed import Feeds, _session
-from edgeformer.quantize.weights import SUFFIX
 
 KEY = "budget_used_alone"
 Judge = Callable[[list[dict[str, np.ndarray]]], float]  # outputs of the first feeds -> share of the budget used
@@ -32,58 +33,95 @@ def gate_name(node: str) -> str:
     return f"int4_gate/{node}"
 
 
+def _producers(graph: onnx.GraphProto) -> dict[str, int]:
+    return {out: i for i, node in enumerate(graph.node) for out in node.output}
+
+
+def gateable(model: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[str]) -> list[str]:
+    """The candidates whose reduced form in ``quantized`` ends in the float node's own output (MatMulNBits;
+    dynamic int8's DynamicQuantizeMatMul or MatMulInteger chain; a Gather's DequantizeLinear): those a
+    gate can blend. A candidate whose output the quantized graph no longer has (merged into a QAttention)
+    or still computes in float is not one."""
+    float_nodes = {n.name: n for n in model.graph.node}
+    made = _producers(quantized.graph)
+    known = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input} | {""}
+    out = []
+    for name in candidates:
+        node = float_nodes.get(name)
+        at = made.get(node.output[0]) if node is not None else None
+        if node is None or at is None or quantized.graph.node[at].name == name:
+            continue
+        # the float twin goes right after the reduced node: what it reads must be there by then
+        if all(x in known or made.get(x, at) < at for x in node.input):
+            out.append(name)
+    return out
+
+
+def _ungated(model: onnx.ModelProto, quantized: onnx.ModelProto) -> bool:
+    """Whether the quantizer changed a node no gate can blend (its output renamed or merged away)."""
+    made = _producers(quantized.graph)
+    at = {n.name: made.get(n.output[0]) if n.output else None for n in model.graph.node}
+    changed = [name for name, i in at.items() if i is None or quantized.graph.node[i].name != name]
+    return bool(set(changed) - set(gateable(model, quantized, changed)))
+
+
 def gated(model: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequence[str]) -> onnx.ModelProto:
-    """``model`` with each candidate's output blended with its MatMulNBits twin's by a scalar gate input."""
+    """The all-reduced graph ``quantized`` with each candidate's output blended with the float node's
+    (from ``model``) by a scalar gate input: gate 1 is the reduced node, gate 0 the float one."""
     out = onnx.ModelProto()
-    out.CopyFrom(model)
-    twins = {n.name: n for n in quantized.graph.node if n.op_type == "MatMulNBits"}
-    inits = {i.name: i for i in quantized.graph.initializer}
+    out.CopyFrom(quantized)
+    float_nodes = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    gates = {float_nodes[n].output[0]: n for n in gateable(model, quantized, candidates)}
     nodes, have = [], {i.name for i in out.graph.initializer}
     for node in out.graph.node:
         nodes.append(node)
-        if node.name not in candidates:
+        y = next((o for o in node.output if o in gates), None)
+        if y is None:
             continue
-        y = node.output[0]
-        node.output[0] = f"{y}/float"
+        name = gates[y]
+        node.output[list(node.output).index(y)] = f"{y}/reduced"
         twin = onnx.NodeProto()
-        twin.CopyFrom(twins[node.name + SUFFIX])
-        twin.output[0] = f"{y}/int4"
-        gate = gate_name(node.name)
+        twin.CopyFrom(float_nodes[name])
+        twin.name, twin.output[0] = f"{name}/float", f"{y}/float"
+        gate = gate_name(name)
         out.graph.input.append(helper.make_tensor_value_info(gate, onnx.TensorProto.FLOAT, []))
         nodes += [
             twin,
-            helper.make_node("Sub", [f"{y}/int4", f"{y}/float"], [f"{y}/delta"], name=f"{node.name}/delta"),
-            helper.make_node("Mul", [f"{y}/delta", gate], [f"{y}/gated"], name=f"{node.name}/gated"),
-            helper.make_node("Add", [f"{y}/float", f"{y}/gated"], [y], name=f"{node.name}/blend"),
+            helper.make_node("Sub", [f"{y}/reduced", f"{y}/float"], [f"{y}/delta"], name=f"{name}/delta"),
+            helper.make_node("Mul", [f"{y}/delta", gate], [f"{y}/gated"], name=f"{name}/gated"),
+            helper.make_node("Add", [f"{y}/float", f"{y}/gated"], [y], name=f"{name}/blend"),
         ]
-        for name in twin.input[1:]:
-            if name in inits and name not in have:
-                out.graph.initializer.append(inits[name])
-                have.add(name)
+        for weight in twin.input:
+            if weight in inits and weight not in have:
+                out.graph.initializer.append(inits[weight])
+                have.add(weight)
     out.graph.ClearField("node")
     out.graph.node.extend(nodes)
-    if not any(o.domain == "com.microsoft" for o in out.opset_import):
-        out.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return out
 
 
 def rank(
     model: onnx.ModelProto, quantized: Path, candidates: Sequence[str], feeds: Sequence[Feeds], judge: Judge
 ) -> tuple[dict[str, float], str]:
-    """Each candidate's share of the budget used with it alone in int4 (scores, and what they mean)."""
+    """Each gateable candidate's share of the budget used with it alone reduced (scores, and what they mean)."""
     path = quantized.with_name(quantized.name + ".gated.onnx")
-    try:
-        onnx.save(gated(model, onnx.load(str(quantized)), candidates), path)
+    try:  # every node the quantizer changed gets a gate (a tied head's Gather too), closed unless scored
+        reduced = onnx.load(str(quantized))
+        onnx.save(gated(model, reduced, [n.name for n in model.graph.node]), path)
         session = _session(path)
     finally:
         path.unlink(missing_ok=True)
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     first = [{k: v for k, v in f.items() if k in wanted} for f in feeds[:1]]
-    closed = {gate_name(n): np.zeros((), np.float32) for n in candidates}
-    scores = {}
-    for name in candidates:
-        gates = closed | {gate_name(name): np.ones((), np.float32)}
-        got = [dict(zip(names, session.run(names, f | gates), strict=True)) for f in first]
-        scores[name] = judge(got)
-    return scores, KEY
+    ranked = [n for n in candidates if gate_name(n) in wanted]
+    closed = {name: np.zeros((), np.float32) for name in wanted if name.startswith(gate_name(""))}
+
+    def run(gates: dict[str, np.ndarray]) -> float:
+        return judge([dict(zip(names, session.run(names, f | gates), strict=True)) for f in first])
+
+    # what no gate reaches (a tied head's int8 table read by the embedding Gather) is there with every gate
+    # closed: a node's score is what it adds to that (0 for int4, where every changed node has a gate)
+    floor = run(closed) if ranked and _ungated(model, reduced) else 0.0
+    return {n: max(run(closed | {gate_name(n): np.ones((), np.float32)}) - floor, 0.0) for n in ranked}, KEY

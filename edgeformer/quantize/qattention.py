@@ -116,11 +116,13 @@ def _add_bias(add: ir.Node) -> np.ndarray | None:
 def _qkv_order(mha: ir.Node, split: ir.Node, columns: np.ndarray) -> np.ndarray:
     """``columns`` (..., 3 parts) reordered from the Split's order to QAttention's Q, K, V."""
     parts = np.split(columns, 3, axis=-1)
-    where = [list(split.outputs).index(mha.inputs[i]) for i in range(3)]
+    outputs: list[ir.Value | None] = list(split.outputs)
+    where = [outputs.index(mha.inputs[i]) for i in range(3)]
     return np.concatenate([parts[i] for i in where], axis=-1)
 
 
-def _attention_blocks(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Node | None, ir.Node]]:
+def _attention_blocks(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Node, ir.Node | None]]:
+    """(MultiHeadAttention, Split, MatMul, bias Add or None) of each block ``apply`` could rewrite."""
     found = []
     for node in graph:
         if node.op_type != "MultiHeadAttention" or node.domain != "com.microsoft":
@@ -167,7 +169,7 @@ def plan(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[Block]:
     if not blocks:
         return []
     checked: dict[str, bool] = {}
-    biases = sorted({b.inputs[5].name for b, *_ in blocks if _input(b, 5) is not None})  # type: ignore[union-attr]
+    biases = sorted({v.name for b, *_ in blocks if (v := _input(b, 5)) is not None and v.name is not None})
     if biases and feeds and MASK_INPUT in inputs:
         checked = _check_biases(model, feeds[0], biases)
     plans = []
@@ -235,13 +237,16 @@ def apply(
             continue
         if block.mask == "attention_bias" and mask_input is None:
             continue
-        w = matmul.inputs[1].const_value.numpy()  # type: ignore[union-attr]
+        w = _const(_input(matmul, 1))
+        add_bias = _add_bias(add) if add is not None else None
+        own_bias = _const(_input(mha, 3))
+        assert w is not None  # _projection checked it: a constant (C, 3 parts) float32
         bias = np.zeros(w.shape[1], dtype=np.float32)
-        if add is not None:
-            bias = bias + _add_bias(add)  # type: ignore[operator]
+        if add_bias is not None:
+            bias = bias + add_bias
         w, bias = _qkv_order(mha, split, w), _qkv_order(mha, split, bias)  # the Add's bias: the Split's order
-        if _input(mha, 3) is not None:
-            bias = bias + _const(mha.inputs[3])  # type: ignore[operator]  (MultiHeadAttention's own: Q, K, V)
+        if own_bias is not None:
+            bias = bias + own_bias  # MultiHeadAttention's own: Q, K, V
         q, scale = _quantize_columns(w, reduce_range)
         name = mha.name or f"attention_{done}"
         weight = add_initializer(graph, f"{name}_qkv_int8", q)

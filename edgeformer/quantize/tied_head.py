@@ -47,7 +47,7 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
     graph_ir = ir.serde.deserialize_model(model)
     graph = graph_ir.graph
     found: list[TiedHead] = []
-    for value in list(graph.initializers.values()):
+    for table, value in list(graph.initializers.items()):
         if value.const_value is None or value.shape is None or len(value.shape) != 2:
             continue
         users = [node for node, _ in value.uses()]
@@ -71,13 +71,15 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
             g.inputs[1].shape.rank() if g.inputs[1] is not None and g.inputs[1].shape is not None else None
             for g in gathers
         ]
-        if None in ranks:
+        known = [r for r in ranks if r is not None]
+        if len(known) != len(ranks):
             continue  # token ids of unknown rank: the columns could not be turned back into rows
-        moved = add_initializer(graph, f"{value.name}.T", np.ascontiguousarray(value.const_value.numpy().T))  # (C, V)
+        moved_name = f"{table}.T"
+        moved = add_initializer(graph, moved_name, np.ascontiguousarray(value.const_value.numpy().T))  # (C, V)
         ir.convenience.replace_all_uses_with(head_t, moved)
         graph.remove(transposes[0], safe=True)
         names = []
-        for gather, rank in zip(gathers, ranks, strict=True):
+        for gather, rank in zip(gathers, known, strict=True):
             ids = gather.inputs[1]
             columns = ir.node(
                 "Gather", [moved, ids], attributes={"axis": 1}, name=f"{gather.name}_columns", num_outputs=1
@@ -89,8 +91,8 @@ def untie(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[TiedHead]]:
             ir.convenience.replace_all_uses_with(gather.outputs[0], back.outputs[0])
             graph.remove(gather, safe=True)
             names.append(columns.name)
-        graph.initializers.pop(value.name)
-        found.append(TiedHead(moved.name, tuple(n for n in names if n)))
+        graph.initializers.pop(table)
+        found.append(TiedHead(moved_name, tuple(n for n in names if n)))
     return (ir.serde.serialize_model(graph_ir), found) if found else (model, [])
 
 
@@ -122,7 +124,7 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
             columns = nodes.get(name)
             if columns is None or len(columns.outputs[0].uses()) != 1:
                 continue
-            back = columns.outputs[0].uses()[0][0]
+            back = next(iter(columns.outputs[0].uses())).node
             if back.op_type != "Transpose":
                 continue
             pairs.append((columns, back))
@@ -153,7 +155,7 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
                 user.replace_input_with(index, out)
             graph.remove([back, columns], safe=True)
         for value in (table, inits.get(head.table)):
-            if value is not None and not value.uses() and value.name in inits:
+            if value is not None and not value.uses() and value.name is not None and value.name in inits:
                 inits.pop(value.name)
         changed = True
     if changed:

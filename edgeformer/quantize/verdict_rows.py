@@ -48,7 +48,7 @@ def write_rows(directory: Path, groups: list[Rows], log: Any = lambda _m: None) 
     if not groups or len(groups) > MAX_GROUPS or tokens > MAX_TOKENS:
         log(f"  verdict rows not stored in the bundle ({tokens:,} tokens, over {MAX_TOKENS:,}): check cannot re-judge")
         return ""
-    arrays = {}
+    arrays: dict[str, Any] = {}  # (savez's keywords: mypy would match them to allow_pickle)
     for i, g in enumerate(groups):
         arrays[f"input_ids_{i}"] = g.ids.astype(np.int32 if g.ids.max(initial=0) < 2**31 else np.int64)
         arrays[f"attention_mask_{i}"] = g.mask.astype(np.uint8)
@@ -125,8 +125,9 @@ def read_rows(bundle: Path, manifest: dict[str, Any], rows_file: str) -> list[Ro
     if hashlib.sha256(data).hexdigest() != digest:
         raise BundleError(f"{bundle}: {rows_file} does not match its sha256 in the manifest (changed or corrupted)")
     config = manifest.get("config") or {}
-    vocab, longest = config.get("vocab_size"), config.get("max_positions")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (vocab, longest)):
+    sizes = config.get("vocab_size"), config.get("max_positions")
+    vocab, longest = (v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None for v in sizes)
+    if vocab is None or longest is None:
         raise BundleError(f"{bundle}/manifest.json: config.vocab_size and config.max_positions must be integers")
     return parse_rows(data, f"{bundle}/{rows_file}", vocab, longest)
 

@@ -1,8 +1,9 @@
 """Reading a bundle on the device: manifest.json and its files, checked, with nothing but the stdlib.
 
-The manifest is written by ``edgeformer.export.bundle`` (format version 1): family, config,
-tokenizer, per graph its file and the names, dtypes and symbolic shapes of its inputs and outputs,
-and the sha256 of every file.
+The manifest's format is ``edgeformer.runtime.manifest`` (typed, one reader and one writer, the
+format version and its migrations; docs/bundle-format.md): family, config, tokenizer, per graph
+its file and the names, dtypes and symbolic shapes of its inputs and outputs, the sha256 of
+every file. This module reads the bytes safely and checks the files on disk.
 
 Beside it, ``manifest.sha256`` holds the sha256 of manifest.json's bytes exactly as they are on
 disk, in the format of ``sha256sum`` (64 lowercase hex digits, two spaces, ``manifest.json``, a
@@ -28,11 +29,10 @@ from typing import Any
 
 from edgeformer.io import sha256_file
 from edgeformer.runtime.errors import BundleFormatError, BundleIntegrityError, UnverifiedManifestWarning
+from edgeformer.runtime.manifest import GraphEntry, Manifest, TensorSpec, parse_manifest
 from edgeformer.runtime.onnxfile import MalformedProtobuf, external_refs, external_refs_of
 from edgeformer.safe_read import loads_json, os_reason, read_bytes, read_text
 
-FORMAT_VERSION = 1  # the manifest format this runtime reads (edgeformer.export.bundle.FORMAT_VERSION)
-FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
 DIGEST_FILE = "manifest.sha256"
 MANIFEST_MAX_BYTES = 16 << 20  # an edgeformer manifest is kilobytes
 ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"  # onnxruntime reads a raw memory address for this location
@@ -44,13 +44,7 @@ NOT_FROM_MEMORY = (  # onnxruntime 1.32 opens such files itself, by path, after 
 )
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One graph input or output as the manifest describes it."""
-
-    name: str
-    dtype: str  # numpy dtype name
-    shape: tuple[str | int, ...]  # symbolic dimensions are names, fixed ones are ints
+Spec = TensorSpec  # one graph input or output as the manifest describes it
 
 
 @dataclass(frozen=True)
@@ -74,29 +68,30 @@ class Bundle:
     """A checked bundle directory: its manifest and its graphs."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the JSON object of ``typed`` (migrated to the current format version)
     graphs: dict[str, Graph]
     manifest_sha256: str = ""  # of manifest.json's bytes as read
     manifest_stamped: bool = False  # manifest.sha256 was there and matched
     # with ``keep_bytes``: graph files and their external data, verified; the loader hands these
     # very bytes to onnxruntime, so a file swapped on disk after the check is never what runs
     blobs: dict[Path, bytes] = field(default_factory=dict, repr=False, compare=False)
+    typed: Manifest = field(default_factory=Manifest, repr=False, compare=False)  # what the typed reader read
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name", self.path.name))
+        return self.typed.name or self.path.name
 
     @property
     def family(self) -> str:
-        return str(self.manifest.get("family", "custom"))
+        return self.typed.family
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.manifest.get("config") or {}
+        return self.typed.config or {}
 
     @property
     def tokenizer(self) -> str:
-        return str(self.manifest.get("tokenizer") or "")
+        return self.typed.tokenizer or ""
 
 
 def safe_member(bundle: Path, name: object) -> Path:
@@ -159,38 +154,6 @@ def external_members(
             raise BundleIntegrityError(f"{where}, a file manifest.json does not list (so no sha256 checks it)")
         found.append((ref.location, name, ref.initializer))
     return found
-
-
-DTYPES = (  # numpy names of the ONNX tensor element types a manifest may use
-    "float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool",
-)  # fmt: skip
-
-
-def _spec(raw: object, where: str) -> Spec:
-    if not isinstance(raw, dict) or not {"name", "dtype", "shape"} <= set(raw):
-        raise BundleFormatError(f"{where}: a tensor spec must give name, dtype and shape, got {raw!r:.80}")
-    name, dtype, shape = raw["name"], raw["dtype"], raw["shape"]
-    if not isinstance(name, str) or not name:
-        raise BundleFormatError(f"{where}: a tensor name must be a non-empty string, got {name!r:.40}")
-    if dtype not in DTYPES:
-        raise BundleFormatError(f"{where}: {name} has dtype {dtype!r:.40}, not one of {', '.join(DTYPES)}")
-    dims_ok = isinstance(shape, list) and all(
-        (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d) for d in shape
-    )
-    if not dims_ok:
-        raise BundleFormatError(f"{where}: {name} has shape {shape!r:.60}, not a list of sizes and dimension names")
-    return Spec(name, dtype, tuple(shape))
-
-
-def _specs(raw: object, where: str) -> tuple[Spec, ...]:
-    if not isinstance(raw, list):
-        raise BundleFormatError(f"{where} is not a list of tensor specs")
-    specs = tuple(_spec(s, where) for s in raw)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise BundleFormatError(f"{where}: a tensor name is listed twice")
-    return specs
 
 
 def digest_line(manifest_bytes: bytes) -> str:
@@ -257,27 +220,6 @@ def _read_manifest(bundle: Path, expect: str | None) -> tuple[dict[str, Any], st
     return manifest, digest, stamped
 
 
-def _check_fields(manifest: object, manifest_path: Path) -> dict[str, Any]:
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise BundleFormatError(
-            f"{manifest_path}: format_version {version!r:.40} is not {FORMAT_VERSION}; "
-            "this runtime reads bundles of format 1 (re-export with a matching edgeformer)"
-        )
-    assert isinstance(manifest, dict)
-    for key, kind, what in (("name", str, "a string"), ("tokenizer", str, "a string"), ("config", dict, "an object")):
-        value = manifest.get(key)
-        if value is not None and not isinstance(value, kind):
-            raise BundleFormatError(f"{manifest_path}: {key!r} must be {what}, got {value!r:.60}")
-    family = manifest.get("family", "custom")
-    if family not in FAMILIES:
-        raise BundleFormatError(f"{manifest_path}: family {family!r:.40} is not one of {', '.join(FAMILIES)}")
-    files = manifest.get("files", {})
-    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
-        raise BundleFormatError(f"{manifest_path}: 'files' must map file names to sha256 digests")
-    return files
-
-
 def read_verified(file: Path, name: str, digest: str | None, bundle: Path) -> bytes:
     """The bytes of a bundle file, read once, checked against ``digest`` (when given)."""
     try:
@@ -298,51 +240,48 @@ def read_verified(file: Path, name: str, digest: str | None, bundle: Path) -> by
     return data
 
 
-def _graph(bundle: Path, gname: str, entry: object, files: dict[str, str], verify: bool) -> Graph:
+def _graph(bundle: Path, gname: str, entry: GraphEntry, files: dict[str, str], verify: bool) -> Graph:
     where = f"{bundle / 'manifest.json'}: graph {gname!r}"
-    if not isinstance(entry, dict) or "file" not in entry:
-        raise BundleFormatError(f"{where} has no file")
-    file = safe_member(bundle, entry["file"])
+    file = safe_member(bundle, entry.file)
     if not file.is_file():
-        raise BundleIntegrityError(f"{bundle}: {entry['file']} (graph {gname!r}) is missing")
-    if verify and entry["file"] not in files:
-        raise BundleIntegrityError(f"{where}: {entry['file']} has no sha256 in the manifest's files")
+        raise BundleIntegrityError(f"{bundle}: {entry.file} (graph {gname!r}) is missing")
+    if verify and entry.file not in files:
+        raise BundleIntegrityError(f"{where}: {entry.file} has no sha256 in the manifest's files")
     ort_file = None
-    if entry.get("ort_file") is not None:
-        ort_file = safe_member(bundle, entry["ort_file"])
-        if not ort_file.is_file() or (verify and entry["ort_file"] not in files):
+    if entry.ort_file is not None:
+        ort_file = safe_member(bundle, entry.ort_file)
+        if not ort_file.is_file() or (verify and entry.ort_file not in files):
             raise BundleIntegrityError(
-                f"{where}: its ORT-format file {entry['ort_file']!r} is missing or has no sha256 in the manifest"
+                f"{where}: its ORT-format file {entry.ort_file!r} is missing or has no sha256 in the manifest"
             )
-    inputs = _specs(entry.get("inputs"), f"{where} inputs")
-    return Graph(gname, file, inputs, _specs(entry.get("outputs"), f"{where} outputs"), ort_file)
+    return Graph(gname, file, entry.inputs, entry.outputs, ort_file)
 
 
 def read_bundle(
     path: str | Path, *, verify: bool = True, expect_manifest_sha256: str | None = None, keep_bytes: bool = False
 ) -> Bundle:
     """Read ``path/manifest.json`` (checked against manifest.sha256, and against
-    ``expect_manifest_sha256`` when given); with ``verify``, check every listed file against its
-    sha256. With ``keep_bytes`` (and ``verify``), the graph files and their external data are read
-    once, verified, and kept in ``Bundle.blobs`` for onnxruntime."""
+    ``expect_manifest_sha256`` when given) with the typed reader (``runtime.manifest``); with
+    ``verify``, check every listed file against its sha256. With ``keep_bytes`` (and ``verify``),
+    the graph files and their external data are read once, verified, and kept in ``Bundle.blobs``
+    for onnxruntime."""
     bundle = Path(path)
     if not bundle.is_dir():
         raise BundleFormatError(f"{bundle} is not a bundle directory")
-    manifest, digest, stamped = _read_manifest(bundle, expect_manifest_sha256)
-    files = _check_fields(manifest, bundle / "manifest.json")
+    raw, digest, stamped = _read_manifest(bundle, expect_manifest_sha256)
+    typed = parse_manifest(raw, str(bundle / "manifest.json"))
+    files = typed.files
     for name in files:
         if not safe_member(bundle, name).is_file():
             raise BundleIntegrityError(f"{bundle}: {name} is missing (listed in manifest.json)")
-    raw_graphs = manifest.get("graphs")
-    if not isinstance(raw_graphs, dict) or not raw_graphs:
-        raise BundleFormatError(f"{bundle / 'manifest.json'}: no graphs listed")
-    graphs = {gname: _graph(bundle, gname, entry, files, verify) for gname, entry in raw_graphs.items()}
+    graphs = {gname: _graph(bundle, gname, entry, files, verify) for gname, entry in typed.graphs.items()}
     keep = keep_bytes and verify
     blobs: dict[Path, bytes] = {}
     if verify and not keep:  # a changed file is named as such before its contents are parsed
         _verify_files(bundle, files, blobs)
     for gname, graph in graphs.items():
-        names = [raw_graphs[gname]["file"], *([raw_graphs[gname]["ort_file"]] if graph.ort_path else [])]
+        entry = typed.graphs[gname]
+        names = [entry.file, *([entry.ort_file] if entry.ort_file is not None else [])]
         for name in names if keep else ():
             blobs.setdefault(bundle / name, read_verified(bundle / name, name, files[name], bundle))
         data = blobs.get(bundle / names[0])
@@ -355,7 +294,7 @@ def read_bundle(
         graphs[gname] = Graph(graph.name, graph.path, graph.inputs, graph.outputs, graph.ort_path, pairs)
     if keep:
         _verify_files(bundle, files, blobs)
-    return Bundle(bundle, manifest, graphs, digest, stamped, blobs)
+    return Bundle(bundle, typed.to_dict(), graphs, digest, stamped, blobs, typed)
 
 
 def _verify_files(bundle: Path, files: dict[str, str], done: dict[Path, bytes]) -> None:

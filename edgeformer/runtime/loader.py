@@ -21,7 +21,7 @@ CLASSES: dict[str, type[RuntimeModel]] = {
     "encoder-decoder": Seq2SeqModel,
     "custom": RuntimeModel,
 }
-NEEDS = {  # graph -> inputs the family's class feeds by name
+NEEDS: dict[str, dict[str, tuple[str, ...]]] = {  # graph -> inputs the family's class feeds by name
     "encoder": {"model": ("input_ids", "attention_mask")},
     "decoder": {"model": ("input_ids", "attention_mask", "position_ids")},
     "encoder-decoder": {"encoder": ("input_ids", "attention_mask"), "decoder": ("input_ids", "encoder_attention_mask")},
@@ -107,11 +107,11 @@ def _source(bundle: Bundle, graph: Graph, path: Path) -> tuple[Path | bytes, dic
 ORT_TYPES = {"float": "float32", "double": "float64"}  # onnxruntime's "tensor(x)" -> numpy name
 
 
-def _check_session(graph: Graph, session: object) -> None:
+def _check_session(graph: Graph, session: Any) -> None:  # an ort.InferenceSession (untyped)
     """The graph file must take and give what the manifest says: names, element types, ranks and
     fixed sizes (the runtime builds its feeds from the manifest)."""
-    got_in = [i.name for i in session.get_inputs()]  # type: ignore[attr-defined]
-    got_out = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
     want_in = [s.name for s in graph.inputs]
     if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(graph.output_names()):
         raise BundleFormatError(
@@ -119,7 +119,7 @@ def _check_session(graph: Graph, session: object) -> None:
             f"the manifest says {want_in} and {graph.output_names()}"
         )
     specs = {s.name: s for s in (*graph.inputs, *graph.outputs)}
-    for arg in [*session.get_inputs(), *session.get_outputs()]:  # type: ignore[attr-defined]
+    for arg in [*session.get_inputs(), *session.get_outputs()]:
         spec = specs[arg.name]
         kind = arg.type.removeprefix("tensor(").removesuffix(")")
         dtype = ORT_TYPES.get(kind, kind)
@@ -231,7 +231,7 @@ def load(
             memory_arena=memory_arena,
             optimized_model_path=optimized_path(optimized_model_path, name, len(bundle.graphs)),
             provider_options=provider_options,
-            precision=str(bundle.manifest.get("precision", "fp32")),
+            precision=bundle.typed.precision or "fp32",
         )
         _check_session(graph, session)
         sessions[name] = BoundSession(session) if io_binding else session

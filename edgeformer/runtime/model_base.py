@@ -110,7 +110,7 @@ class RuntimeModel:
 
     def _batch(self, inputs: Any, *, bos: bool, max_len: int, why: str = "") -> Batch:
         kind: str | Codec = self.tokenizer
-        if kind.endswith(".json") and _mentions_text(inputs):
+        if self.tokenizer.endswith(".json") and _mentions_text(inputs):
             kind = self.codec or kind
         batch = token_batch(inputs, tokenizer_kind=kind, bos=bos)
         check_rows(batch.rows, vocab_size=self.vocab_size, max_len=max_len, why=why)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import onnxruntime as ort
 
@@ -51,6 +51,16 @@ def provider_names(short: Sequence[str]) -> list[str]:
             raise ProviderError(missing_message(name))
         out.append(full)
     return out
+
+
+class SessionSettings(TypedDict, total=False):
+    """The keyword options of ``open_session``, passed on to ``session_options``."""
+
+    threads: int | None
+    spinning: bool
+    optimization: str
+    memory_arena: bool
+    optimized_model_path: str | Path | None
 
 
 def session_options(
@@ -103,7 +113,7 @@ def open_session(
     precision: str = "fp32",
     external_data: Mapping[str, bytes] | None = None,
     label: str | None = None,
-    **options: object,
+    **options: Unpack[SessionSettings],
 ) -> tuple[ort.InferenceSession, dict[str, str]]:
     """A session on the first providers of the preference list that start, and what happened to
     each provider considered, in order (short name -> "used", "not installed", "failed: ...",
@@ -121,7 +131,7 @@ def open_session(
     per_provider = cuda.provider_options(chosen.requested + chosen.candidates, provider_options, precision)
     considered = dict.fromkeys(chosen.requested + chosen.candidates)  # preference order, CPU fallback last
     outcomes = {short_name(p): chosen.skipped.get(p, "not tried") for p in considered}
-    opts = session_options(**options)  # type: ignore[arg-type]
+    opts = session_options(**options)
     if external_data:
         names, buffers = list(external_data), list(external_data.values())
         opts.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])

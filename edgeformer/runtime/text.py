@@ -70,7 +70,7 @@ def codec_for(bundle: Bundle) -> Codec | None:
         return None
     if not kind.endswith(".json"):
         raise NoTokenizerError(f"{bundle.path}: tokenizer {kind!r} is not one this runtime knows (bytes or a .json)")
-    if kind not in (bundle.manifest.get("files") or {}):
+    if kind not in bundle.typed.files:
         raise BundleIntegrityError(f"{bundle.path}: tokenizer {kind} is not listed in the manifest's files")
     return TokenizerJsonCodec(safe_member(bundle.path, kind))
 

@@ -4,6 +4,7 @@ data, and the pass tables cover exactly the fusion forms the cards accept."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -59,3 +60,34 @@ def test_every_form_the_cards_accept_has_a_table_and_every_table_starts_with_cle
         assert passes[0].name == "cleanup", form
         assert all(isinstance(p, FusionPass) for p in passes)
         assert len({p.name for p in passes}) == len(passes), f"{form}: a pass named twice"
+
+
+def test_a_pass_that_makes_nan_is_undone_not_passed() -> None:
+    # NaN compared with the tolerance is False either way: the check must treat it as a failure.
+    from edgeformer.fusions.checks import max_rel
+
+    ref = [[np.ones((2, 3), dtype=np.float32)]]
+    bad = [[np.array([[1, np.nan, 1], [1, 1, 1]], dtype=np.float32)]]
+    assert max_rel(ref, bad) == float("inf")
+    assert max_rel(ref, [[np.full((2, 3), 1.5, dtype=np.float32)]]) == 0.5
+    big = [[np.full((2, 3), 10.0, dtype=np.float32)]]
+    assert max_rel(big, [[np.full((2, 3), 11.0, dtype=np.float32)]]) == 0.1
+
+
+def test_the_check_runs_the_weights_from_memory_and_restores_them_shared() -> None:
+    from edgeformer.fusions.checks import restore, run, snapshot
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
+    model = graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [x], [y], [w])
+    feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32)}]
+    snap = snapshot(model)
+    assert not snap.proto.graph.initializer[0].raw_data  # the weights were not copied into the proto
+    assert snap.tensors["W"] is model.graph.initializers["W"].const_value
+    want = feeds[0]["x"] @ model.graph.initializers["W"].const_value.numpy()
+    np.testing.assert_allclose(run(snap, feeds)[0][0], want, rtol=1e-5, atol=1e-5)
+    model.graph.initializers["W"].const_value = ir.tensor(np.zeros((64, 64), dtype=np.float32), name="W")
+    restore(model, snap)
+    np.testing.assert_allclose(run(model, feeds)[0][0], want, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ from edgeformer.export.bundle import read_manifest
 from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, int8, tied_head, weights
 from edgeformer.quantize.bundle import QuantizeError, _int4_nodes, quantize_bundle, verdict_rows
-from edgeformer.quantize.mixed import _session, outputs_of
+from edgeformer.quantize.mixed import _session, outputs_of, weight_params
 
 
 def _measured_again(src, out, manifest, rows: list) -> dict[str, float]:
@@ -75,7 +75,13 @@ def test_the_search_costs_a_few_whole_graphs_not_one_per_node(mixed):
     assert entry["graphs_tried"] <= 3 + math.ceil(math.log2(n)), entry["graphs_tried"]
     assert all(set(k) == {"node", "budget_used_alone"} for k in entry["kept_in_float"])
     used = [k["budget_used_alone"] for k in entry["kept_in_float"]]
-    assert used == sorted(used, reverse=True) and all(u > 0 for u in used)
+    assert all(u > 0 for u in used)
+    # kept in float by budget bought back per float weight (a big node in float is read at full width)
+    model, _ = tied_head.untie(int8.name_nodes(onnx.load(str(mixed[0] / "model.onnx"))))
+    params = weight_params(model, [k["node"] for k in entry["kept_in_float"]])
+    per_weight = [k["budget_used_alone"] / params[k["node"]] for k in entry["kept_in_float"]]
+    assert per_weight == sorted(per_weight, reverse=True), entry["kept_in_float"]
+    assert entry["float_weight_bytes"] == 4 * sum(params.values())
 
 
 def test_to_int4_leaves_the_model_it_is_given_unchanged(edge_bundle, tmp_path):
