@@ -20,7 +20,8 @@ ORT_MODEL_TYPE = {"encoder": "bert", "decoder": "gpt2"}
 
 def derived_bundle(src: Path, out: Path, model_path: Path, *, name: str, precision: str, how: str) -> Path:
     """A bundle that is ``src`` with its model.onnx replaced (manifest hashes and target updated)."""
-    from edgeformer.export.bundle import file_hashes, read_manifest, write_manifest
+    from edgeformer.export.manifest_read import read_manifest
+    from edgeformer.export.manifest_write import file_hashes, write_manifest
 
     if out.exists():
         shutil.rmtree(out)

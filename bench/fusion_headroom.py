@@ -151,8 +151,8 @@ def write_results(args: argparse.Namespace, results: list[dict]) -> None:
 def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: int, work: Path, log) -> dict:  # noqa: ANN001
     from fusion_latency import cached_graph, one_graph_card
 
-    from edgeformer.export.bundle import source_from_card
     from edgeformer.export.graphs import make_inputs
+    from edgeformer.export.source import source_from_card
 
     card = one_graph_card(card_name)
     fused = cached_graph(card, "cpu-fp32", work, log)  # shares bench/fusion_latency.py's cache in --work

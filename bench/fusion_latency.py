@@ -83,8 +83,8 @@ def _worker(kind: str, path: str, card: str, threads: int) -> None:
     if kind == "torch":
         import torch
 
-        from edgeformer.export.bundle import source_from_card
         from edgeformer.export.graphs import run_torch
+        from edgeformer.export.source import source_from_card
         from edgeformer.zoo import resolve_card
 
         torch.set_num_threads(threads)
@@ -155,7 +155,8 @@ def one_graph_card(card_name: str):  # noqa: ANN201
 
 def cached_graph(card, target: str, work: Path, log) -> str:  # noqa: ANN001
     """The graph of ``card`` exported for ``target`` (no parity check), from the cache in ``work``."""
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_target
 
     out = work / f"{card.name}-{target}"
@@ -264,8 +265,8 @@ def ops_of(path: str) -> dict[str, int]:
 def bench_card(card_name: str, seqs: list[int], reps: int, iters: int, threads: int, work: Path, log) -> dict:  # noqa: ANN001
     import numpy as np
 
-    from edgeformer.export.bundle import source_from_card
     from edgeformer.export.graphs import make_inputs
+    from edgeformer.export.source import source_from_card
 
     paths, failed, card = prepare(card_name, work, log)
     plan = source_from_card(card).plans[0]

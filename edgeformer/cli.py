@@ -349,6 +349,7 @@ def _verbose(verbose: bool) -> None:
 )
 @reduced_precision_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
+@click.option("--timings", is_flag=True, help="Print the seconds each stage took (also in the manifest's timings).")
 @friendly
 def export_cmd(
     model: str,
@@ -364,6 +365,7 @@ def export_cmd(
     verbose: bool,
     accept_budget_miss: bool,
     as_json: bool,
+    timings: bool,
 ) -> None:
     """Export MODEL to an ONNX bundle and check it against the torch source.
 
@@ -372,8 +374,9 @@ def export_cmd(
     demo decoder is exported. The bundle is written atomically: an interrupted or failed export
     leaves any earlier bundle untouched.
     """
-    from edgeformer.export.bundle import export_bundle, source_from_card, source_from_factory
+    from edgeformer.export.source import source_from_card, source_from_factory
     from edgeformer.export.user import load_io
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_card, resolve_target
 
     _verbose(verbose)
@@ -410,6 +413,10 @@ def export_cmd(
         click.echo(json_text(manifest))
         return
     click.echo(f"wrote {out}/ ({', '.join(manifest['files'])}); {_export_verdict(manifest)}")
+    if timings:
+        from edgeformer.pipeline import timings_table
+
+        click.echo("\n".join(timings_table(manifest.get("timings") or {})))
 
 
 def _export_verdict(manifest: dict[str, Any]) -> str:
@@ -511,7 +518,8 @@ def check(
     (1 with --require-torch-parity); the JSON report says "torch_parity": "not checked".
     """
     from edgeformer.errors import ParityError
-    from edgeformer.parity import check_bundle, read_real_inputs
+    from edgeformer.parity import ParityReport, read_real_inputs
+    from edgeformer.verify_bundle import check_bundle
 
     providers = merge_providers(providers, provider_alias) or ("cpu",)
     real = read_real_inputs(bundle, npz=npz, text=text) if npz or text is not None else None
@@ -533,9 +541,10 @@ def check(
         raise
     if as_json:
         click.echo(json_text(report.to_dict()))
-    if report.torch_parity != "checked":
+    if not isinstance(report, ParityReport):  # verify_bundle.SourcelessReport: torch parity not checked
         _sourceless_outcome(report, require_torch_parity, as_json)
-    elif not report.ok:  # only a bundle whose miss was accepted when written gets here
+        return
+    if not report.ok:  # only a bundle whose miss was accepted when written gets here
         if not as_json:
             click.echo(f"parity against the torch source on {report.provider}: budget NOT met", err=True)
     elif not as_json:
@@ -546,14 +555,13 @@ def check(
             click.echo(f"parity ok{on}: within the {report.precision} budget {report.budget} against the torch source")
         else:
             click.echo(f"parity ok{on}: worst error {error:.2e} of output scale, tolerance {report.tolerance:g}")
-    if report.torch_parity == "checked":
-        _recorded_outcome(report, accept_budget_miss, as_json)
+    _recorded_outcome(report, accept_budget_miss, as_json)
 
 
 def _recorded_outcome(report: Any, accept: bool, as_json: bool) -> None:
     """The quantization verdict recorded in the manifest, and a miss accepted when it was written:
     shown, and exit 1 unless --accept-budget-miss is given to check too."""
-    from edgeformer.quantize.bundle import BudgetMissError
+    from edgeformer.quantize.stage import BudgetMissError
     from edgeformer.verdict import Verdict
 
     recorded = Verdict.from_dict(report.recorded_verdict) if report.recorded_verdict else None
@@ -912,9 +920,9 @@ def quantize(
     The verdict is judged on held-out validation rows (up to the longest length the bundle takes):
     a miss exits 1 and writes nothing, unless --accept-budget-miss.
     """
+    from edgeformer.budget import parse_budget
     from edgeformer.paths import default_output
-    from edgeformer.quantize.budget import parse_budget
-    from edgeformer.quantize.bundle import quantize_bundle
+    from edgeformer.quantize.stage import quantize_bundle
 
     try:
         budget = parse_budget(budget_items)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeformer import safe_read
+from edgeformer.budget import BUDGET_METRICS, budget_problem
 from edgeformer.errors import CardError
 from edgeformer.numbers import finite_number
 
@@ -433,8 +434,6 @@ def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
         isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
     ):
         raise CardError(f"{source}: budget must be a table of metric = number, got {budget!r}")
-    from edgeformer.quantize.budget import BUDGET_METRICS, budget_problem
-
     unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
     if unknown_metrics:
         raise CardError(f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}")

@@ -7,18 +7,20 @@ or refused naming the fixed size when they do not fit: never an onnxruntime shap
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeformer.errors import BundleError, ParityError
+from edgeformer.config import Target, parse_target
+from edgeformer.errors import BundleError, CardError, ExportError, ParityError
+
+if TYPE_CHECKING:  # the type only: checking shapes needs no torch
+    from edgeformer.export.source import Source
 
 
-def bundle_target(manifest: dict[str, Any]) -> Any:
+def bundle_target(manifest: dict[str, Any]) -> Target | None:
     """The bundle's target (range-checked, as any target file) when it fixed shapes, else None."""
-    from edgeformer.config import parse_target
-    from edgeformer.errors import CardError
-
     target = manifest.get("target")
     if not isinstance(target, dict) or not target.get("static_shapes"):
         return None
@@ -28,12 +30,61 @@ def bundle_target(manifest: dict[str, Any]) -> Any:
         raise BundleError(f"{exc}; re-export the bundle") from None
 
 
-def source_at_bundle_shapes(source: Any, manifest: dict[str, Any]) -> Any:
+def source_at_bundle_shapes(source: Source, manifest: dict[str, Any]) -> Source:
     """``source`` with its graphs' dimensions fixed as the bundle's are (unchanged when dynamic)."""
-    from edgeformer.export import mobile
-
     target = bundle_target(manifest)
-    return source if target is None else mobile.fixed_source(source, target)
+    return source if target is None else fixed_source(source, target)
+
+
+def fixed_source(source: Source, target: Target) -> Source:
+    """The source with every graph's dimensions fixed to the target's sizes: the manifest's specs
+    hold the sizes and parity is checked at that one shape. A family whose graphs keep a dimension
+    the target does not fix (a decoder's growing KV cache) is refused, saying why and what to do."""
+    if not target.static_shapes:
+        return source
+    fixed = dict(target.static_shapes)
+    family = source.config.family if source.config is not None else "custom"
+    if family in ("decoder", "encoder-decoder"):
+        raise ExportError(
+            f"target {target.name!r} fixes the input shapes ({dims_text(fixed)}) because its provider "
+            f"({', '.join(target.providers)}) compiles a graph for one shape; a {family} grows its KV cache by one "
+            "position per generated token (past_sequence), so it would need one graph per cache length, and a "
+            "fixed-length decode-step graph is not built by edgeformer. Export it with --target mobile-cpu "
+            "(dynamic shapes, onnxruntime's CPU / XNNPACK provider, .ort included), or use an encoder card here."
+        )
+    limit = source.config.max_positions if source.config is not None else None
+    for name in ("sequence", "encoder_sequence"):
+        if limit is not None and fixed.get(name, 0) > limit:
+            raise ExportError(
+                f"target {target.name!r} fixes {name} = {fixed[name]}, beyond the model's max_positions = {limit}; "
+                "copy the target file and lower static_shapes"
+            )
+    plans = []
+    for plan in source.plans:
+        dims = {d for s in (*plan.inputs, *plan.outputs) for d in s.shape if isinstance(d, str)}
+        left = sorted(dims - set(fixed))
+        if left:
+            raise ExportError(
+                f"target {target.name!r} fixes {dims_text(fixed)}, but graph {plan.file} also has the dimension(s) "
+                f"{', '.join(left)}; add them to the target's [static_shapes]"
+            )
+        plans.append(
+            dataclasses.replace(
+                plan,
+                inputs=[_fix_spec(s, fixed) for s in plan.inputs],
+                outputs=[_fix_spec(s, fixed) for s in plan.outputs],
+                cases=[{d: fixed[d] for d in sorted(dims)}],
+            )
+        )
+    return dataclasses.replace(source, plans=plans)
+
+
+def dims_text(fixed: dict[str, int]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in fixed.items())
+
+
+def _fix_spec(spec: Any, fixed: dict[str, int]) -> Any:
+    return dataclasses.replace(spec, shape=tuple(fixed.get(d, d) if isinstance(d, str) else d for d in spec.shape))
 
 
 def _fixed(plan: Any) -> tuple[int, int] | None:

@@ -14,10 +14,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from edgeformer import tokenizer
+from edgeformer.bisect import bisect
+from edgeformer.budget import budget_for
 from edgeformer.config import ModelConfig
+from edgeformer.errors import ParityError
 from edgeformer.export.graphs import GraphPlan, derived_dims, make_inputs, run_torch
+from edgeformer.export.source import Source
 from edgeformer.nn.models import as_encoder_decoder
 from edgeformer.real_inputs import complete_inputs, read_real_inputs  # noqa: F401 - read_real_inputs importable from here
+from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
+from edgeformer.runtime.session import make_session
+from edgeformer.verdict import judge_case, provider_note
 
 TOLERANCE = {"fp32": 1e-4}  # reduced precisions are judged by their accuracy budget instead
 
@@ -155,8 +163,6 @@ def _case(
     outputs = [compare(spec.name, want[spec.name], got[spec.name], limit) for spec in plan.outputs]
     case = CaseReport(plan.name, dims, outputs, kind)
     if budget is not None:  # the one case judge the precision search also calls (verdict.judge_case)
-        from edgeformer.verdict import judge_case
-
         lm = plan.name in ("model", "decoder") and "logits" in want
         case.metrics, case.violations = judge_case(want, got, inputs, budget, kind=kind, language_model=lm)
     return case
@@ -239,13 +245,11 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
 
 
 def generation_parity(
-    source: Any, sessions: dict[str, ort.InferenceSession], steps: int = 32, prompt: np.ndarray | None = None
+    source: Source, sessions: dict[str, ort.InferenceSession], steps: int = 32, prompt: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Greedy tokens of the torch source and of the bundle (KV cache on both sides) for N steps."""
-    from edgeformer import tokenizer
-    from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
-
     cfg = source.config
+    assert cfg is not None, "generation parity is for edgeformer models (a config)"
     if prompt is not None:
         prompt = prompt[:, : max(1, cfg.max_positions - steps)]
     elif source.tokenizer == "bytes":
@@ -273,7 +277,7 @@ def generation_parity(
 
 
 def check_source(
-    source: Any,
+    source: Source,
     graphs: dict[str, Any],
     precision: str = "fp32",
     *,
@@ -293,18 +297,10 @@ def check_source(
     precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's). The report
     names the provider the graphs ran on, and says so when ``target_providers`` (the bundle's
     target) wanted another one. ``references`` (``budget_cases``): the torch outputs, computed once."""
-    from edgeformer.bisect import bisect
-    from edgeformer.errors import ParityError
-    from edgeformer.runtime.session import make_session
-
     if precision != "fp32":
-        from edgeformer.quantize.budget import budget_for
-
         budget = {k: v for k, v in budget_for(precision, budget).items() if k != "perplexity" or real_inputs}
     report = ParityReport(precision, TOLERANCE.get(precision, float("inf")), budget=budget)
     sessions = {name: make_session(path, providers, precision=precision) for name, path in graphs.items()}
-    from edgeformer.verdict import provider_note
-
     ran_on = next(iter(sessions.values())).get_providers()[0] if sessions else "none"
     report.provider = provider_note(ran_on, tuple(target_providers))
     log(f"  running the graphs on {report.provider}")
@@ -323,7 +319,10 @@ def check_source(
         failed = next((i for i, c in enumerate(cases) if not c.ok), None)
         if failed is not None and report.divergence is None and budget is None:
             inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
-            report.divergence = bisect(plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims)
+            if inputs is not None:
+                report.divergence = bisect(
+                    plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims
+                )
             if report.divergence:
                 report.divergence["graph"] = checked
         worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
@@ -385,6 +384,3 @@ def format_failure(report: ParityReport) -> str:
             f"vs ONNX node '{d['node']}' ({d['op_type']}), max abs error {d['max_abs']:.3g}"
         )
     return "\n".join(lines[:20])
-
-
-from edgeformer.verify_bundle import check_bundle  # noqa: E402, F401 - importable from here, as before

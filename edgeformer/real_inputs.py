@@ -3,18 +3,21 @@ and empty cache a graph takes, and fitted to a fixed-shape graph's one shape."""
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeformer import tokenizer
+from edgeformer.errors import ParityError
 from edgeformer.export.graphs import GraphPlan
+from edgeformer.export.manifest_read import read_manifest
 from edgeformer.fixed_shapes import fit_to_fixed
 
 
 def complete_inputs(plan: GraphPlan, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Real inputs for a graph: what the user gave, with masks, positions and an empty cache derived."""
-    from edgeformer.errors import ParityError
-
     if "input_ids" not in given:
         raise ParityError(f"real inputs need 'input_ids'; got {', '.join(given) or 'nothing'}")
     ids = np.asarray(given["input_ids"])
@@ -47,13 +50,6 @@ def complete_inputs(plan: GraphPlan, given: dict[str, np.ndarray]) -> dict[str, 
 
 def read_real_inputs(bundle: Any, *, npz: Any = None, text: str | None = None) -> dict[str, np.ndarray]:
     """Real inputs from an .npz file, or from text for a bundle with the byte-level tokenizer."""
-    import zipfile
-    from pathlib import Path
-
-    from edgeformer import tokenizer
-    from edgeformer.errors import ParityError
-    from edgeformer.export.bundle import read_manifest
-
     if npz is not None:
         try:
             with np.load(Path(npz), allow_pickle=False) as data:

@@ -141,10 +141,10 @@ def judge_case(
     language_model: bool = False,
 ) -> tuple[dict[str, float], list[str]]:
     """THE judge of one input case of a reduced-precision graph against its reference outputs (the torch
-    source's): the budget metrics (``quantize.budget.measure``) and the bounds they break. The final
+    source's): the budget metrics (``budget.measure``) and the bounds they break. The final
     parity check (``parity``) and the precision search (``quantize.mixed``) both call it, on the same
     cases and the same reference outputs, so a graph the search accepts is one the check accepts."""
-    from edgeformer.quantize.budget import measure, to_jsonable
+    from edgeformer.budget import measure, to_jsonable
 
     metrics = to_jsonable(measure([want], [got], [inputs], language_model=language_model and kind == "real"))
     return metrics, misses(metrics, case_bounds(budget, kind))

@@ -15,13 +15,26 @@ torch source, and says plainly that torch parity was not checked:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Log = Any
+from edgeformer import runtime
+from edgeformer.errors import BundleError, UserCodeNotRun
+from edgeformer.export.manifest_read import read_checked
+from edgeformer.export.rebuild import rebuild_source
+from edgeformer.export.source import Source
+from edgeformer.fixed_shapes import source_at_bundle_shapes
+from edgeformer.parity import ParityReport, check_source
+from edgeformer.quantize import verdict_rows
+from edgeformer.runtime.bundle import Bundle
+from edgeformer.runtime.errors import RuntimeBundleError
+from edgeformer.verdict import Verdict
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -103,9 +116,6 @@ def check_without_source(
 ) -> SourcelessReport:
     """Verify what needs no torch source (see the module docstring); ``manifest`` has been read
     and its files verified by the caller."""
-    from edgeformer import runtime
-    from edgeformer.runtime.errors import RuntimeBundleError
-
     report = SourcelessReport(reason, precision=str(manifest.get("precision", "fp32")))
     report.checks["files"] = "ok"  # the caller read the bundle with verify=True
     try:
@@ -124,17 +134,17 @@ def check_without_source(
 
 
 def check_bundle(
-    bundle: Any,
+    bundle: str | Path,
     *,
     generation_steps: int = 32,
     real_inputs: dict[str, np.ndarray] | None = None,
     max_sequence: int | None = None,
-    log: Any = lambda _msg: None,
+    log: Log = lambda _msg: None,
     memory_check: bool = True,
     providers: tuple[str, ...] = ("cpu",),
     factory: str | None = None,
     expect_manifest_sha256: str | None = None,
-) -> Any:
+) -> ParityReport | SourcelessReport:
     """Rebuild the torch source a bundle records and check the bundle's graphs against it
     (refused before the torch model is built when it would not fit in memory, unless not
     ``memory_check``). ``providers`` run the graphs, strictly (``("cuda",)``: on the GPU or an error).
@@ -143,11 +153,6 @@ def check_bundle(
     No code the bundle names is imported: a user's factory runs only when named by ``factory``;
     without it the result is a ``verify_bundle.SourcelessReport`` (``torch_parity`` "not
     checked") of what needs no torch source. A ParityReport has ``torch_parity`` "checked"."""
-    from edgeformer.errors import UserCodeNotRun
-    from edgeformer.export.bundle import read_checked, rebuild_source
-    from edgeformer.fixed_shapes import source_at_bundle_shapes
-    from edgeformer.parity import check_source
-
     bundle = Path(bundle)
     read = read_checked(bundle, expect_manifest_sha256=expect_manifest_sha256, keep_bytes=True)
     manifest = read.manifest
@@ -185,18 +190,15 @@ def check_bundle(
 
 def _rejudge(
     bundle: Path,
-    source: Any,
+    source: Source,
     graphs: dict[str, Path],
     manifest: dict[str, Any],
-    report: Any,
+    report: ParityReport,
     providers: tuple[str, ...],
     log: Log,
 ) -> tuple[dict[str, Any] | None, str]:
     """The recorded quantization verdict judged again on the rows it names (``quantize.verdict_rows``),
     or None and why not: a bundle written before its verdict rows travelled with it."""
-    from edgeformer.quantize import verdict_rows
-    from edgeformer.verdict import Verdict
-
     if report.recorded_verdict is None:
         return None, ""
     recorded = Verdict.from_dict(report.recorded_verdict)
@@ -217,9 +219,6 @@ def _target_providers(manifest: dict[str, Any]) -> tuple[str, ...]:
 
 def _recorded_verdict(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The quantization verdict the manifest records, checked field by field (a manifest is data)."""
-    from edgeformer.errors import BundleError
-    from edgeformer.verdict import Verdict
-
     recorded = (
         (manifest.get("quantization") or {}).get("verdict") if isinstance(manifest.get("quantization"), dict) else None
     )
@@ -231,7 +230,7 @@ def _recorded_verdict(manifest: dict[str, Any]) -> dict[str, Any] | None:
         raise BundleError(f"manifest.json: quantization.verdict is malformed ({exc})") from None
 
 
-def _private_copy(read: Any, tmp: Path) -> Path:
+def _private_copy(read: Bundle, tmp: Path) -> Path:
     """The verified graph bytes (and their external data) written into ``tmp``, a directory of
     this process: what the parity check opens is what was hashed, whatever happens to the bundle
     meanwhile. The bytes are released once written."""

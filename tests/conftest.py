@@ -38,7 +38,8 @@ def card_config(name: str, **changes):
 def edge_bundle(tmp_path_factory):
     """Read-only bundles of edge cards (cpu-fp32, no parity check), exported once per test session
     on first use: card name -> directory. Copy one before changing it."""
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_target
 
     made: dict[str, Path] = {}

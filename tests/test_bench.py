@@ -42,7 +42,8 @@ def bundles(request, tmp_path_factory):
     try:
         return request.getfixturevalue("edge_bundle")
     except pytest.FixtureLookupError:
-        from edgeformer.export.bundle import export_bundle, source_from_card
+        from edgeformer.export.source import source_from_card
+        from edgeformer.pipeline import export_bundle
         from edgeformer.zoo import resolve_card, resolve_target
 
         made: dict[str, Path] = {}
@@ -421,7 +422,8 @@ def test_fusion_latency_floor_graph_holds_every_product_of_the_card(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from fusion_latency import floor_graph
 
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_card, resolve_target
 
     card = resolve_card("bert-mini")
@@ -455,8 +457,9 @@ def test_fusion_latency_headroom_graphs_cut_one_kind_of_work_each(tmp_path, card
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from fusion_headroom import ABLATIONS, ablated_graph
 
-    from edgeformer.export.bundle import export_bundle, source_from_card
     from edgeformer.export.graphs import make_inputs
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_card, resolve_target
 
     card = resolve_card(card_name)

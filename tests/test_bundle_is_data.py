@@ -119,8 +119,9 @@ def test_bench_never_imports_code_from_the_bundle_or_the_working_directory(edge_
 
 
 def test_a_factory_bundle_is_rebuilt_only_when_the_user_names_the_factory(tmp_path):
-    from edgeformer.export.bundle import export_bundle, source_from_factory
-    from edgeformer.parity import check_bundle
+    from edgeformer.export.source import source_from_factory
+    from edgeformer.pipeline import export_bundle
+    from edgeformer.verify_bundle import check_bundle
     from edgeformer.zoo import resolve_target
 
     export_bundle(source_from_factory("fixtures.factories:tiny_tagger"), resolve_target("cpu-fp32"), tmp_path / "b")
@@ -412,7 +413,7 @@ def test_a_manifest_naming_a_directory_loads_nothing_from_it_unless_its_weights_
 
 def test_check_judges_the_graph_it_verified_not_one_swapped_in_meanwhile(edge_bundle, tmp_path, monkeypatch):
     import edgeformer.parity as parity
-    from edgeformer.parity import check_bundle
+    from edgeformer.verify_bundle import check_bundle
 
     bundle = _copy(edge_bundle("bert-mini"), tmp_path / "b")
     _scaled(bundle / "model.onnx", tmp_path / "other.onnx", 3.0)

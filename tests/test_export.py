@@ -11,10 +11,13 @@ import torch
 from conftest import EDGE_CARDS
 
 from edgeformer.errors import BundleError, ExportError, ParityError
-from edgeformer.export.bundle import export_bundle, read_manifest, source_from_card
 from edgeformer.export.graphs import GraphPlan, TensorSpec
+from edgeformer.export.manifest_read import read_manifest
+from edgeformer.export.source import source_from_card
 from edgeformer.export.trace import trace
-from edgeformer.parity import check_bundle, check_source
+from edgeformer.parity import check_source
+from edgeformer.pipeline import export_bundle
+from edgeformer.verify_bundle import check_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 CPU = resolve_target("cpu-fp32")
@@ -126,12 +129,12 @@ def test_existing_output_needs_force_and_failure_keeps_old_bundle(tmp_path, monk
     with pytest.raises(ExportError, match="already exists; pass --force"):
         export_bundle(source, CPU, out)
 
-    import edgeformer.export.bundle as bundle_mod
+    import edgeformer.pipeline as pipeline_mod
 
     def broken(*_args, **_kwargs):
         raise KeyboardInterrupt  # an interrupted export
 
-    monkeypatch.setattr(bundle_mod, "write_manifest", broken)
+    monkeypatch.setattr(pipeline_mod, "write_manifest", broken)
     with pytest.raises(KeyboardInterrupt):
         export_bundle(source, CPU, out, force=True, check=False)
     assert (out / "manifest.json").read_text() == before

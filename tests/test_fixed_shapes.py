@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from edgeformer import runtime, tokenizer
 from edgeformer.cli import main
-from edgeformer.export.bundle import export_bundle, source_from_card
+from edgeformer.export.source import source_from_card
 from edgeformer.nn.checkpoint import load_model
+from edgeformer.pipeline import export_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 TEXT = "Return the absolute value."  # 26 bytes, shorter than the fixed 32

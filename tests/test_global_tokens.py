@@ -12,8 +12,9 @@ import torch
 
 from edgeformer import runtime
 from edgeformer.config import ModelConfig
-from edgeformer.export.bundle import export_bundle, source_from_card
+from edgeformer.export.source import source_from_card
 from edgeformer.nn.models import build_model
+from edgeformer.pipeline import export_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 PATTERNS = {

@@ -175,9 +175,9 @@ def test_export_of_a_hostile_card_exits_1_at_once(tmp_path, line):
     ],
 )
 def test_budgets_are_in_their_metric_domain(item, message):
+    from edgeformer.budget import parse_budget
     from edgeformer.config import parse_target
     from edgeformer.errors import CardError
-    from edgeformer.quantize.budget import parse_budget
 
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_budget([item])
@@ -259,8 +259,9 @@ make.edgeformer_io = {"inputs": {"tokens": {"dtype": "int64", "shape": ["batch",
 
 def test_parity_refuses_outputs_that_are_not_finite(tmp_path, monkeypatch):
     from edgeformer.errors import ParityError
-    from edgeformer.export.bundle import export_bundle, source_from_factory
+    from edgeformer.export.source import source_from_factory
     from edgeformer.parity import compare
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_target
 
     both = np.array([[1.0, np.nan, np.inf]])

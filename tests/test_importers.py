@@ -28,12 +28,15 @@ from edgeformer import runtime
 from edgeformer.cli import main
 from edgeformer.config import ModelCard, load_card, parse_card, render_card
 from edgeformer.errors import BundleError, CheckpointError, ModelImportError, UnsupportedArchitectureError
-from edgeformer.export.bundle import export_bundle, read_manifest, source_from_card
+from edgeformer.export.manifest_read import read_manifest
+from edgeformer.export.source import source_from_card
 from edgeformer.importers import import_directory, rebuild_source, source_from_directory, write_card
 from edgeformer.importers.sentence import read_layout
 from edgeformer.nn.checkpoint import load_model
-from edgeformer.parity import check_bundle, torch_greedy
+from edgeformer.parity import torch_greedy
+from edgeformer.pipeline import export_bundle
 from edgeformer.runtime.errors import NoTokenizerError
+from edgeformer.verify_bundle import check_bundle
 from edgeformer.zoo import resolve_target
 
 pytestmark = pytest.mark.skipif(

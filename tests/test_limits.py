@@ -74,17 +74,17 @@ def test_available_memory_reads_meminfo_and_cgroup_limits(tmp_path):
 
 def _small_machine(monkeypatch) -> list[str]:
     """A machine with 500 MB available, and a record of every torch model built."""
-    import edgeformer.export.bundle as bundle_mod
+    import edgeformer.export.source as source_mod
 
     built = []
-    real = bundle_mod.load_model
+    real = source_mod.load_model
     monkeypatch.setattr(limits, "available_memory", lambda *a: int(0.5 * GB))
-    monkeypatch.setattr(bundle_mod, "load_model", lambda card, **kw: built.append(card.name) or real(card, **kw))
+    monkeypatch.setattr(source_mod, "load_model", lambda card, **kw: built.append(card.name) or real(card, **kw))
     return built
 
 
 def test_refused_before_the_model_is_built(monkeypatch):
-    from edgeformer.export.bundle import source_from_card
+    from edgeformer.export.source import source_from_card
 
     small_machine = _small_machine(monkeypatch)
     with pytest.raises(ResourceError, match=r"gpt-mini needs about 1\.\d GB .* 500 MB available"):
@@ -95,11 +95,11 @@ def test_refused_before_the_model_is_built(monkeypatch):
 
 
 def test_cli_refuses_and_the_override_goes_ahead(monkeypatch, tmp_path):
-    import edgeformer.export.bundle as bundle_mod
+    import edgeformer.pipeline as pipeline_mod
 
     small_machine = _small_machine(monkeypatch)
     exported = []
-    monkeypatch.setattr(bundle_mod, "export_bundle", lambda source, *a, **kw: exported.append(source.name) or {})
+    monkeypatch.setattr(pipeline_mod, "export_bundle", lambda source, *a, **kw: exported.append(source.name) or {})
     out = str(tmp_path / "out")
     result = CliRunner().invoke(main, ["export", "gpt-mini", "-o", out])
     assert result.exit_code == 1 and "500 MB available; refused before building the model" in result.output

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from edgeformer import config, runtime
 from edgeformer.cli import main
-from edgeformer.export.bundle import check_producer_fields, write_manifest
+from edgeformer.export.manifest_read import check_producer_fields
+from edgeformer.export.manifest_write import write_manifest
 from edgeformer.runtime import manifest as mf
 from edgeformer.runtime.bundle import read_bundle, stamp_manifest
 from edgeformer.runtime.errors import BundleFormatError, UnverifiedManifestWarning

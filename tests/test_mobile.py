@@ -16,10 +16,12 @@ from edgeformer import runtime
 from edgeformer.config import parse_target
 from edgeformer.errors import CardError, ExportError
 from edgeformer.export import mobile
-from edgeformer.export.bundle import export_bundle, source_from_card
 from edgeformer.export.graphs import make_inputs
+from edgeformer.export.source import source_from_card
 from edgeformer.export.trace import trace
+from edgeformer.fixed_shapes import fixed_source
 from edgeformer.fusions.pipeline import fuse_model
+from edgeformer.pipeline import export_bundle
 from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.providers import PROVIDERS
 from edgeformer.zoo import resolve_card, resolve_target
@@ -63,7 +65,7 @@ def test_bad_mobile_fields_are_refused_by_name(data, words):
 def test_static_target_refuses_a_decoder_saying_why_and_what_to_do():
     source = source_from_card(resolve_card("gpt-mini"), parity=False, memory_check=False)
     with pytest.raises(ExportError, match=r"KV cache.*--target mobile-cpu"):
-        mobile.fixed_source(source, resolve_target("android-nnapi"))
+        fixed_source(source, resolve_target("android-nnapi"))
 
 
 def test_nnapi_bundle_holds_ort_config_and_report(nnapi_bundle):
@@ -148,7 +150,7 @@ def test_form_c_lands_in_fewer_partitions_than_contrib(tmp_path):
     """bert-mini at batch 1, sequence 128: onnxruntime's checker on the contrib-fused graph and on
     form (c) for NNAPI and for CoreML (numbers in docs/mobile-and-web.md)."""
     source = source_from_card(resolve_card("bert-mini"), parity=False, memory_check=False)
-    plan = mobile.fixed_source(source, resolve_target("android-nnapi")).plans[0]
+    plan = fixed_source(source, resolve_target("android-nnapi")).plans[0]
     traced = mobile.fix_shapes(trace(source.plans[0], 18), STATIC)
     feeds = [make_inputs(plan, plan.cases[0])]
     partitions = {}
@@ -168,7 +170,7 @@ def test_mobile_cpu_decoder_ort_generates_like_torch(tmp_path):
     source = source_from_card(resolve_card("gpt-mini"), max_sequence=16)
     lines: list[str] = []
     manifest = export_bundle(source, resolve_target("mobile-cpu"), tmp_path / "gpt", log=lines.append)
-    after = lines[lines.index("checking the .ort graphs against the torch source (CPU provider) ...") + 1 :]
+    after = lines[lines.index("verify: checking the .ort graphs against the torch source (CPU provider) ...") + 1 :]
     checked = next(line for line in after if line.startswith("  model.") and "shapes, worst error" in line)
     assert checked.startswith("  model.ort: "), checked  # the file checked is the .ort
     parity = manifest["mobile"]["ort_parity"]

@@ -254,7 +254,8 @@ def _long_cases() -> list[tuple[str, ...]]:
 @pytest.fixture(scope="module")
 def unfused(tmp_path_factory):
     """An unfused fp32 gpt-mini bundle (fuse's input), exported once for this module."""
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_target
 
     out = tmp_path_factory.mktemp("unfused") / "gpt-mini-unfused"

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from edgeformer.budget import budget_problem
 from edgeformer.config import ModelConfig
 from edgeformer.errors import CardError
 from edgeformer.numbers import finite_number
-from edgeformer.quantize.budget import budget_problem
 from edgeformer.runtime.errors import OptionError
 from edgeformer.runtime.sampling import Sampling
 

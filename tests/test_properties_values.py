@@ -75,7 +75,7 @@ def test_sampling_options_are_refused_or_give_valid_tokens(temperature, top_k, t
 @fuzz(800)
 @given(st.sampled_from(["cosine", "top1", "perplexity"]), st.one_of(floats, st.sampled_from(["nan", "inf", "-1e9"])))
 def test_budgets_are_refused_or_in_their_domain(metric, value):
-    from edgeformer.quantize.budget import DOMAINS, parse_budget
+    from edgeformer.budget import DOMAINS, parse_budget
 
     got = outcome("budget", lambda: parse_budget([f"{metric}={value}"]), ValueError)
     if isinstance(got, dict):

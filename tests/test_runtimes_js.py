@@ -126,7 +126,8 @@ def models(edge_bundle):
 @pytest.fixture(scope="module")
 def int8_models(tmp_path_factory):
     """int8 bundles (cpu-int8: the encoder's attention as QAttention, the decoder's tied table shared)."""
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_card, resolve_target
 
     root = tmp_path_factory.mktemp("int8")

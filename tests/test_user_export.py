@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 from edgeformer.cli import main
 from edgeformer.errors import ExportError
-from edgeformer.export.bundle import export_bundle, source_from_factory
+from edgeformer.export.source import source_from_factory
 from edgeformer.export.user import parse_io
-from edgeformer.parity import check_bundle
+from edgeformer.pipeline import export_bundle
+from edgeformer.verify_bundle import check_bundle
 from edgeformer.zoo import resolve_target
 
 CPU = resolve_target("cpu-fp32")

@@ -83,7 +83,7 @@ def test_a_budget_miss_exits_1_writes_nothing_and_an_accepted_one_is_recorded_an
 def test_calibration_advice_only_when_none_was_given(tmp_path, edge_bundle):
     import numpy as np
 
-    from edgeformer.quantize.bundle import BudgetMissError, quantize_bundle
+    from edgeformer.quantize.stage import BudgetMissError, quantize_bundle
 
     calib = tmp_path / "my.npz"
     np.savez(calib, input_ids=np.random.default_rng(0).integers(0, 100, (4, 16)))
@@ -125,7 +125,7 @@ def test_the_search_meets_the_budget_on_the_rows_the_verdict_judges(tmp_path):
     ruinous on the small verdict rows, so only keeping it in float meets the budget there."""
     import numpy as np
 
-    from edgeformer.quantize import budget as budgets
+    from edgeformer import budget as budgets
     from edgeformer.quantize.mixed import quantize_within_budget
 
     model, onnx = _graph(0.0)

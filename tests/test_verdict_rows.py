@@ -33,7 +33,8 @@ from edgeformer.runtime.bundle import stamp_manifest
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory):
     """gpt-mini exported to cpu-int8 (fp32 stage checked against torch, quantized, judged)."""
-    from edgeformer.export.bundle import export_bundle, source_from_card
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_card, resolve_target
 
     out = tmp_path_factory.mktemp("int8") / "gpt-mini-cpu-int8"
@@ -45,7 +46,7 @@ def int8_export(tmp_path_factory):
 def int8_judged_by_top1(tmp_path_factory, edge_bundle):
     """gpt-mini quantized with a validation file whose rows the int8 graph agrees on (top-1 1.0),
     so the whole budget is judged (cosine, top1, perplexity), not only cosine as on random rows."""
-    from edgeformer.quantize.bundle import quantize_bundle
+    from edgeformer.quantize.stage import quantize_bundle
 
     root = tmp_path_factory.mktemp("top1")
     rng = np.random.default_rng(0)

@@ -9,9 +9,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeformer.export.bundle import export_bundle, source_from_card
+from edgeformer.export.source import source_from_card
 from edgeformer.export.weight_reads import weights_read_bytes
 from edgeformer.nn import build_model
+from edgeformer.pipeline import export_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 

@@ -33,7 +33,9 @@ from edgeformer.nn.models import as_encoder_decoder
 def rebuild(bundle: Path | None, card: str | None, seed: int) -> Any:
     """The torch source: from a bundle's manifest, or from a card (random weights from ``seed``
     when it has no checkpoint)."""
-    from edgeformer.export.bundle import read_manifest, rebuild_source, source_from_card
+    from edgeformer.export.manifest_read import read_manifest
+    from edgeformer.export.rebuild import rebuild_source
+    from edgeformer.export.source import source_from_card
     from edgeformer.zoo import resolve_card
 
     if bundle is not None:

@@ -86,7 +86,8 @@ def cached_export(card: Any, variant: Any, cache_dir: Path, *, seed: int, check:
     ``cache_dir``: its directory name carries a digest of the card, target, seed, checkpoint and
     edgeformer's version and source, so any change exports anew. A cached bundle is reused after
     its sha256 check."""
-    from edgeformer.export.bundle import export_bundle, source_from_card  # torch: only when exporting
+    from edgeformer.export.source import source_from_card  # torch: only when exporting
+    from edgeformer.pipeline import export_bundle
 
     target = variant_target(variant) if isinstance(variant, str) else variant
     variant = variant if isinstance(variant, str) else target.name

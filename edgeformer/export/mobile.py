@@ -13,7 +13,7 @@ according to onnxruntime's checker (``onnxruntime.tools.check_onnx_model_mobile_
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import tempfile
 from collections.abc import Callable
@@ -25,6 +25,8 @@ import onnxruntime as ort
 
 from edgeformer.config import Target
 from edgeformer.errors import ExportError
+from edgeformer.export.manifest_write import file_hashes
+from edgeformer.fixed_shapes import dims_text
 
 Log = Callable[[str], None]
 REDUCED_CONFIG = "required_operators.config"
@@ -39,57 +41,6 @@ CHECKED = {
     "coreml_mlprogram": "coreml_supported_mlprogram_ops.md",
     "coreml_neuralnetwork": "coreml_supported_neuralnetwork_ops.md",
 }
-
-
-def fixed_source(source: Any, target: Target) -> Any:
-    """The source with every graph's dimensions fixed to the target's sizes: the manifest's specs
-    hold the sizes and parity is checked at that one shape. A family whose graphs keep a dimension
-    the target does not fix (a decoder's growing KV cache) is refused, saying why and what to do."""
-    if not target.static_shapes:
-        return source
-    fixed = dict(target.static_shapes)
-    family = source.config.family if source.config is not None else "custom"
-    if family in ("decoder", "encoder-decoder"):
-        raise ExportError(
-            f"target {target.name!r} fixes the input shapes ({_dims(fixed)}) because its provider "
-            f"({', '.join(target.providers)}) compiles a graph for one shape; a {family} grows its KV cache by one "
-            "position per generated token (past_sequence), so it would need one graph per cache length, and a "
-            "fixed-length decode-step graph is not built by edgeformer. Export it with --target mobile-cpu "
-            "(dynamic shapes, onnxruntime's CPU / XNNPACK provider, .ort included), or use an encoder card here."
-        )
-    limit = source.config.max_positions if source.config is not None else None
-    for name in ("sequence", "encoder_sequence"):
-        if limit is not None and fixed.get(name, 0) > limit:
-            raise ExportError(
-                f"target {target.name!r} fixes {name} = {fixed[name]}, beyond the model's max_positions = {limit}; "
-                "copy the target file and lower static_shapes"
-            )
-    plans = []
-    for plan in source.plans:
-        dims = {d for s in (*plan.inputs, *plan.outputs) for d in s.shape if isinstance(d, str)}
-        left = sorted(dims - set(fixed))
-        if left:
-            raise ExportError(
-                f"target {target.name!r} fixes {_dims(fixed)}, but graph {plan.file} also has the dimension(s) "
-                f"{', '.join(left)}; add them to the target's [static_shapes]"
-            )
-        plans.append(
-            dataclasses.replace(
-                plan,
-                inputs=[_fix_spec(s, fixed) for s in plan.inputs],
-                outputs=[_fix_spec(s, fixed) for s in plan.outputs],
-                cases=[{d: fixed[d] for d in sorted(dims)}],
-            )
-        )
-    return dataclasses.replace(source, plans=plans)
-
-
-def _dims(fixed: dict[str, int]) -> str:
-    return ", ".join(f"{k} = {v}" for k, v in fixed.items())
-
-
-def _fix_spec(spec: Any, fixed: dict[str, int]) -> Any:
-    return dataclasses.replace(spec, shape=tuple(fixed.get(d, d) if isinstance(d, str) else d for d in spec.shape))
 
 
 def fix_shapes(model: ir.Model, fixed: dict[str, int]) -> ir.Model:
@@ -236,6 +187,11 @@ def _partitions(info: Any) -> dict[str, Any]:
     }
 
 
+def _coreml_partitions(checker: Any, model: Any, md: Any, fixed_only: bool) -> Any:
+    """onnxruntime's CoreML usability check, with ``fixed_only`` last as functools.partial needs."""
+    return checker.check_coreml_partitions(model, fixed_only, md)
+
+
 def usability(onnx_path: Path) -> dict[str, Any]:
     """How the graph, optimized at onnxruntime's basic level as the checker does, partitions on NNAPI
     and CoreML (MLProgram and NeuralNetwork): partitions, nodes supported, unsupported op types,
@@ -255,10 +211,10 @@ def usability(onnx_path: Path) -> dict[str, Any]:
         "dynamic_values": dynamic_values,
     }
     for name, md in CHECKED.items():
-        check = (
-            (lambda fixed_only: checker.check_nnapi_partitions(model, fixed_only))
+        check: Callable[[bool], Any] = (
+            functools.partial(checker.check_nnapi_partitions, model)
             if md is None
-            else (lambda fixed_only, md=md: checker.check_coreml_partitions(model, fixed_only, md))
+            else functools.partial(_coreml_partitions, checker, model, md)
         )
         entry = _partitions(check(True))
         if entry["unsupported_by_dynamic_shape"]:
@@ -267,22 +223,11 @@ def usability(onnx_path: Path) -> dict[str, Any]:
     return report
 
 
-def package(
-    directory: Path,
-    manifest: dict[str, Any],
-    source: Any,
-    target: Target,
-    log: Log,
-    *,
-    check: bool = True,
-    budget: dict[str, float] | None = None,
-) -> None:
+def package(directory: Path, manifest: dict[str, Any], target: Target, log: Log) -> list[Path]:
     """Add the .ort graphs, the reduced-operator config and the usability report to a bundle being
-    written in ``directory`` (before its manifest is written), and check the .ort graphs against
-    the torch source on the CPU provider as the .onnx graphs were."""
-    from edgeformer.export.bundle import file_hashes
-    from edgeformer.parity import check_source
-
+    written in ``directory`` (before its manifest is written): ``manifest["mobile"]`` and the
+    graphs' ``ort_file``. Returns the .ort graphs by graph name order; the driver checks them
+    against the torch source (``record_ort_parity``) as it checked the .onnx graphs."""
     mobile: dict[str, Any] = {
         "static_shapes": dict(target.static_shapes),
         "ort_optimization": target.ort_optimization,
@@ -306,14 +251,8 @@ def package(
         }
     mobile["operators"] = write_reduced_config(ort_files, directory / REDUCED_CONFIG)
     manifest["files"].update(file_hashes(directory, [p.name for p in ort_files] + [REDUCED_CONFIG]))
-    if check:
-        log("checking the .ort graphs against the torch source (CPU provider) ...")
-        graphs = {name: directory / g["ort_file"] for name, g in manifest["graphs"].items()}
-        parity = check_source(source, graphs, target.precision, opset=target.opset, log=log, budget=budget or None)
-        mobile["ort_parity"] = parity.to_dict()
     manifest["mobile"] = mobile
-    for line in format_report(mobile):
-        log(line)
+    return ort_files
 
 
 def _line(label: str, entry: dict[str, Any]) -> str:
@@ -333,7 +272,7 @@ def _line(label: str, entry: dict[str, Any]) -> str:
 
 def format_report(mobile: dict[str, Any]) -> list[str]:
     """The mobile section of a manifest, as lines for the screen."""
-    shapes = _dims(mobile.get("static_shapes") or {}) or "dynamic"
+    shapes = dims_text(mobile.get("static_shapes") or {}) or "dynamic"
     lines = [f"mobile: shapes {shapes}; .ort at {mobile.get('ort_optimization')} optimizations"]
     for graph in (mobile.get("graphs") or {}).values():
         lines.append(

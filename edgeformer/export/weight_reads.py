@@ -10,7 +10,7 @@ session loads and read at 4 bytes per element.
 So: every initializer counts once, at its element width, unless every reader is a ``Gather`` taking
 it as the table (counted as 0: rows); an initializer read only through ``Cast`` nodes counts at the
 widest type it is cast to, and by what reads the casts' outputs. Written into each graph's manifest
-entry as ``weights_read_bytes`` when a bundle is written (export/bundle.py ``write_manifest``).
+entry as ``weights_read_bytes`` when a bundle is written (export/manifest_write.py ``write_manifest``).
 """
 
 from __future__ import annotations

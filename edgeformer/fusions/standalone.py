@@ -13,9 +13,13 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeformer.errors import BundleError, ExportError
+from edgeformer.export.manifest_read import read_checked
+from edgeformer.export.manifest_write import file_hashes, new_bundle_dir, save_graph, stamp, write_manifest
 from edgeformer.fusions.pipeline import FusionReport, fuse_model
 from edgeformer.io import atomic_path
+from edgeformer.ownership import check_bundle_output, check_file_output, stamped_onnx
 from edgeformer.paths import refuse_overlap
+from edgeformer.runtime.bundle import check_external_data
 
 _NP = {
     ir.DataType.FLOAT: np.float32,
@@ -124,10 +128,6 @@ def fuse_file(
 ) -> FusionReport:
     """Fuse one .onnx file into ``out``. An existing ``out`` is replaced only with ``force`` and
     only when it is an ONNX file edgeformer wrote (``edgeformer.ownership``)."""
-    from edgeformer.export.bundle import stamp
-    from edgeformer.ownership import check_file_output, stamped_onnx
-    from edgeformer.runtime.bundle import check_external_data
-
     refuse_file_paths(src, out)
     check_file_output(out, force, ExportError, stamped_onnx)  # before the work, not after it
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
@@ -153,9 +153,6 @@ def fuse_bundle(
 ) -> dict[str, Any]:
     """Fuse every graph of a bundle into a new bundle; the manifest records the reports.
     ``providers`` default to the bundle target's (cpu where it names none)."""
-    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_checked, save_graph, write_manifest
-    from edgeformer.ownership import check_bundle_output
-
     refuse_overlap(src, out, BundleError)
     check_bundle_output(out, force, ExportError)  # before the work: refused now, not after it
     typed = read_checked(src).typed  # the typed manifest (edgeformer.runtime.manifest)

@@ -21,22 +21,21 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from edgeformer.config import MAX_NAME_CHARS, ModelCard, ModelConfig, check_card_name, load_card, render_card
 from edgeformer.errors import BundleError, CardError, EdgeformerError, ModelImportError, UnsupportedArchitectureError
+from edgeformer.export.graphs import plan_graphs
+from edgeformer.export.source import Source
 from edgeformer.importers import bart, bert, gpt2
 from edgeformer.importers.common import HFConfig, load_mapped, read_weights, weight_files
 from edgeformer.importers.memory import MemoryPlan, check_memory
 from edgeformer.importers.sentence import SUPPORTED_MODULES, read_layout
 from edgeformer.io import atomic_group, repair_groups, sha256_file
 from edgeformer.travel import travelling_file
-
-if TYPE_CHECKING:
-    from edgeformer.export.bundle import Source
 
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, bart)
 ARCHITECTURES: dict[str, ModuleType] = {arch: family for family in FAMILIES for arch in family.ARCHITECTURES}
@@ -224,9 +223,6 @@ def write_card(imported: Imported, card_path: str | Path, *, force: bool = False
 
 
 def _source(imported: Imported, recipe: dict[str, Any], max_sequence: int | None) -> Source:
-    from edgeformer.export.bundle import Source
-    from edgeformer.export.graphs import plan_graphs
-
     plans = plan_graphs(imported.model, imported.config, max_sequence)
     files = {TOKENIZER_FILE: imported.tokenizer} if imported.tokenizer is not None else {}
     tokenizer = TOKENIZER_FILE if files else ""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeformer.quantize import budget as budgets
+from edgeformer import budget as budgets
 
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out

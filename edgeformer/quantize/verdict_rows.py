@@ -151,7 +151,7 @@ class _TorchGraph:
 def bounds(manifest: dict[str, Any]) -> dict[str, float]:
     """The bundle's budget as its verdict applied it: the target's budget (checked: a manifest is
     data), narrowed to the metrics applied when written (cosine only on random tokens)."""
-    from edgeformer.quantize.budget import BUDGET_METRICS, budget_for, budget_problem
+    from edgeformer.budget import BUDGET_METRICS, budget_for, budget_problem
 
     given = (manifest.get("target") or {}).get("budget") or {}
     if not isinstance(given, dict):
@@ -182,8 +182,8 @@ def rejudge(
     rows text and what was tried."""
     import torch
 
+    from edgeformer.budget import measure
     from edgeformer.export.graphs import run_torch
-    from edgeformer.quantize.budget import measure
     from edgeformer.quantize.calibration import graph_feeds
     from edgeformer.quantize.mixed import outputs_of
     from edgeformer.runtime.session import make_session

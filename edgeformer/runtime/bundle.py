@@ -3,7 +3,8 @@
 The manifest's format is ``edgeformer.runtime.manifest`` (typed, one reader and one writer, the
 format version and its migrations; docs/bundle-format.md): family, config, tokenizer, per graph
 its file and the names, dtypes and symbolic shapes of its inputs and outputs, the sha256 of
-every file. This module reads the bytes safely and checks the files on disk.
+every file. This module reads the bytes safely and checks the files on disk; edgeformer.export.manifest_write
+writes them.
 
 Beside it, ``manifest.sha256`` holds the sha256 of manifest.json's bytes exactly as they are on
 disk, in the format of ``sha256sum`` (64 lowercase hex digits, two spaces, ``manifest.json``, a
@@ -163,7 +164,7 @@ def digest_line(manifest_bytes: bytes) -> str:
 
 def stamp_manifest(bundle: str | Path) -> str:
     """Write manifest.sha256 for the manifest.json now in ``bundle``; returns the digest. (Every
-    edgeformer writer of a bundle calls this through ``export.bundle.write_manifest``.)"""
+    edgeformer writer of a bundle calls this through ``export.manifest_write.write_manifest``.)"""
     bundle = Path(bundle)
     line = digest_line((bundle / "manifest.json").read_bytes())
     (bundle / DIGEST_FILE).write_text(line, encoding="ascii")

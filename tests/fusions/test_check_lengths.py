@@ -9,7 +9,6 @@ import onnx_ir as ir
 import pytest
 from torch import nn
 
-from edgeformer.export.bundle import fuse_graph, source_from_card
 from edgeformer.export.graphs import (
     PER_PASS_LONGEST,
     GraphPlan,
@@ -18,8 +17,10 @@ from edgeformer.export.graphs import (
     make_inputs,
     run_torch,
 )
+from edgeformer.export.source import source_from_card
 from edgeformer.export.trace import trace
 from edgeformer.fusions import mask_bias
+from edgeformer.fusions.stage import fuse_graph
 from edgeformer.zoo import resolve_card
 from tests.conftest import card_config
 from tests.fusions.helpers import run

@@ -12,8 +12,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgeformer.export.bundle import source_from_factory
 from edgeformer.export.graphs import make_inputs
+from edgeformer.export.source import source_from_factory
 from edgeformer.export.trace import trace
 from edgeformer.fusions.pipeline import fuse_model
 from tests.fusions.helpers import run

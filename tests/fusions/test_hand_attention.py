@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fixtures import hand_attention
 
 from edgeformer.cli import main
-from edgeformer.export.bundle import source_from_factory
+from edgeformer.export.source import source_from_factory
 
 
 @pytest.mark.parametrize(

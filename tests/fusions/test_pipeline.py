@@ -10,12 +10,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeformer.export.bundle import export_bundle, source_from_card
 from edgeformer.export.graphs import make_inputs
+from edgeformer.export.source import source_from_card
 from edgeformer.export.trace import trace
 from edgeformer.fusions import pipeline, tables
 from edgeformer.fusions.passes import FusionPass
 from edgeformer.fusions.pipeline import FusionParityError, fuse_model
+from edgeformer.pipeline import export_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 from tests.conftest import EDGE_CARDS
 from tests.fusions.helpers import run

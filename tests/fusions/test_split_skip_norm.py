@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from edgeformer.export.bundle import source_from_card
 from edgeformer.export.graphs import make_inputs
+from edgeformer.export.source import source_from_card
 from edgeformer.export.trace import trace
 from edgeformer.fusions.pipeline import fuse_model
 from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
@@ -122,7 +122,7 @@ def test_fuse_command_takes_the_providers(tmp_path):
     from click.testing import CliRunner
 
     from edgeformer.cli import main
-    from edgeformer.export.bundle import export_bundle
+    from edgeformer.pipeline import export_bundle
     from edgeformer.zoo import resolve_target
 
     plain = tmp_path / "plain"

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeformer.export.bundle import read_manifest
-from edgeformer.quantize import budget as budgets
+from edgeformer import budget as budgets
+from edgeformer.export.manifest_read import read_manifest
 from edgeformer.quantize import calibration, int8, tied_head, weights
-from edgeformer.quantize.bundle import QuantizeError, _int4_nodes, quantize_bundle, verdict_rows
 from edgeformer.quantize.mixed import _session, outputs_of, weight_params
+from edgeformer.quantize.stage import QuantizeError, _int4_nodes, quantize_bundle, verdict_rows
 
 
 def _measured_again(src, out, manifest, rows: list) -> dict[str, float]:

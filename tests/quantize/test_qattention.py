@@ -6,7 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeformer.export.bundle import export_bundle, read_manifest, source_from_card
+from edgeformer.export.manifest_read import read_manifest
+from edgeformer.export.source import source_from_card
+from edgeformer.pipeline import export_bundle
 from edgeformer.quantize import calibration, int8, qattention
 from edgeformer.quantize.mixed import _session, outputs_of
 from edgeformer.zoo import resolve_card, resolve_target

@@ -10,13 +10,15 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from edgeformer import budget as budgets
 from edgeformer.cli import main
-from edgeformer.export.bundle import export_bundle, read_manifest, source_from_card
-from edgeformer.parity import check_bundle
-from edgeformer.quantize import budget as budgets
+from edgeformer.export.manifest_read import read_manifest
+from edgeformer.export.source import source_from_card
+from edgeformer.pipeline import export_bundle
 from edgeformer.quantize import int8
-from edgeformer.quantize.bundle import QuantizeError, quantize_bundle
 from edgeformer.quantize.calibration import CalibrationError, load_rows
+from edgeformer.quantize.stage import QuantizeError, quantize_bundle
+from edgeformer.verify_bundle import check_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgeformer.export.bundle import export_bundle, source_from_card
+from edgeformer.export.source import source_from_card
 from edgeformer.parity import BudgetCase
-from edgeformer.quantize.bundle import BudgetMissError, quantize_bundle
+from edgeformer.pipeline import export_bundle
 from edgeformer.quantize.mixed import _session, outputs_of
+from edgeformer.quantize.stage import BudgetMissError, quantize_bundle
 from edgeformer.zoo import resolve_card, resolve_target
 
 

@@ -81,8 +81,8 @@ def test_dynamic_int8_ranks_every_node_from_one_session(edge_bundle, tmp_path):
     """int8 used to quantize, write and load the whole model once per node to score it; now one gated
     session scores them all, with the numbers the per-node graphs give."""
     from edgeformer.quantize import int4_rank, int8, tied_head
-    from edgeformer.quantize.bundle import _quantizer
     from edgeformer.quantize.mixed import _session, outputs_of
+    from edgeformer.quantize.stage import _quantizer
 
     model, heads = tied_head.untie(int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx"))))
     shared = {g for head in heads for g in head.gathers}
@@ -107,7 +107,7 @@ def test_dynamic_int8_ranks_every_node_from_one_session(edge_bundle, tmp_path):
 
 
 def test_a_dynamic_int8_search_costs_a_few_whole_graphs(edge_bundle, tmp_path):
-    from edgeformer.quantize.bundle import quantize_bundle
+    from edgeformer.quantize.stage import quantize_bundle
 
     manifest = quantize_bundle(edge_bundle("gpt-mini"), tmp_path / "q", budget={"cosine": 0.99999}, samples=8)
     entry = manifest["quantization"]["graphs"]["model"]

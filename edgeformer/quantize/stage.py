@@ -16,9 +16,13 @@ from typing import Any
 
 import onnx
 
-from edgeformer.errors import EdgeformerError
+from edgeformer import budget as budgets
+from edgeformer.errors import EdgeformerError, ExportError
+from edgeformer.export.manifest_read import read_manifest
+from edgeformer.export.manifest_write import file_hashes, new_bundle_dir, write_manifest
+from edgeformer.io import scratch_dir
+from edgeformer.ownership import check_bundle_output
 from edgeformer.paths import refuse_overlap
-from edgeformer.quantize import budget as budgets
 from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget, weight_params
 from edgeformer.quantize.verdict_rows import language_model as is_language_model
@@ -155,21 +159,47 @@ def quantize_bundle(
     force: bool = False,
     accept_budget_miss: bool = False,
     log: Log = lambda _m: None,
-    before_commit: Callable[[Path, dict[str, Any]], None] | None = None,
     cases: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """``cases`` (graph name -> ``parity.BudgetCase``): the shapes the final parity check will judge,
-    with the torch outputs on them; the search meets the budget on them too, and a miss there is a
-    miss of the verdict (nothing written), named by its shape."""
-    from edgeformer.errors import ExportError
-    from edgeformer.export.bundle import file_hashes, new_bundle_dir, read_manifest, write_manifest
-    from edgeformer.io import scratch_dir
-    from edgeformer.ownership import check_bundle_output
-
+    """Quantize the fp32 bundle ``src`` into a new bundle ``out``, written atomically
+    (``edgeformer quantize``; the settings as in ``quantize_into``)."""
     src, out = Path(src), Path(out)
     refuse_overlap(src, out, QuantizeError)
-    manifest = read_manifest(src)
     check_bundle_output(out, force, ExportError)  # before the work: refused now, not after minutes
+    with new_bundle_dir(out, force) as tmp:
+        manifest = quantize_into(
+            src, tmp, scratch_beside=out, precision=precision, mode=mode, method=method,
+            calibration_file=calibration_file, validation_file=validation_file, budget=budget, samples=samples,
+            target_name=target_name, accept_budget_miss=accept_budget_miss, log=log, cases=cases,
+        )  # fmt: skip
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def quantize_into(
+    src: Path,
+    tmp: Path,
+    *,
+    scratch_beside: Path,
+    precision: str = "int8",
+    mode: str = "dynamic",
+    method: str = "minmax",
+    calibration_file: str | Path | None = None,
+    validation_file: str | Path | None = None,
+    budget: dict[str, float] | None = None,
+    samples: int = 32,
+    target_name: str | None = None,
+    accept_budget_miss: bool = False,
+    log: Log = lambda _m: None,
+    cases: dict[str, list[Any]] | None = None,
+) -> dict[str, Any]:
+    """The quantize stage: the reduced graphs, the files and the verdict rows of ``src`` written into
+    ``tmp`` (a bundle being written); returns its manifest, not yet written (the driver adds the
+    torch check and packaging first). A miss of the budget raises BudgetMissError unless
+    ``accept_budget_miss``. ``cases`` (graph name -> ``parity.BudgetCase``): the shapes the final
+    parity check will judge, with the torch outputs on them; the search meets the budget on them
+    too, and a miss there is a miss of the verdict (nothing written), named by its shape."""
+    manifest = read_manifest(src)
     if manifest.get("precision", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already {manifest['precision']}; quantize the fp32 bundle it came from")
     if precision not in ("int8", "int4", "fp16"):
@@ -228,7 +258,7 @@ def quantize_bundle(
         "graphs": {},
     }
     report["budget_applied"] = judged
-    with new_bundle_dir(out, force) as tmp, scratch_dir(out) as scratch:
+    with scratch_dir(scratch_beside) as scratch:
         files = []
         for name, graph in graphs.items():
             log(f"quantizing {graph['file']} ({precision}{', ' + mode if precision == 'int8' else ''}) ...")
@@ -336,9 +366,6 @@ def quantize_bundle(
             manifest["accepted_budget_miss"] = verdict.to_dict()
         manifest["files"] = file_hashes(tmp, files)
         manifest.pop("parity", None)  # measured on the float graphs; `edgeformer check` measures it again
-        if before_commit is not None:  # e.g. the export's parity check, written into the manifest
-            before_commit(tmp, manifest)
-        write_manifest(tmp, manifest)
     return manifest
 
 
