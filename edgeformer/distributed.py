@@ -1,4 +1,4 @@
-"""Training under ``torchrun`` with torch's own engine: a process group (gloo on CPU, NCCL on GPU),
+"""Training under ``torchrun`` with torch's own engine: a gloo process group (the trainer runs on the CPU),
 DistributedDataParallel, each rank training on its slice of the global batch, rank 0 alone writing.
 
 ``--batch-size`` is the global batch: every rank draws the same global batch from the same seeded
@@ -27,7 +27,7 @@ def world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")  # the trainer runs on the CPU; NCCL comes with CUDA placement
     return dist.get_rank(), dist.get_world_size()
 
 
