@@ -47,11 +47,11 @@ def log(msg: str) -> None:
 
 
 def encoder_accuracy(bundles: dict[str, Path]) -> dict[str, dict[str, float]]:
-    from edgeformer.data import KINDS, load_docstrings
-    from edgeformer.demo import encode_docstrings
+    from edgeformer.data import ORDERS
+    from edgeformer.demo import word_order_set
     from edgeformer.runtime import load
 
-    ids_t, mask_t, labels_t = encode_docstrings(load_docstrings("valid"), 128)
+    ids_t, mask_t, labels_t = word_order_set(128)  # prose / shuffled / reversed, exactly balanced
     ids, mask, labels = ids_t.numpy(), mask_t.numpy(), labels_t.numpy()
     out = {}
     for name, path in bundles.items():
@@ -59,7 +59,7 @@ def encoder_accuracy(bundles: dict[str, Path]) -> dict[str, dict[str, float]]:
         preds = np.concatenate(
             [model.logits(ids[i : i + 64], mask[i : i + 64]).argmax(-1) for i in range(0, len(ids), 64)]
         )
-        recalls = [(preds[labels == c] == c).mean() for c in range(len(KINDS)) if (labels == c).any()]
+        recalls = [(preds[labels == c] == c).mean() for c in range(len(ORDERS)) if (labels == c).any()]
         out[name] = {
             "accuracy": float((preds == labels).mean()),
             "balanced_accuracy": float(np.mean(recalls)),

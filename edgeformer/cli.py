@@ -108,9 +108,49 @@ def models(as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _recipe_options(f: Any) -> Any:
+    """The knobs of a training recipe; each overrides the card's [training] value of the same name."""
+    from edgeformer.cli_types import FiniteFloatRange
+    from edgeformer.nn.training import PRECISIONS, SCHEDULES
+
+    unit = FiniteFloatRange(0, 1, max_open=True)
+    open_unit = FiniteFloatRange(0, 1, min_open=True, max_open=True)
+    options = [
+        click.option("--steps", type=count(1, 10**8), help="Optimizer steps."),
+        click.option("--batch-size", "batch_size", type=count(1, 4096), help="Sequences per micro-batch."),
+        click.option("--grad-accum", "grad_accum", type=count(1, 4096), help="Micro-batches per optimizer step."),
+        click.option("--lr", type=FiniteFloatRange(0, 10, min_open=True, max_open=True), help="Peak learning rate."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warmup."),
+        click.option("--warmup", "warmup_steps", type=count(0, 10**8), help="Warmup steps."),
+        click.option("--weight-decay", "weight_decay", type=FiniteFloatRange(0, 1), help="AdamW weight decay."),
+        click.option("--adam-betas", "betas", type=(unit, unit), help="Adam beta1 beta2 (the paper: 0.9 0.98)."),
+        click.option("--adam-eps", "eps", type=open_unit, help="Adam epsilon."),
+        click.option("--grad-clip", "grad_clip", type=FiniteFloatRange(0, 1e6, min_open=True), help="Clip norm."),
+        click.option("--dropout", type=unit, help="Dropout (default: the card's)."),
+        click.option("--attention-dropout", "attention_dropout", type=unit, help="Attention dropout."),
+        click.option("--label-smoothing", "label_smoothing", type=unit, help="Label smoothing (the paper: 0.1)."),
+        click.option("--checkpoint-every", "checkpoint_every", type=count(0, 10**8), help="Steps between checkpoints."),
+        click.option("--log-every", "log_every", type=count(1, 10**8), help="Steps between progress lines."),
+        click.option("--precision", type=click.Choice(PRECISIONS), help="bf16: autocast the forward pass."),
+        click.option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            "gradient_checkpointing",
+            default=None,
+            help="Recompute activations in the backward pass (less memory, more time).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @main.command(name="train")
-@click.argument("card_name", metavar="CARD")
-@click.option("--steps", type=count(1, 10**8), help="Override the recipe's number of steps.")
+@click.argument("card_name", metavar="CARD", required=False)
+@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path), help="Training data (repeatable).")
+@click.option("--valid", "valid", multiple=True, type=click.Path(path_type=Path), help="Held-out data (repeatable).")
+@click.option("--init", type=click.Path(path_type=Path), help="Start from these weights (file, card, or directory).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this -o DIR.")
+@_recipe_options
 @seed_option("Override the training recipe's seed.", default=None)
 @click.option(
     "-o",
@@ -122,28 +162,70 @@ def models(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an earlier training output directory (nothing else).")
 @friendly
 def train_cmd(
-    card_name: str, steps: int | None, seed: int | None, output: Path | None, out_dir: Path | None, force: bool
+    card_name: str | None,
+    data: tuple[Path, ...],
+    valid: tuple[Path, ...],
+    init: Path | None,
+    resume: Path | None,
+    output: Path | None,
+    out_dir: Path | None,
+    force: bool,
+    **recipe: Any,
 ) -> None:
-    """Re-run the training recipe of a demo card (demo-decoder, demo-encoder).
+    """Train CARD on --data files (or, for demo-decoder and demo-encoder without --data, re-run the
+    card's demo recipe on this Python's standard library docstrings).
 
-    Reads the recipe from the card's [training] table, trains on the docstrings of this Python's
-    standard library, and writes a new directory (default ./<card>-trained) holding the card, with
-    the held-out metrics and the checkpoint's sha256, and the safetensors checkpoint; `edgeformer
-    export DIR/<card>.toml` takes it from there. The shipped card and checkpoint are never changed.
+    \b
+    decoder:          text files (language modelling)
+    encoder:          JSONL {"text", "label"} or CSV text,label (classification)
+    encoder-decoder:  JSONL {"source", "target"} or TSV source<TAB>target
+
+    The recipe is the card's [training] table, each flag overriding its key. Writes a new directory
+    (default ./<card>-trained): the card with the held-out metrics (--valid) and the recipe as run,
+    its safetensors weights, log.jsonl and, with --checkpoint-every, checkpoint/ for --resume DIR.
+    `edgeformer export DIR/<card>.toml` takes it from there. The shipped cards are never changed.
     """
-    from edgeformer.demo import write_trained
     from edgeformer.zoo import resolve_card
 
     if out_dir is not None:
         click.echo("--out-dir is deprecated; use -o/--output", err=True)
+    if resume is not None:
+        from edgeformer.fit import resume_training
+
+        click.echo(json_text(resume_training(resume, echo=lambda line: click.echo(line, err=True))))
+        return
+    if card_name is None:
+        raise click.UsageError("give a CARD (or --resume DIR)")
     card = resolve_card(card_name)
-    if card.path is None or card.checkpoint is None:
-        raise click.ClickException(f"card {card.name!r} names no checkpoint to train")
     out = output or out_dir or Path(f"{card.name}-trained")
+    overrides = {k: v for k, v in recipe.items() if v is not None}
+    if data:
+        from edgeformer.fit import train_card
+
+        result = train_card(card, out, data=list(data), valid=list(valid), overrides=overrides, init=init,
+                            force=force, echo=lambda line: click.echo(line, err=True))  # fmt: skip
+        if result:  # under torchrun only rank 0 reports
+            click.echo(json_text(result))
+        return
+    _train_demo(card, out, overrides, force)
+
+
+def _train_demo(card: Any, out: Path, overrides: dict[str, Any], force: bool) -> None:
+    from edgeformer.demo import write_trained
+
+    if card.path is None or card.checkpoint is None or card.training.get("task") is None:
+        raise click.ClickException(
+            f"card {card.name!r} has no demo recipe to re-run; give --data FILE (text, JSONL, CSV or TSV) to train it"
+        )
+    unsupported = sorted(set(overrides) - {"steps", "seed"})
+    if unsupported:
+        flag = unsupported[0].replace("_", "-")
+        raise click.ClickException(f"--{flag} needs --data (a demo recipe takes --steps and --seed)")
 
     def log(step: int, loss: float, lr: float) -> None:
         click.echo(f"step {step + 1:>5}  loss {loss:.4f}  lr {lr:.2e}", err=True)
 
+    steps, seed = overrides.get("steps"), overrides.get("seed")
     click.echo(json_text(write_trained(card, out, steps=steps, seed=seed, force=force, log=log)))
 
 
@@ -301,6 +383,13 @@ def export_cmd(
     tgt = resolve_target(target)
     if ":" in model and not Path(model).exists():
         source = source_from_factory(model, load_io(io_file) if io_file else None, seed=seed)
+    elif Path(model).is_dir() and (Path(model) / "edgeformer-train.json").is_file():  # `edgeformer train` output
+        from edgeformer.fit import card_in
+
+        source = source_from_card(
+            resolve_card(card_in(Path(model))), seed=seed, max_sequence=max_sequence, memory_check=memory_check,
+            parity=check,
+        )  # fmt: skip
     elif Path(model).is_dir():  # a pretrained Hugging Face directory
         from edgeformer.importers import source_from_directory
 

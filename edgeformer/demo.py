@@ -1,8 +1,10 @@
 """Training recipes of the two shipped demo models, on the stdlib docstring corpus.
 
 ``demo-decoder``: a byte-level language model; metric: held-out perplexity per byte.
-``demo-encoder``: a byte-level classifier of what a docstring documents (module, class or
-function); metric: held-out accuracy and balanced accuracy (the classes are imbalanced).
+``demo-encoder``: a byte-level classifier of word order: the first words of a docstring as
+written, shuffled, or reversed (``data.ORDERS``); metric: held-out accuracy and balanced accuracy
+(the held-out classes are exactly balanced), beside a bag-of-bytes baseline that is at chance by
+construction (the three orders of a text hold the same bytes).
 
 The recipe (steps, batch size, learning rate, seed) lives in the card's ``[training]`` table, so
 ``edgeformer train demo-decoder`` re-runs exactly what produced the shipped checkpoint.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import math
 import platform
+import random
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -23,11 +26,11 @@ from torch import Tensor, nn
 
 from edgeformer import tokenizer
 from edgeformer.config import ModelCard
-from edgeformer.data import KINDS, Docstring, load_docstrings
+from edgeformer.data import ORDERS, Docstring, load_docstrings, reorder, word_order_examples, word_order_texts
 from edgeformer.errors import CardError
 from edgeformer.nn.checkpoint import save_checkpoint
 from edgeformer.nn.models import build_model, lm_loss
-from edgeformer.nn.training import TrainConfig, TrainResult, train
+from edgeformer.nn.training import PRECISIONS, SCHEDULES, TrainConfig, TrainResult, train
 from edgeformer.numbers import finite_number
 
 RECIPES = ("demo-decoder", "demo-encoder")
@@ -36,7 +39,7 @@ RECIPES = ("demo-decoder", "demo-encoder")
 def train_config_of(card: ModelCard, **overrides: Any) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     recipe = {k: v for k, v in card.training.items() if k in known}
-    unknown = sorted(set(card.training) - known - {"task", "python", "seconds"})
+    unknown = sorted(set(card.training) - known - {"task", "python", "seconds", "labels", "mask_token_id"})
     if unknown:
         raise CardError(f"{card.name}: unknown key [training].{unknown[0]}; known: {', '.join(sorted(known))}")
     if "betas" in recipe:
@@ -48,14 +51,30 @@ def train_config_of(card: ModelCard, **overrides: Any) -> TrainConfig:
 
 
 # [training] values: integers in these ranges; finite floats in these intervals
-RECIPE_COUNTS = {"steps": (1, 10**8), "batch_size": (1, 4096), "warmup_steps": (0, 10**8), "log_every": (1, 10**8)}
+RECIPE_COUNTS = {
+    "steps": (1, 10**8), "batch_size": (1, 4096), "warmup_steps": (0, 10**8), "log_every": (1, 10**8),
+    "grad_accum": (1, 4096), "checkpoint_every": (0, 10**8),
+}  # fmt: skip
 RECIPE_FLOATS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "lr": ("(0, 10)", lambda v: 0 < v < 10),
     "min_lr_ratio": ("[0, 1]", lambda v: 0 <= v <= 1),
     "weight_decay": ("[0, 1]", lambda v: 0 <= v <= 1),
     "grad_clip": ("(0, 1e6]", lambda v: 0 < v <= 1e6),
     "betas": ("[0, 1)", lambda v: 0 <= v < 1),
+    "eps": ("(0, 1)", lambda v: 0 < v < 1),
+    "label_smoothing": ("[0, 1)", lambda v: 0 <= v < 1),
+    "dropout": ("[0, 1)", lambda v: v is None or 0 <= v < 1),
+    "attention_dropout": ("[0, 1)", lambda v: v is None or 0 <= v < 1),
 }
+
+
+def _check_choices(name: str, cfg: TrainConfig) -> None:
+    for key, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+        if getattr(cfg, key) not in choices:
+            got = getattr(cfg, key)
+            raise CardError(f"{name}: [training].{key} must be one of {', '.join(choices)}, got {got!r:.40}")
+    if not isinstance(cfg.gradient_checkpointing, bool):
+        raise CardError(f"{name}: [training].gradient_checkpointing must be true or false")
 
 
 def _check_recipe(name: str, cfg: TrainConfig) -> None:
@@ -67,7 +86,10 @@ def _check_recipe(name: str, cfg: TrainConfig) -> None:
             raise CardError(f"{name}: [training].{key} must be an integer from {low} to {high:,}, got {value!r:.40}")
     betas = cfg.betas if isinstance(cfg.betas, tuple | list) and len(cfg.betas) == 2 else (None,)
     values = [(k, getattr(cfg, k)) for k in RECIPE_FLOATS if k != "betas"] + [("betas", b) for b in betas]
+    _check_choices(name, cfg)
     for key, value in values:
+        if value is None and key in ("dropout", "attention_dropout"):
+            continue  # the card's [model] value
         interval, inside = RECIPE_FLOATS[key]
         finite = finite_number(value)
         if not finite or not inside(value):
@@ -113,27 +135,38 @@ def perplexity(model: nn.Module, stream: Tensor, length: int, batch_size: int = 
     return math.exp(total / count)
 
 
-# ----- the encoder: what does this docstring document? -------------------------------------------
+# ----- the encoder: prose, shuffled or reversed? ------------------------------------------------
 
 
-def encode_docstrings(docs: list[Docstring], length: int) -> tuple[Tensor, Tensor, Tensor]:
-    """input_ids (N, length) of the first bytes of each docstring, right-padded; mask; labels (N,)."""
-    ids = torch.full((len(docs), length), tokenizer.PAD, dtype=torch.long)
-    mask = torch.zeros((len(docs), length), dtype=torch.long)
-    for i, d in enumerate(docs):
-        row = tokenizer.encode(d.text)[:length]
-        ids[i, : len(row)] = torch.tensor(row)
+def encode_texts(texts: list[str], length: int) -> tuple[Tensor, Tensor]:
+    """input_ids (N, L) of the first ``length`` bytes of each text, right-padded to the longest; mask."""
+    rows = [tokenizer.encode(t)[:length] for t in texts]
+    width = max(1, max((len(r) for r in rows), default=1))
+    ids = torch.full((len(rows), width), tokenizer.PAD, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    labels = torch.tensor([KINDS.index(d.kind) for d in docs])
-    return ids, mask, labels
+    return ids, mask
 
 
-def _example_sampler(ids: Tensor, mask: Tensor, labels: Tensor) -> Callable[[torch.Generator, int], dict[str, Tensor]]:
-    """Docstrings drawn uniformly, so the classes keep their natural frequencies."""
+def word_order_set(length: int, split: str = "valid") -> tuple[Tensor, Tensor, Tensor]:
+    """The held-out word-order examples (``data.word_order_examples``) as input_ids, mask, labels."""
+    examples = word_order_examples(split)
+    ids, mask = encode_texts([t for t, _ in examples], length)
+    return ids, mask, torch.tensor([label for _, label in examples])
+
+
+def _order_sampler(texts: list[tuple[str, ...]], length: int) -> Callable[[torch.Generator, int], dict[str, Tensor]]:
+    """Texts and orders drawn uniformly (balanced classes); a fresh shuffle every time a text is drawn."""
 
     def sample(gen: torch.Generator, batch_size: int) -> dict[str, Tensor]:
-        picks = torch.randint(0, len(labels), (batch_size,), generator=gen)
-        return {"input_ids": ids[picks], "attention_mask": mask[picks], "labels": labels[picks]}
+        picks = torch.randint(0, len(texts), (batch_size,), generator=gen).tolist()
+        labels = torch.randint(0, len(ORDERS), (batch_size,), generator=gen)
+        rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        rows = [reorder(texts[i], c, rng) for i, c in zip(picks, labels.tolist(), strict=True)]
+        ids, mask = encode_texts(rows, length)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     return sample
 
@@ -143,18 +176,48 @@ def _cls_step(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return F.cross_entropy(logits, batch["labels"])
 
 
+def _scores(preds: Tensor, labels: Tensor, classes: int) -> tuple[float, float]:
+    recalls = [(preds[labels == c] == c).float().mean().item() for c in range(classes) if (labels == c).any()]
+    return (preds == labels).float().mean().item(), sum(recalls) / len(recalls)
+
+
 @torch.no_grad()
 def classification_metrics(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy (the mean of per-class recalls) and the majority-class baseline."""
     model.eval()
-    preds = torch.cat([model(ids[i : i + 64], mask[i : i + 64])["logits"].argmax(-1) for i in range(0, len(ids), 64)])
-    recalls = [(preds[labels == c] == c).float().mean().item() for c in range(len(KINDS)) if (labels == c).any()]
-    majority = max((labels == c).float().mean().item() for c in range(len(KINDS)))
+    logits = torch.cat([model(ids[i : i + 64], mask[i : i + 64])["logits"] for i in range(0, len(ids), 64)])
+    accuracy, balanced = _scores(logits.argmax(-1), labels, logits.shape[-1])
+    majority = max((labels == c).float().mean().item() for c in range(logits.shape[-1]))
     return {
-        "accuracy": round((preds == labels).float().mean().item(), 4),
-        "balanced_accuracy": round(sum(recalls) / len(recalls), 4),
+        "accuracy": round(accuracy, 4),
+        "balanced_accuracy": round(balanced, 4),
         "majority_baseline": round(majority, 4),
         "examples": len(labels),
     }
+
+
+def _byte_histograms(ids: Tensor, mask: Tensor) -> Tensor:
+    counts = torch.zeros(len(ids), tokenizer.VOCAB_SIZE).scatter_add_(1, ids, mask.float())
+    return counts / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def bag_of_bytes_baseline(texts: list[tuple[str, ...]], valid: tuple[Tensor, Tensor, Tensor], length: int) -> float:
+    """Held-out balanced accuracy of a softmax regression on byte frequencies, trained on every
+    training text in every order: what a model that ignores order can reach."""
+    rng = random.Random(0)
+    rows = [(reorder(words, c, rng), c) for words in texts for c in range(len(ORDERS))]
+    x = _byte_histograms(*encode_texts([t for t, _ in rows], length))
+    y = torch.tensor([c for _, c in rows])
+    linear = nn.Linear(tokenizer.VOCAB_SIZE, len(ORDERS))
+    opt = torch.optim.Adam(linear.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(linear(x * 100), y).backward()
+        opt.step()
+    ids, mask, labels = valid
+    with torch.no_grad():
+        preds = linear(_byte_histograms(ids, mask) * 100).argmax(-1)
+    return round(_scores(preds, labels, len(ORDERS))[1], 4)
 
 
 # ----- the driver --------------------------------------------------------------------------------
@@ -173,8 +236,8 @@ def train_demo(
     Returns (held-out metrics, training result, sha256 of the checkpoint).
     """
     task = card.training.get("task")
-    if task not in ("language-model", "docstring-kind"):
-        raise CardError(f"{card.name}: [training].task must be 'language-model' or 'docstring-kind' to train it here")
+    if task not in ("language-model", "word-order"):
+        raise CardError(f"{card.name}: [training].task must be 'language-model' or 'word-order' to train it here")
     cfg = train_config_of(card, steps=steps, seed=seed)
     from edgeformer.limits import check_export_memory
 
@@ -182,14 +245,17 @@ def train_demo(
     torch.manual_seed(cfg.seed)
     model = build_model(card.config)
     length = card.config.max_positions
-    train_docs, valid_docs = load_docstrings("train"), load_docstrings("valid")
+    train_docs = load_docstrings("train")
     if task == "language-model":
+        valid_docs = load_docstrings("valid")
         result = train(model, _window_sampler(byte_stream(train_docs), length), _lm_step, cfg, log)
         metrics: dict[str, Any] = {"valid_perplexity": round(perplexity(model, byte_stream(valid_docs), length), 4)}
         metrics["valid_bytes"] = len(byte_stream(valid_docs))
     else:
-        result = train(model, _example_sampler(*encode_docstrings(train_docs, length)), _cls_step, cfg, log)
-        metrics = classification_metrics(model, *encode_docstrings(valid_docs, length))
+        texts, valid = word_order_texts(train_docs), word_order_set(length)
+        result = train(model, _order_sampler(texts, length), _cls_step, cfg, log)
+        metrics = classification_metrics(model, *valid)
+        metrics["bag_of_bytes_baseline"] = bag_of_bytes_baseline(texts, valid, length)
     metrics["python"] = platform.python_version()
     metrics["train_seconds"] = round(result.seconds, 1)
     sha = save_checkpoint(model, out)

@@ -63,3 +63,8 @@ class UserCodeNotRun(BundleError):
             f"pass --factory {spec} (API: factory={spec!r}) if you trust that code and want torch parity checked"
         )
         self.spec = spec
+
+
+class DataError(EdgeformerError, ValueError):
+    """Training data is unusable (empty, not UTF-8, a label the card does not have, a pair without
+    a target); the message names the file and the line."""

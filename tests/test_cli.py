@@ -38,7 +38,7 @@ def test_train_refuses_unknown_and_untrainable_cards():
     assert result.exit_code == 1 and "unknown model card 'no-such-card'" in result.output
     assert "Traceback" not in result.output
     result = run("train", "bert-mini")
-    assert result.exit_code == 1 and "names no checkpoint" in result.output
+    assert result.exit_code == 1 and "has no demo recipe to re-run; give --data FILE" in result.output
 
 
 def test_train_writes_checkpoint_and_card(tmp_path):

@@ -128,7 +128,7 @@ CASES = {
     "models": [(["models", "extra"], 2, "unexpected extra argument")],
     "train": [
         (["train", "no-such-card"], 1, "unknown model card"),
-        (["train", "bert-mini"], 1, "names no checkpoint"),
+        (["train", "bert-mini"], 1, "give --data FILE"),
         (["train", "demo-encoder", "--steps", "0"], 2, "--steps"),
         (["train", "demo-encoder", "--seed", str(-(2**70))], 2, "--seed"),
         (["train", "{truncated card}"], 1, "not valid TOML"),
