@@ -94,6 +94,8 @@ def toured(tmp_path_factory):
     """A working directory in which the two commands' export and then the tour ran, in order."""
     work = tmp_path_factory.mktemp("readme")
     _hf_directory(work / "my-hf-model")
+    # the tour's "your text files": any text will do
+    (work / "notes.txt").write_text("Return the sum of two numbers.\nSplit the string at the separator.\n" * 40)
     setup = _commands()[0].split("&& ")[-1]  # the first command's edgeformer call
     outputs = {}
     here = Path.cwd()
@@ -115,6 +117,7 @@ def test_every_tour_command_runs(toured):
     assert (work / "fused.onnx").is_file() and (work / "mine.toml").is_file()
     assert (work / "bench.json").is_file() and (work / "device.json").is_file()
     assert (work / "trained" / "demo-decoder.toml").is_file() and (work / "trained-bundle" / "model.onnx").is_file()
+    assert (work / "gpt-trained-bundle" / "model.onnx").is_file()
     assert '"layers"' in outputs["edgeformer models --json"]
 
 
