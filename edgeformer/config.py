@@ -190,6 +190,18 @@ def validate(cfg: ModelConfig) -> None:
         "global_tokens",
         f"{cfg.global_tokens} global tokens do not fit in max_positions = {cfg.max_positions}",
     )
+    _check_heads(cfg)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(cfg, key)
+        _check(
+            _integer(value) and -1 <= value < cfg.vocab_size,
+            key,
+            f"{value!r:.40} is outside the vocabulary (size {cfg.vocab_size})",
+        )
+
+
+def _check_heads(cfg: ModelConfig) -> None:
+    """The head and the options that need a family or a head."""
     if cfg.head == "classification":
         _check(cfg.num_labels >= 2, "num_labels", f"a classification head needs num_labels >= 2, got {cfg.num_labels}")
     if cfg.family == "decoder":
@@ -204,13 +216,6 @@ def validate(cfg: ModelConfig) -> None:
     for key in ("lm_head_transform", "lm_head_bias"):
         if getattr(cfg, key):
             _check(cfg.head == "lm", key, f"needs head 'lm', got {cfg.head!r}")
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(cfg, key)
-        _check(
-            _integer(value) and -1 <= value < cfg.vocab_size,
-            key,
-            f"{value!r:.40} is outside the vocabulary (size {cfg.vocab_size})",
-        )
 
 
 CARD_KEYS = {"name", "description", "checkpoint", "checkpoint_sha256", "tokenizer", "metrics", "training", "model"}
