@@ -24,8 +24,8 @@ from edgeformer.cli_types import (
     providers_option,
     seed_option,
 )
-from edgeformer.config import FUSION_FORMS
 from edgeformer.io import json_text
+from edgeformer.targets import FUSION_FORMS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

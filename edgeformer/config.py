@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from edgeformer import safe_read
-from edgeformer.budget import BUDGET_METRICS, budget_problem
 from edgeformer.errors import CardError
 from edgeformer.numbers import finite_number
 
@@ -191,6 +190,18 @@ def validate(cfg: ModelConfig) -> None:
         "global_tokens",
         f"{cfg.global_tokens} global tokens do not fit in max_positions = {cfg.max_positions}",
     )
+    _check_heads(cfg)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(cfg, key)
+        _check(
+            _integer(value) and -1 <= value < cfg.vocab_size,
+            key,
+            f"{value!r:.40} is outside the vocabulary (size {cfg.vocab_size})",
+        )
+
+
+def _check_heads(cfg: ModelConfig) -> None:
+    """The head and the options that need a family or a head."""
     if cfg.head == "classification":
         _check(cfg.num_labels >= 2, "num_labels", f"a classification head needs num_labels >= 2, got {cfg.num_labels}")
     if cfg.family == "decoder":
@@ -205,13 +216,6 @@ def validate(cfg: ModelConfig) -> None:
     for key in ("lm_head_transform", "lm_head_bias"):
         if getattr(cfg, key):
             _check(cfg.head == "lm", key, f"needs head 'lm', got {cfg.head!r}")
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(cfg, key)
-        _check(
-            _integer(value) and -1 <= value < cfg.vocab_size,
-            key,
-            f"{value!r:.40} is outside the vocabulary (size {cfg.vocab_size})",
-        )
 
 
 CARD_KEYS = {"name", "description", "checkpoint", "checkpoint_sha256", "tokenizer", "metrics", "training", "model"}
@@ -365,116 +369,3 @@ def render_card(card: ModelCard) -> str:
         if values:
             lines += ["", f"[{table}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
-
-
-# ----- deployment targets (export/*.toml) ---------------------------------------------------------
-
-PRECISIONS = ("fp32", "int8", "fp16", "int4")
-QUANTIZATION_MODES = ("dynamic", "static")
-TARGET_KEYS = {
-    "name", "description", "precision", "opset", "providers", "fusions", "quantization", "budget",
-    "static_shapes", "ort_format", "ort_optimization",
-}  # fmt: skip
-# the bundle dimensions a static-shape target may fix (edgeformer.export.graphs)
-STATIC_SIZE_LIMIT = 1 << 20  # a fixed batch or sequence size; more would not fit any device
-STATIC_DIMS = ("batch", "sequence", "encoder_sequence", "past_sequence", "total_sequence")
-ORT_OPTIMIZATIONS = ("basic", "extended", "all")  # onnxruntime's levels for the saved .ort graph
-FUSION_FORMS = ("none", "contrib", "standard", "nnapi", "coreml", "qnn")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a bundle is meant to run: precision, ONNX opset, execution providers, fusion form."""
-
-    name: str
-    description: str = ""
-    precision: str = "fp32"
-    opset: int = 18
-    providers: tuple[str, ...] = ("cpu",)
-    fusions: str = "none"
-    quantization: str = "dynamic"  # int8 only: dynamic, or static (QDQ, needs calibration data)
-    budget: tuple[tuple[str, float], ...] = ()  # accuracy budget of a reduced precision, e.g. cosine 0.999
-    static_shapes: tuple[tuple[str, int], ...] = ()  # dimension name -> fixed size (NNAPI, CoreML, QNN)
-    ort_format: bool = False  # also write <graph>.ort and required_operators.config (onnxruntime mobile/web)
-    ort_optimization: str = "basic"  # onnxruntime's optimization level baked into the .ort graph
-    path: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["providers"] = list(self.providers)
-        d["budget"] = dict(self.budget)
-        d["static_shapes"] = dict(self.static_shapes)
-        d.pop("path")
-        return d
-
-
-def parse_target(data: dict[str, Any], *, source: str = "<target>") -> Target:
-    unknown = sorted(set(data) - TARGET_KEYS)
-    if unknown:
-        raise CardError(f"{source}: unknown key {unknown[0]!r}; a target takes {', '.join(sorted(TARGET_KEYS))}")
-    if not isinstance(data.get("name"), str) or not data["name"]:
-        raise CardError(f"{source}: key 'name' is missing or not a string")
-    precision = data.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise CardError(f"{source}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    opset = data.get("opset", 18)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= 23:
-        raise CardError(f"{source}: opset must be an integer from 17 to 23, got {opset!r}")
-    providers = data.get("providers", ["cpu"])
-    if not isinstance(providers, list) or not providers or not all(isinstance(p, str) for p in providers):
-        raise CardError(f"{source}: providers must be a non-empty list of names, got {providers!r}")
-    fusions = data.get("fusions", "none")
-    if fusions not in FUSION_FORMS:
-        raise CardError(f"{source}: fusions {fusions!r} is not one of {', '.join(FUSION_FORMS)}")
-    quantization = data.get("quantization", "dynamic")
-    if quantization not in QUANTIZATION_MODES:
-        raise CardError(f"{source}: quantization {quantization!r} is not one of {', '.join(QUANTIZATION_MODES)}")
-    budget = data.get("budget", {})
-    if not isinstance(budget, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
-    ):
-        raise CardError(f"{source}: budget must be a table of metric = number, got {budget!r}")
-    unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
-    if unknown_metrics:
-        raise CardError(f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}")
-    problems = [p for p in (budget_problem(k, v) for k, v in budget.items()) if p]
-    if problems:
-        raise CardError(f"{source}: budget {problems[0]}")
-    static = data.get("static_shapes", {})
-    if not isinstance(static, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= STATIC_SIZE_LIMIT for v in static.values()
-    ):
-        raise CardError(
-            f"{source}: static_shapes must be a table of dimension = size from 1 to {STATIC_SIZE_LIMIT:,}, "
-            f"got {static!r:.80}"
-        )
-    unknown_dims = sorted(set(static) - set(STATIC_DIMS))
-    if unknown_dims:
-        raise CardError(f"{source}: static_shapes dimension {unknown_dims[0]!r} is not one of {', '.join(STATIC_DIMS)}")
-    ort_format = data.get("ort_format", False)
-    if not isinstance(ort_format, bool):
-        raise CardError(f"{source}: ort_format must be true or false, got {ort_format!r:.40}")
-    ort_optimization = data.get("ort_optimization", "basic")
-    if ort_optimization not in ORT_OPTIMIZATIONS:
-        raise CardError(
-            f"{source}: ort_optimization {ort_optimization!r:.40} is not one of {', '.join(ORT_OPTIMIZATIONS)}"
-        )
-    return Target(
-        name=data["name"],
-        description=str(data.get("description", "")),
-        precision=precision,
-        opset=opset,
-        providers=tuple(providers),
-        fusions=fusions,
-        quantization=quantization,
-        budget=tuple(sorted((k, float(v)) for k, v in budget.items())),
-        static_shapes=tuple(static.items()),
-        ort_format=ort_format,
-        ort_optimization=ort_optimization,
-    )
-
-
-def load_target(path: str | Path) -> Target:
-    path = Path(path)
-    data = _read_toml(path, "target")
-    return dataclasses.replace(parse_target(data, source=str(path)), path=path)

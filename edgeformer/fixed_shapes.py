@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeformer.config import Target, parse_target
 from edgeformer.errors import BundleError, CardError, ExportError, ParityError
+from edgeformer.targets import Target, parse_target
 
 if TYPE_CHECKING:  # the type only: checking shapes needs no torch
     from edgeformer.export.source import Source

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeformer.config import Target
 from edgeformer.errors import ExportError
 from edgeformer.export import mobile
 from edgeformer.export.manifest_write import build_manifest, new_bundle_dir, save_graph, write_manifest
@@ -32,6 +31,7 @@ from edgeformer.io import pause_point, scratch_dir
 from edgeformer.ownership import check_bundle_output
 from edgeformer.parity import budget_cases, check_source
 from edgeformer.quantize.stage import quantize_into
+from edgeformer.targets import Target
 from edgeformer.travel import copy_travelling
 
 Log = Callable[[str], None]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgeformer.config import ModelCard, ModelConfig, Target, load_card, load_target
+from edgeformer.config import ModelCard, ModelConfig, load_card
 from edgeformer.errors import CardError
+from edgeformer.targets import Target, load_target
 
 
 def _data_dir(packaged: str, checkout: str) -> Path:

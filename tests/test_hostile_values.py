@@ -176,8 +176,8 @@ def test_export_of_a_hostile_card_exits_1_at_once(tmp_path, line):
 )
 def test_budgets_are_in_their_metric_domain(item, message):
     from edgeformer.budget import parse_budget
-    from edgeformer.config import parse_target
     from edgeformer.errors import CardError
+    from edgeformer.targets import parse_target
 
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_budget([item])

@@ -14,7 +14,7 @@ import pytest
 import schema_check
 from click.testing import CliRunner
 
-from edgeformer import config, runtime
+from edgeformer import config, runtime, targets
 from edgeformer.cli import main
 from edgeformer.export.manifest_read import check_producer_fields
 from edgeformer.export.manifest_write import write_manifest
@@ -207,7 +207,7 @@ def test_the_dataclasses_and_the_schema_agree(cls, node):
 
 
 def test_the_vocabularies_are_the_configs():
-    assert mf.PRECISIONS == config.PRECISIONS
+    assert mf.PRECISIONS == targets.PRECISIONS
     assert set(config.FAMILIES) < set(mf.FAMILIES)
     assert schema_check.SCHEMA["properties"]["precision"]["enum"] == list(mf.PRECISIONS)
     assert schema_check.SCHEMA["properties"]["family"]["enum"] == list(mf.FAMILIES)

@@ -13,7 +13,6 @@ import onnxruntime as ort
 import pytest
 
 from edgeformer import runtime
-from edgeformer.config import parse_target
 from edgeformer.errors import CardError, ExportError
 from edgeformer.export import mobile
 from edgeformer.export.graphs import make_inputs
@@ -24,6 +23,7 @@ from edgeformer.fusions.pipeline import fuse_model
 from edgeformer.pipeline import export_bundle
 from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.providers import PROVIDERS
+from edgeformer.targets import parse_target
 from edgeformer.zoo import resolve_card, resolve_target
 
 MOBILE_TARGETS = ("mobile-cpu", "android-nnapi", "ios-coreml", "qnn-int8", "web-wasm")

@@ -22,13 +22,14 @@ from click.testing import CliRunner
 
 from edgeformer import runtime
 from edgeformer.cli import main
-from edgeformer.config import load_card, load_target, render_card
+from edgeformer.config import load_card, render_card
 from edgeformer.errors import CardError, ExportError, ModelImportError
 from edgeformer.export.user import load_io
 from edgeformer.io import sha256_file
 from edgeformer.quantize.calibration import CalibrationError, load_rows
 from edgeformer.runtime.bundle import stamp_manifest
 from edgeformer.runtime.errors import BundleFormatError, OptionError
+from edgeformer.targets import load_target
 from edgeformer.zoo import resolve_card
 
 DEEP_TOML = "a = " + "[" * 5000 + "]" * 5000 + "\n"  # past Python's recursion limit

@@ -19,25 +19,20 @@ from edgeformer.config import (
     ATTENTION,
     CARD_KEYS,
     FAMILIES,
-    FUSION_FORMS,
     HEADS,
     NORMS,
     POOLING,
     POSITIONS,
-    PRECISIONS,
-    TARGET_KEYS,
     ModelCard,
     ModelConfig,
-    Target,
     _toml_value,
     load_card,
-    load_target,
     parse_card,
-    parse_target,
     render_card,
 )
 from edgeformer.errors import CardError, ExportError
 from edgeformer.export.user import load_io, parse_io
+from edgeformer.targets import FUSION_FORMS, PRECISIONS, TARGET_KEYS, Target, load_target, parse_target
 from edgeformer.zoo import card_names, cards_dir, resolve_card, resolve_target, target_names, targets_dir
 
 CHOICES = {

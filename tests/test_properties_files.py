@@ -29,13 +29,14 @@ from hypothesis import strategies as st
 from props import fuzz, outcome
 
 from edgeformer import runtime
-from edgeformer.config import load_card, load_target, render_card
+from edgeformer.config import load_card, render_card
 from edgeformer.errors import CardError, EdgeformerError, ExportError, ModelImportError
 from edgeformer.export.user import load_io
 from edgeformer.importers import import_directory
 from edgeformer.importers.common import HFConfig
 from edgeformer.quantize.calibration import CalibrationError, load_rows
 from edgeformer.runtime.errors import RuntimeBundleError
+from edgeformer.targets import load_target
 from edgeformer.zoo import resolve_card, resolve_target
 
 _SCRATCH: list[Path] = []

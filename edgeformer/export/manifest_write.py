@@ -17,7 +17,6 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeformer import __version__
-from edgeformer.config import Target
 from edgeformer.errors import ExportError
 from edgeformer.export.weight_reads import graph_weights_read
 from edgeformer.io import atomic_dir, sha256_file
@@ -32,6 +31,7 @@ from edgeformer.runtime.manifest import (
     parse_manifest,
     parse_recipe,
 )
+from edgeformer.targets import Target
 
 if TYPE_CHECKING:  # the type only: writing a manifest needs no torch
     from edgeformer.export.source import Source

@@ -23,10 +23,10 @@ from typing import Any
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgeformer.config import Target
 from edgeformer.errors import ExportError
 from edgeformer.export.manifest_write import file_hashes
 from edgeformer.fixed_shapes import dims_text
+from edgeformer.targets import Target
 
 Log = Callable[[str], None]
 REDUCED_CONFIG = "required_operators.config"

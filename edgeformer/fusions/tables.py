@@ -18,7 +18,6 @@ from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
 
-from edgeformer.config import FUSION_FORMS
 from edgeformer.fusions import (
     attention_output,
     erf_polynomial,
@@ -43,6 +42,7 @@ from edgeformer.fusions.passes import (
     with_shapes,
 )
 from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
+from edgeformer.targets import FUSION_FORMS
 
 # Form (c), for NNAPI, CoreML and QNN: only the ops on that provider's list (no contrib ops, no
 # opset-23 Attention); attention stays MatMul + Softmax with finite additive mask biases.
@@ -128,7 +128,7 @@ TABLES: dict[str, tuple[FusionPass, ...]] = {
     "qnn": PROVIDER,
 }
 if set(TABLES) != set(FUSION_FORMS):  # one vocabulary: the forms config accepts are the tables here
-    raise RuntimeError(f"fusion tables {sorted(TABLES)} differ from config.FUSION_FORMS {FUSION_FORMS}")
+    raise RuntimeError(f"fusion tables {sorted(TABLES)} differ from targets.FUSION_FORMS {FUSION_FORMS}")
 
 
 def passes_for(form: str, options: FusionOptions) -> list[FusionPass]:

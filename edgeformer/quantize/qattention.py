@@ -229,40 +229,16 @@ def apply(
     model_ir = ir.serde.deserialize_model(model)
     graph = model_ir.graph
     mask_input = next((v for v in graph.inputs if v.name == MASK_INPUT), None)
-    mask32: ir.Value | None = None
+    masks: dict[str, ir.Value] = {}  # the int32 attention mask, made once for the blocks that read it
     done = 0
     for mha, split, matmul, add in _attention_blocks(graph):
         block = todo.get(mha.name or "")
-        if block is None:
+        if block is None or (block.mask == "attention_bias" and mask_input is None):
             continue
-        if block.mask == "attention_bias" and mask_input is None:
-            continue
-        w = _const(_input(matmul, 1))
-        add_bias = _add_bias(add) if add is not None else None
-        own_bias = _const(_input(mha, 3))
-        assert w is not None  # _projection checked it: a constant (C, 3 parts) float32
-        bias = np.zeros(w.shape[1], dtype=np.float32)
-        if add_bias is not None:
-            bias = bias + add_bias
-        w, bias = _qkv_order(mha, split, w), _qkv_order(mha, split, bias)  # the Add's bias: the Split's order
-        if own_bias is not None:
-            bias = bias + own_bias  # MultiHeadAttention's own: Q, K, V
-        q, scale = _quantize_columns(w, reduce_range)
         name = mha.name or f"attention_{done}"
-        weight = add_initializer(graph, f"{name}_qkv_int8", q)
-        scales = add_initializer(graph, f"{name}_qkv_scale", scale)
-        zeros = add_initializer(graph, f"{name}_qkv_zero_point", np.zeros(q.shape[1], dtype=np.int8))
-        packed_bias = add_initializer(graph, f"{name}_qkv_bias", bias.astype(np.float32))
         quantize = ir.node("DynamicQuantizeLinear", [matmul.inputs[0]], num_outputs=3, name=f"{name}_quantize_input")
-        mask: ir.Value | None = None
-        if block.mask == "key_padding_mask":
-            mask = mha.inputs[4]
-        elif block.mask == "attention_bias":
-            if mask32 is None:
-                cast = ir.node("Cast", [mask_input], attributes={"to": ir.DataType.INT32}, name="attention_mask_int32")
-                graph.insert_before(next(iter(graph)), [cast])
-                mask32 = cast.outputs[0]
-            mask = mask32
+        weight, packed_bias, scales, zeros = _int8_weights(graph, name, mha, split, matmul, add, reduce_range)
+        mask = _mask(graph, block, mha, mask_input, masks)
         attrs = {name: mha.attributes[name].value for name in ATTRIBUTES if name in mha.attributes}
         yq, ys, yz = quantize.outputs
         fused = ir.node(
@@ -283,3 +259,41 @@ def apply(
         RemoveUnusedNodesPass()(model_ir)
     model_ir.opset_imports.setdefault("com.microsoft", 1)
     return ir.serde.serialize_model(model_ir), done
+
+
+def _int8_weights(
+    graph: ir.Graph, name: str, mha: ir.Node, split: ir.Node, matmul: ir.Node, add: ir.Node | None, reduce_range: bool
+) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """The block's packed QKV weight in int8 (per column), its float bias (the Add's and
+    MultiHeadAttention's own, in Q, K, V order), the scales and zero points, as initializers."""
+    w = _const(_input(matmul, 1))
+    add_bias = _add_bias(add) if add is not None else None
+    own_bias = _const(_input(mha, 3))
+    assert w is not None  # _projection checked it: a constant (C, 3 parts) float32
+    bias = np.zeros(w.shape[1], dtype=np.float32)
+    if add_bias is not None:
+        bias = bias + add_bias
+    w, bias = _qkv_order(mha, split, w), _qkv_order(mha, split, bias)  # the Add's bias: the Split's order
+    if own_bias is not None:
+        bias = bias + own_bias  # MultiHeadAttention's own: Q, K, V
+    q, scale = _quantize_columns(w, reduce_range)
+    weight = add_initializer(graph, f"{name}_qkv_int8", q)
+    scales = add_initializer(graph, f"{name}_qkv_scale", scale)
+    zeros = add_initializer(graph, f"{name}_qkv_zero_point", np.zeros(q.shape[1], dtype=np.int8))
+    return weight, add_initializer(graph, f"{name}_qkv_bias", bias.astype(np.float32)), scales, zeros
+
+
+def _mask(
+    graph: ir.Graph, block: Block, mha: ir.Node, mask_input: ir.Value | None, made: dict[str, ir.Value]
+) -> ir.Value | None:
+    """The mask QAttention reads: MultiHeadAttention's key padding mask, or the graph's attention
+    mask as int32 (one Cast, made on first use and kept in ``made``)."""
+    if block.mask == "key_padding_mask":
+        return mha.inputs[4]
+    if block.mask != "attention_bias":
+        return None
+    if "int32" not in made:
+        cast = ir.node("Cast", [mask_input], attributes={"to": ir.DataType.INT32}, name="attention_mask_int32")
+        graph.insert_before(next(iter(graph)), [cast])
+        made["int32"] = cast.outputs[0]
+    return made["int32"]

@@ -9,32 +9,31 @@ choosing what stays in float, then on held-out validation rows for the report.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgeformer import budget as budgets
-from edgeformer.errors import EdgeformerError, ExportError
-from edgeformer.export.manifest_read import read_manifest
+from edgeformer.errors import ExportError
+from edgeformer.export.manifest_read import read_checked
 from edgeformer.export.manifest_write import file_hashes, new_bundle_dir, write_manifest
 from edgeformer.io import scratch_dir
 from edgeformer.ownership import check_bundle_output
 from edgeformer.paths import refuse_overlap
-from edgeformer.quantize import calibration, half_storage, int4_rank, int8, qattention, tied_head, weights
-from edgeformer.quantize.mixed import _session, outputs_of, quantize_within_budget, weight_params
+from edgeformer.quantize import calibration, int8, qattention
+from edgeformer.quantize.mixed import _session, outputs_of
+from edgeformer.quantize.passes import QuantizeError, QuantizePass, pass_for
 from edgeformer.quantize.verdict_rows import language_model as is_language_model
 from edgeformer.quantize.verdict_rows import write_rows
 from edgeformer.verdict import combine, judge
 
 Log = Callable[[str], None]
-MODES = ("dynamic", "static")
-
-
-class QuantizeError(EdgeformerError):
-    """A bundle that cannot be quantized as asked."""
+__all__ = ["BudgetMissError", "QuantizeError", "quantize_bundle", "quantize_into"]
 
 
 class BudgetMissError(QuantizeError):
@@ -95,55 +94,6 @@ def model_config(manifest: dict[str, Any], src: Path) -> dict[str, Any]:
     return config
 
 
-def _quantizer(
-    precision: str,
-    mode: str,
-    method: str,
-    feeds: list,
-    heads: list[tied_head.TiedHead],
-    attention: list[qattention.Block],
-) -> Callable[..., Path]:
-    if precision == "int8" and mode == "dynamic":
-        shared = [g for head in heads for g in head.gathers]  # they read the head's int8 table
-        reduce_range = int8.needs_reduce_range()
-
-        def dynamic(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
-            m, _ = qattention.apply(m, attention, exclude=exclude, reduce_range=reduce_range)
-            int8.quantize_dynamic(m, o, exclude=[*exclude, *shared], reduce_range=reduce_range)
-            tied_head.share_quantized(o, heads)
-            half_storage.store_half(o)  # what stayed in float, at half the bytes on disk
-            return o
-
-        return dynamic
-    if precision == "int8":
-
-        def static(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
-            int8.quantize_static(m, o, feeds, method=method, exclude=exclude)
-            half_storage.store_half(o)
-            return o
-
-        return static
-    if precision == "int4":
-        chosen = weights.int4_settings()
-        return lambda m, o, exclude=(): weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
-    return lambda m, o, exclude=(): weights.to_fp16(m, o)
-
-
-def _int4_nodes(path: Path, candidates: list[str], kept: list[dict[str, Any]]) -> list[str]:
-    """The nodes the written graph holds in int4, after checking it against the search's report:
-    every node the report keeps in float is a float MatMul there, every other candidate is int4."""
-    floats = {k["node"] for k in kept}
-    layout = weights.int4_layout(onnx.load(str(path), load_external_data=False).graph, candidates)
-    wrong = [f"{n}: {have} (reported {'float' if n in floats else 'int4'})" for n, have in layout.items()
-             if have != ("float" if n in floats else "int4")]  # fmt: skip
-    if wrong:
-        raise QuantizeError(
-            f"the int4 graph written is not the one the search reported ({len(wrong)} node(s): "
-            f"{'; '.join(wrong[:5])}); this is a bug in edgeformer: please report it"
-        )
-    return [n for n, have in layout.items() if have == "int4"]
-
-
 def quantize_bundle(
     src: str | Path,
     out: str | Path,
@@ -199,24 +149,77 @@ def quantize_into(
     ``accept_budget_miss``. ``cases`` (graph name -> ``parity.BudgetCase``): the shapes the final
     parity check will judge, with the torch outputs on them; the search meets the budget on them
     too, and a miss there is a miss of the verdict (nothing written), named by its shape."""
-    manifest = read_manifest(src)
+    read = read_checked(src)
+    step = _pass(read.manifest, src, precision, mode, method, calibration_file)
+    budget = budgets.budget_for(precision, budget)
+    rows = _rows(read.manifest, src, calibration_file, validation_file, samples, budget, log)
+    report = _report(step, budget, rows)
+    with scratch_dir(scratch_beside) as scratch:
+        verdicts = []
+        for name, graph in read.typed.graphs.items():
+            trial = scratch / graph.file
+            report["graphs"][name], graph_verdict = _quantize_graph(
+                step, read.manifest, name, src, trial, rows, (cases or {}).get(name, []), log
+            )
+            verdicts.append(graph_verdict)
+            shutil.copyfile(trial, tmp / graph.file)
+        verdict = combine(
+            verdicts, tried="; ".join(f"{n}: {v.tried}" for n, v in zip(read.typed.graphs, verdicts, strict=True))
+        )
+        verdict.accepted = accept_budget_miss and not verdict.ok
+        if not verdict.ok and not accept_budget_miss:
+            raise BudgetMissError(budget_miss_message(verdict, calibration_file is not None), verdict)
+        verdict.rows_file = write_rows(tmp, rows.valid_rows, log)  # for `check` to judge them again
+        report["verdict"] = verdict.to_dict()
+        files = [g.file for g in read.typed.graphs.values()] + ([verdict.rows_file] if verdict.rows_file else [])
+        files = copy_rest(src, tmp, read.typed.files, files)
+    target = dict(read.typed.target or {})
+    target.update(precision=precision, name=target_name or f"{target.get('name', 'bundle')}-{precision}")
+    target.update({"quantization": mode} if precision == "int8" else {})
+    reduced = dataclasses.replace(
+        read.typed, precision=precision, target=target | {"budget": budget}, quantization=report,
+        accepted_budget_miss=verdict.to_dict() if verdict.accepted else None, files=file_hashes(tmp, files),
+        parity=None,  # measured on the float graphs; `edgeformer check` measures it again
+    )  # fmt: skip
+    return reduced.to_dict()
+
+
+@dataclass
+class Rows:
+    """The rows the stage measures on: calibration (the search) and validation (the verdict)."""
+
+    calib_text: str
+    valid_text: str
+    valid_rows: list
+    judged: dict[str, float]  # the budget applied
+    calib_feeds: dict[str, list[dict[str, Any]]]
+    valid_feeds: dict[str, list[dict[str, Any]]]
+    lengths: list[int]
+    float_sessions: dict[str, Any]
+
+
+def _pass(
+    manifest: dict[str, Any], src: Path, precision: str, mode: str, method: str, calibration_file: Any
+) -> QuantizePass:
+    """The pass for the request, after refusing what cannot be quantized as asked."""
     if manifest.get("precision", "fp32") != "fp32":
         raise QuantizeError(f"{src} is already {manifest['precision']}; quantize the fp32 bundle it came from")
-    if precision not in ("int8", "int4", "fp16"):
-        raise QuantizeError(f"precision {precision!r} is not one of int8, int4, fp16")
-    if mode not in MODES:
-        raise QuantizeError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    if method not in int8.METHODS:
-        raise QuantizeError(f"calibration method {method!r} is not one of {', '.join(int8.METHODS)}")
-    config, tokenizer = model_config(manifest, src), manifest.get("tokenizer")
-    if precision == "int8" and mode == "static" and calibration_file is None and tokenizer != "bytes":
+    step = pass_for(precision, mode, method)
+    model_config(manifest, src)
+    if "calibration_rows" in step.needs and calibration_file is None and manifest.get("tokenizer") != "bytes":
         raise QuantizeError(
             "static int8 needs calibration data: give --calibration FILE.npz (input_ids, attention_mask)"
         )
-    budget = budgets.budget_for(precision, budget)
+    return step
+
+
+def _rows(
+    manifest: dict[str, Any], src: Path, calibration_file: Any, validation_file: Any, samples: int,
+    budget: dict[str, float], log: Log,
+) -> Rows:  # fmt: skip
+    config, tokenizer = model_config(manifest, src), manifest.get("tokenizer")
     calib = calibration.load_rows(config, tokenizer, path=calibration_file, split="train", n=samples)
-    static_length = _static_length(manifest)
-    valid_rows = verdict_rows(config, tokenizer, validation_file, samples, static_length)
+    valid_rows = verdict_rows(config, tokenizer, validation_file, samples, _static_length(manifest))
     calib_text = rows_text("calibration", [calib], calibration_file is not None)
     valid_text = rows_text("validation", valid_rows, validation_file is not None)
     log(f"{calib_text}; {valid_text}")
@@ -225,148 +228,91 @@ def quantize_into(
         # random tokens make near-tie logits: top-1 agreement and perplexity there mean nothing
         judged = {k: v for k, v in budget.items() if k == "cosine"}
         log(f"  random calibration tokens: only the cosine budget is applied ({judged})")
-
     graphs = manifest["graphs"]
     float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
     encoder = float_sessions.get("encoder")
     calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
     valid_feeds: dict[str, list[dict[str, Any]]] = {name: [] for name in graphs}
-    for rows in valid_rows:
-        for name, feeds in calibration.graph_feeds(manifest, rows, encoder_session=encoder).items():
+    for group in valid_rows:
+        for name, feeds in calibration.graph_feeds(manifest, group, encoder_session=encoder).items():
             valid_feeds[name] += feeds
     lengths = sorted({f["input_ids"].shape[1] for fs in valid_feeds.values() for f in fs if "input_ids" in f})
-    verdicts = []
+    return Rows(calib_text, valid_text, valid_rows, judged, calib_feeds, valid_feeds, lengths, float_sessions)
 
-    report: dict[str, Any] = {
-        "precision": precision,
-        "mode": mode if precision == "int8" else "weight-only",
-        "method": method if precision == "int8" and mode == "static" else None,
-        "settings": (
-            int8.settings(static=mode == "static")
-            | {"float_weights": half_storage.DESCRIPTION}
-            | ({"attention": qattention.DESCRIPTION} if mode == "dynamic" else {})
-            if precision == "int8"
-            else weights.int4_settings()
-            if precision == "int4"
-            else {}
-        ),
+
+def _report(step: QuantizePass, budget: dict[str, float], rows: Rows) -> dict[str, Any]:
+    return {
+        "precision": step.precision,
+        "mode": step.mode,
+        "method": step.method,
+        "settings": step.settings(),
         "budget": budget,
-        "budget_applied": None,
-        "calibration": calib_text,
-        "validation": valid_text,
+        "budget_applied": rows.judged,
+        "calibration": rows.calib_text,
+        "validation": rows.valid_text,
         "reference": "the fp32 bundle's graphs (equal to the torch source within 1e-4, see its parity)",
         "graphs": {},
     }
-    report["budget_applied"] = judged
-    with scratch_dir(scratch_beside) as scratch:
-        files = []
-        for name, graph in graphs.items():
-            log(f"quantizing {graph['file']} ({precision}{', ' + mode if precision == 'int8' else ''}) ...")
-            path = src / graph["file"]
-            model = int8.name_nodes(onnx.load(str(path)))
-            language_model = is_language_model(manifest, name)
-            heads: list[tied_head.TiedHead] = []
-            if precision == "int4" or (precision == "int8" and mode == "dynamic"):
-                model, heads = tied_head.untie(model)  # a tied LM head becomes a quantizable MatMul
-            shared = {g for head in heads for g in head.gathers}
-            static = precision == "int8" and mode == "static"  # QDQ reaches attention's own MatMuls too
-            candidates = [c for c in int8.quantizable_nodes(model, static=static) if c not in shared]
-            if precision == "int4":  # the MatMuls MatMulNBits replaces; Gathers stay float
-                candidates = weights.int4_candidates(model)
-            attention = qattention.plan(model, calib_feeds[name]) if precision == "int8" and mode == "dynamic" else []
-            if attention:
-                log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
-            quantize = _quantizer(precision, mode, method, calib_feeds[name], heads, attention)
-            trial = scratch / graph["file"]
-            result = quantize_within_budget(
-                model,
-                trial,
-                quantize,
-                calib_feeds[name],
-                judged,
-                candidates=candidates if precision != "fp16" else [],
-                language_model=language_model,
-                log=log,
-                verdict_feeds=valid_feeds[name],
-                rank=int4_rank.rank if precision == "int4" or (precision == "int8" and mode == "dynamic") else None,
-                cases=(cases or {}).get(name, ()),
-            )
-            int4_nodes = _int4_nodes(trial, candidates, result.kept_in_float) if precision == "int4" else None
-            validation = budgets.measure(
-                outputs_of(float_sessions[name], valid_feeds[name]),
-                outputs_of(_session(trial), valid_feeds[name]),
-                valid_feeds[name],
-                language_model=language_model,
-            )
-            shutil.copyfile(trial, tmp / graph["file"])
-            files.append(graph["file"])
-            size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(graph["file"]))
-            size_after = (tmp / graph["file"]).stat().st_size
-            graph_cases = (cases or {}).get(name, [])
-            graph_verdict = judge(
-                validation,
-                judged,
-                precision=precision,
-                rows=valid_text,
-                lengths=lengths,
-                provider=_provider(trial),
-                tried=result.tried_text(),
-            )
-            graph_verdict.misses = [f"{name} {m}" for m in graph_verdict.misses + result.case_misses]
-            graph_verdict.ok = not graph_verdict.misses
-            verdicts.append(graph_verdict)
-            entry = result.to_dict() | {
-                "within_budget": graph_verdict.ok,  # the verdict's, on the validation rows
-                "within_budget_on_calibration": result.within_budget,
-                "validation": budgets.to_jsonable(validation),
-                "validation_within_budget": graph_verdict.ok,
-                "bytes_before": size_before,
-                "bytes_after": size_after,
-                "size_ratio": round(size_after / size_before, 4),
-                "int8_attention_blocks": qattention.count(tmp / graph["file"]),
-                # what the nodes kept in float read at full width per run (decoding is bound by weight reads)
-                "float_weight_bytes": 4 * sum(weight_params(model, [k["node"] for k in result.kept_in_float]).values()),
-            }
-            if graph_cases:  # the final parity check's shapes, judged by the search against torch
-                entry["parity_cases"] = {"shapes": len(graph_cases), "worst": result.case_measured}
-                entry["parity_cases_misses"] = result.case_misses
-                log(f"  the parity check's {len(graph_cases)} shapes against torch: worst {result.case_measured}")
-            if int4_nodes is not None:  # what the graph holds in int4; every other candidate is kept_in_float
-                entry["int4_nodes"] = int4_nodes
-            report["graphs"][name] = entry
-            kept = len(result.kept_in_float)
-            log(
-                f"  {size_before / 1e6:.1f} MB -> {size_after / 1e6:.1f} MB ({entry['size_ratio']:.0%}); "
-                f"{kept} node(s) kept in float; validation {budgets.to_jsonable(validation)}"
-            )
-            log(f"  {graph_verdict.line()}")
-        verdict = combine(verdicts, tried="; ".join(f"{n}: {v.tried}" for n, v in zip(graphs, verdicts, strict=True)))
-        verdict.accepted = accept_budget_miss and not verdict.ok
-        report["verdict"] = verdict.to_dict()
-        if not verdict.ok and not accept_budget_miss:
-            raise BudgetMissError(budget_miss_message(verdict, calibration_file is not None), verdict)
-        verdict.rows_file = write_rows(tmp, valid_rows, log)  # for `check` to judge them again
-        report["verdict"] = verdict.to_dict()
-        files += [verdict.rows_file] if verdict.rows_file else []
-        for name in manifest["files"]:
-            if name not in files and not any(name.startswith(f) for f in files):
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
-                shutil.copy2(src / name, tmp / name)
-                files.append(name)
-        manifest["precision"] = precision
-        target = dict(manifest.get("target", {}))
-        target.update(precision=precision, name=target_name or f"{target.get('name', 'bundle')}-{precision}")
-        if precision == "int8":
-            target["quantization"] = mode
-        target["budget"] = budget
-        manifest["target"] = target
-        manifest["quantization"] = report
-        manifest.pop("accepted_budget_miss", None)
-        if verdict.accepted:
-            manifest["accepted_budget_miss"] = verdict.to_dict()
-        manifest["files"] = file_hashes(tmp, files)
-        manifest.pop("parity", None)  # measured on the float graphs; `edgeformer check` measures it again
-    return manifest
+
+
+def _quantize_graph(
+    step: QuantizePass, manifest: dict[str, Any], name: str, src: Path, trial: Path, rows: Rows,
+    cases: list[Any], log: Log,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """One graph through the pass into ``trial``: its report entry and its verdict."""
+    file = manifest["graphs"][name]["file"]
+    log(f"quantizing {file} ({step.precision}{', ' + step.mode if step.precision == 'int8' else ''}) ...")
+    language_model = is_language_model(manifest, name)
+    result = step.run(
+        int8.name_nodes(onnx.load(str(src / file))), trial, rows.calib_feeds[name], rows.judged,
+        language_model=language_model, log=log, verdict_feeds=rows.valid_feeds[name], cases=cases,
+    )  # fmt: skip
+    search, valid = result.search, rows.valid_feeds[name]
+    validation = budgets.measure(
+        outputs_of(rows.float_sessions[name], valid), outputs_of(_session(trial), valid), valid,
+        language_model=language_model,
+    )  # fmt: skip
+    verdict = judge(
+        validation, rows.judged, precision=step.precision, rows=rows.valid_text, lengths=rows.lengths,
+        provider=_provider(trial), tried=search.tried_text(),
+    )  # fmt: skip
+    verdict.misses = [f"{name} {m}" for m in verdict.misses + search.case_misses]
+    verdict.ok = not verdict.misses
+    size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(file))
+    size_after = trial.stat().st_size
+    entry = search.to_dict() | {
+        "within_budget": verdict.ok,  # the verdict's, on the validation rows
+        "within_budget_on_calibration": search.within_budget,
+        "validation": budgets.to_jsonable(validation),
+        "validation_within_budget": verdict.ok,
+        "bytes_before": size_before,
+        "bytes_after": size_after,
+        "size_ratio": round(size_after / size_before, 4),
+        "int8_attention_blocks": qattention.count(trial),
+        "float_weight_bytes": result.float_weight_bytes,  # read at full width per run
+    }
+    if cases:  # the final parity check's shapes, judged by the search against torch
+        entry["parity_cases"] = {"shapes": len(cases), "worst": search.case_measured}
+        entry["parity_cases_misses"] = search.case_misses
+        log(f"  the parity check's {len(cases)} shapes against torch: worst {search.case_measured}")
+    entry |= result.entry
+    log(
+        f"  {size_before / 1e6:.1f} MB -> {size_after / 1e6:.1f} MB ({entry['size_ratio']:.0%}); "
+        f"{len(result.kept_in_float)} node(s) kept in float; validation {budgets.to_jsonable(validation)}"
+    )
+    log(f"  {verdict.line()}")
+    return entry, verdict
+
+
+def copy_rest(src: Path, tmp: Path, listed: dict[str, str], files: list[str]) -> list[str]:
+    """Copy every file ``src`` lists that no written file covers; returns ``files`` and them."""
+    files = list(files)
+    for name in listed:
+        if name not in files and not any(name.startswith(f) for f in files):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder
+            shutil.copy2(src / name, tmp / name)
+            files.append(name)
+    return files
 
 
 def _static_length(manifest: dict[str, Any]) -> int | None:

@@ -107,57 +107,76 @@ def share_quantized(path: Path, heads: list[TiedHead]) -> int:
     now read int8."""
     model = ir.load(path)
     graph = model.graph
-    inits = graph.initializers
     nodes = {n.name: n for n in graph}
     int8_gathers = 0
     changed = False
     for head in heads:
-        q, scale, zero = (inits.get(f"{head.table}_{s}") for s in ("quantized", "scale", "zero_point"))
-        quantized = q is not None and scale is not None and scale.shape is not None and len(scale.shape) == 1
-        if quantized and zero is not None and zero.const_value is not None and np.any(zero.const_value.numpy()):
-            continue  # asymmetric: leave this head as the quantizer wrote it
-        table = q if quantized else inits.get(head.table)
-        if table is None or table.const_value is None:
+        found = _head_table(graph, head)
+        pairs = _embedding_pairs(nodes, head)
+        if found is None or not pairs:
             continue
-        pairs = []  # (Gather of columns, Transpose back to rows) of each embedding
-        for name in head.gathers:
-            columns = nodes.get(name)
-            if columns is None or len(columns.outputs[0].uses()) != 1:
-                continue
-            back = next(iter(columns.outputs[0].uses())).node
-            if back.op_type != "Transpose":
-                continue
-            pairs.append((columns, back))
-        if not pairs:
-            continue
-        rows = add_initializer(graph, f"{table.name}_rows", np.ascontiguousarray(table.const_value.numpy().T))
+        table, values, scale = found
+        rows = add_initializer(graph, f"{table.name}_rows", np.ascontiguousarray(values.T))
         columns_again = ir.node("Transpose", [rows], attributes={"perm": [1, 0]}, name=f"{table.name}_columns")
         head_users = [(u, i) for u, i in table.uses() if u not in {c for c, _ in pairs}]
         graph.insert_before(next(iter(graph)), [columns_again])
         for user, index in head_users:  # the head's product: a constant, folded at load
             user.replace_input_with(index, columns_again.outputs[0])
         for columns, back in pairs:
-            ids = columns.inputs[1]
-            gather = ir.node("Gather", [rows, ids], attributes={"axis": 0}, name=f"{columns.name}_rows")  # (*ids, C)
-            added = [gather]
-            out = gather.outputs[0]
-            if quantized:
-                as_float = ir.node("Cast", [out], attributes={"to": ir.DataType.FLOAT}, name=f"{columns.name}_cast")
-                scales = ir.node("Gather", [scale, ids], attributes={"axis": 0}, name=f"{columns.name}_scales")
-                axes = add_initializer(graph, f"{columns.name}_axes", np.array([-1], dtype=np.int64))
-                column = ir.node("Unsqueeze", [scales.outputs[0], axes], name=f"{columns.name}_scale_column")
-                scaled = ir.node("Mul", [as_float.outputs[0], column.outputs[0]], name=f"{columns.name}_scaled")
-                added += [as_float, scales, column, scaled]
-                out = scaled.outputs[0]
-                int8_gathers += 1
-            graph.insert_before(columns, added)
-            for user, index in list(back.outputs[0].uses()):
-                user.replace_input_with(index, out)
-            graph.remove([back, columns], safe=True)
-        for value in (table, inits.get(head.table)):
-            if value is not None and not value.uses() and value.name is not None and value.name in inits:
-                inits.pop(value.name)
+            _gather_rows(graph, rows, columns, back, scale)
+        int8_gathers += len(pairs) if scale is not None else 0
+        for value in (table, graph.initializers.get(head.table)):
+            if value is not None and not value.uses() and value.name is not None and value.name in graph.initializers:
+                graph.initializers.pop(value.name)
         changed = True
     if changed:
         ir.save(model, path)
     return int8_gathers
+
+
+def _head_table(graph: ir.Graph, head: TiedHead) -> tuple[ir.Value, np.ndarray, ir.Value | None] | None:
+    """The head's table, its values and, when the quantizer made it int8 (symmetric, per output
+    channel), its scales; None for a head to leave as written (asymmetric int8, no constant table)."""
+    inits = graph.initializers
+    q, scale, zero = (inits.get(f"{head.table}_{s}") for s in ("quantized", "scale", "zero_point"))
+    quantized = q is not None and scale is not None and scale.shape is not None and len(scale.shape) == 1
+    if quantized and zero is not None and zero.const_value is not None and np.any(zero.const_value.numpy()):
+        return None  # asymmetric: leave this head as the quantizer wrote it
+    table = q if quantized else inits.get(head.table)
+    if table is None or table.const_value is None:
+        return None
+    return table, table.const_value.numpy(), scale if quantized else None
+
+
+def _embedding_pairs(nodes: dict[str | None, ir.Node], head: TiedHead) -> list[tuple[ir.Node, ir.Node]]:
+    """(Gather of columns, Transpose back to rows) of each embedding reading the head's table."""
+    pairs = []
+    for name in head.gathers:
+        columns = nodes.get(name)
+        if columns is None or len(columns.outputs[0].uses()) != 1:
+            continue
+        back = next(iter(columns.outputs[0].uses())).node
+        if back.op_type == "Transpose":
+            pairs.append((columns, back))
+    return pairs
+
+
+def _gather_rows(graph: ir.Graph, rows: ir.Value, columns: ir.Node, back: ir.Node, scale: ir.Value | None) -> None:
+    """Replace one embedding's Gather of columns + Transpose by a Gather of ``rows`` (int8 rows:
+    Cast, times the row's ``scale``)."""
+    ids = columns.inputs[1]
+    gather = ir.node("Gather", [rows, ids], attributes={"axis": 0}, name=f"{columns.name}_rows")  # (*ids, C)
+    added = [gather]
+    out = gather.outputs[0]
+    if scale is not None:
+        as_float = ir.node("Cast", [out], attributes={"to": ir.DataType.FLOAT}, name=f"{columns.name}_cast")
+        scales = ir.node("Gather", [scale, ids], attributes={"axis": 0}, name=f"{columns.name}_scales")
+        axes = add_initializer(graph, f"{columns.name}_axes", np.array([-1], dtype=np.int64))
+        column = ir.node("Unsqueeze", [scales.outputs[0], axes], name=f"{columns.name}_scale_column")
+        scaled = ir.node("Mul", [as_float.outputs[0], column.outputs[0]], name=f"{columns.name}_scaled")
+        added += [as_float, scales, column, scaled]
+        out = scaled.outputs[0]
+    graph.insert_before(columns, added)
+    for user, index in list(back.outputs[0].uses()):
+        user.replace_input_with(index, out)
+    graph.remove([back, columns], safe=True)

@@ -214,7 +214,25 @@ def load(
     if optimized_model_path is not None:
         saved = [optimized_path(optimized_model_path, name, len(bundle.graphs)) for name in bundle.graphs]
         check_optimized_paths(Path(bundle_dir), [p for p in saved if p is not None])
-    sessions = {}
+    session_options = dict(
+        strict=strict, threads=threads, spinning=spinning, optimization=optimization, memory_arena=memory_arena,
+        provider_options=provider_options,
+    )  # fmt: skip
+    sessions, outcomes = _open_sessions(bundle, providers, format, optimized_model_path, io_binding, session_options)
+    return CLASSES[bundle.family](bundle, sessions, outcomes)
+
+
+def _open_sessions(
+    bundle: Bundle,
+    providers: Sequence[str] | str,
+    format: str,
+    optimized_model_path: str | Path | None,
+    io_binding: bool,
+    options: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """One checked session per graph (``options``: ``open_session``'s), and what became of each
+    provider: the first graph's outcome, unless a later graph's failed."""
+    sessions: dict[str, Any] = {}
     outcomes: dict[str, str] = {}
     for name, graph in bundle.graphs.items():
         file = graph_file(bundle, graph, format)
@@ -224,18 +242,13 @@ def load(
             providers,
             label=file.name,
             external_data=external,
-            strict=strict,
-            threads=threads,
-            spinning=spinning,
-            optimization=optimization,
-            memory_arena=memory_arena,
             optimized_model_path=optimized_path(optimized_model_path, name, len(bundle.graphs)),
-            provider_options=provider_options,
             precision=bundle.typed.precision or "fp32",
+            **options,
         )
         _check_session(graph, session)
         sessions[name] = BoundSession(session) if io_binding else session
-        for provider, outcome in graph_outcomes.items():  # the first graph's outcome, unless a later one failed
+        for provider, outcome in graph_outcomes.items():
             if outcomes.get(provider) in (None, "used", "not tried"):
                 outcomes[provider] = outcome
-    return CLASSES[bundle.family](bundle, sessions, outcomes)
+    return sessions, outcomes

@@ -34,7 +34,7 @@ from edgeformer.runtime.errors import BundleFormatError
 
 FORMAT_VERSION = 1  # the manifest format this edgeformer writes and reads
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "custom")
-PRECISIONS = ("fp32", "int8", "fp16", "int4")  # edgeformer.config.PRECISIONS (a test keeps them equal)
+PRECISIONS = ("fp32", "int8", "fp16", "int4")  # edgeformer.targets.PRECISIONS (a test keeps them equal)
 DTYPES = (  # numpy names of the ONNX tensor element types a manifest may use
     "float32", "float16", "bfloat16", "float64", "int8", "int16", "int32", "int64",
     "uint8", "uint16", "uint32", "uint64", "bool",
@@ -92,7 +92,7 @@ class Manifest:
     config: dict[str, Any] | None = field(default=None, metadata={"null": True})
     tokenizer: str | None = None  # "bytes", "tokenizer.json" (a file of the bundle), or empty
     precision: str | None = None  # fp32 when absent
-    target: dict[str, Any] | None = None  # the deployment target (edgeformer.config.Target as a dict)
+    target: dict[str, Any] | None = None  # the deployment target (edgeformer.targets.Target as a dict)
     opset: int | None = None
     providers_tried: tuple[str, ...] | None = None
     graphs: dict[str, GraphEntry] = field(default_factory=dict)

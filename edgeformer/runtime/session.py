@@ -152,19 +152,26 @@ def open_session(
                 ) from None
             outcomes[short_name(candidate)] = f"failed: {error}"
             continue
-        used = session.get_providers()
-        for name in chosen.candidates[i:]:
-            if name in used:
-                outcomes[short_name(name)] = "used"
-            elif strict and name in chosen.requested:
-                raise ProviderError(
-                    f"execution provider {short_name(name)!r} is installed but did not start for {label} "
-                    f"(onnxruntime fell back to {', '.join(map(short_name, used))}); check its libraries and drivers"
-                )
-            else:
-                outcomes[short_name(name)] = "did not start"
+        outcomes |= _started(session.get_providers(), tried, chosen.requested if strict else (), label)
         return session, outcomes
     raise BundleFormatError(f"onnxruntime could not open {label}: {error}")
+
+
+def _started(used: list[str], tried: list[str], required: Sequence[str], label: str) -> dict[str, str]:
+    """Which of the ``tried`` providers the session runs on ("used") and which it skipped ("did not
+    start"); a ``required`` one that did not start is a ProviderError."""
+    outcomes = {}
+    for name in tried:
+        if name in used:
+            outcomes[short_name(name)] = "used"
+        elif name in required:
+            raise ProviderError(
+                f"execution provider {short_name(name)!r} is installed but did not start for {label} "
+                f"(onnxruntime fell back to {', '.join(map(short_name, used))}); check its libraries and drivers"
+            )
+        else:
+            outcomes[short_name(name)] = "did not start"
+    return outcomes
 
 
 def make_session(

@@ -8,9 +8,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeformer.config import FUSION_FORMS
 from edgeformer.fusions import tables
 from edgeformer.fusions.passes import NEEDS, FusionOptions, FusionPass, FusionResult, common_subexpressions
+from edgeformer.targets import FUSION_FORMS
 from tests.fusions.helpers import graph, op_types, run
 
 

@@ -13,7 +13,8 @@ from edgeformer import budget as budgets
 from edgeformer.export.manifest_read import read_manifest
 from edgeformer.quantize import calibration, int8, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, weight_params
-from edgeformer.quantize.stage import QuantizeError, _int4_nodes, quantize_bundle, verdict_rows
+from edgeformer.quantize.passes import int4_nodes
+from edgeformer.quantize.stage import QuantizeError, quantize_bundle, verdict_rows
 
 
 def _measured_again(src, out, manifest, rows: list) -> dict[str, float]:
@@ -128,8 +129,8 @@ def test_a_graph_that_differs_from_the_report_is_refused(edge_bundle, tmp_path):
     candidates = weights.int4_candidates(model)
     weights.to_int4(model, tmp_path / "all.onnx")  # every node int4, a report claiming one kept in float
     with pytest.raises(QuantizeError, match=rf"{candidates[0]}: int4 \(reported float\).*bug in edgeformer"):
-        _int4_nodes(tmp_path / "all.onnx", candidates, [{"node": candidates[0]}])
-    assert _int4_nodes(tmp_path / "all.onnx", candidates, []) == candidates
+        int4_nodes(tmp_path / "all.onnx", candidates, [candidates[0]])
+    assert int4_nodes(tmp_path / "all.onnx", candidates, []) == candidates
 
 
 def test_rank_scores_each_node_alone_in_int4_from_one_session(edge_bundle, tmp_path):

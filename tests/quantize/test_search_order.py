@@ -82,7 +82,7 @@ def test_dynamic_int8_ranks_every_node_from_one_session(edge_bundle, tmp_path):
     session scores them all, with the numbers the per-node graphs give."""
     from edgeformer.quantize import int4_rank, int8, tied_head
     from edgeformer.quantize.mixed import _session, outputs_of
-    from edgeformer.quantize.stage import _quantizer
+    from edgeformer.quantize.passes import dynamic_int8
 
     model, heads = tied_head.untie(int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx"))))
     shared = {g for head in heads for g in head.gathers}
@@ -90,7 +90,7 @@ def test_dynamic_int8_ranks_every_node_from_one_session(edge_bundle, tmp_path):
     rows = np.random.default_rng(0).integers(0, 500, (2, 16))
     feeds = [{"input_ids": rows, "attention_mask": np.ones_like(rows), "position_ids": np.tile(np.arange(16), (2, 1))}]
     feeds[0] |= {i.name: np.zeros((2, 8, 0, 16), np.float32) for i in model.graph.input if i.name.startswith("past")}
-    quantize = _quantizer("int8", "dynamic", "minmax", feeds, heads, [])
+    quantize = dynamic_int8(heads, [])
     quantize(model, tmp_path / "all.onnx")
     onnx.save(model, tmp_path / "float.onnx")
     reference = outputs_of(_session(tmp_path / "float.onnx"), feeds)
