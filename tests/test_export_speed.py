@@ -106,3 +106,13 @@ def test_an_export_that_fuses_traces_without_the_exporter_optimizer(tmp_path, mo
     assert seen == [False]  # the fuse stage's cleanup pass runs the same optimizer
     assert manifest["fusions"]["model"]["passes"][0]["name"] == "cleanup"
     assert manifest["fusions"]["model"]["passes"][0]["rewrites"] > 0
+
+
+def test_fusion_passes_print_progress_with_an_estimate(tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "QUIET_FOR", 0.0)
+    lines: list[str] = []
+    manifest = export_bundle(small_encoder(), resolve_target("cpu-fp32"), tmp_path / "b", check=False, log=lines.append)
+    n = len(manifest["fusions"]["model"]["passes"])
+    steps = [x for x in lines if x.startswith("  fusion pass ")]
+    assert len(steps) == n - 1 and steps[0].startswith(f"  fusion pass 1/{n} done (cleanup), "), lines
+    assert all(x.endswith(" s left") for x in steps)
