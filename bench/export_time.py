@@ -102,7 +102,7 @@ def optimum_available(python: str | None) -> bool:
 def run_tools(model_dir: Path, kind: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Every tool on one directory, back to back; a row per tool."""
     rows = []
-    for precision in args.precisions:
+    for precision in args.precisions if "edgeformer" in args.tools else []:
         out = work / f"{kind}-edgeformer-{precision}"
         cmd = [sys.executable, "-m", "edgeformer.cli", "export", str(model_dir), "-o", str(out), "--force"]
         cmd += ["--target", EDGEFORMER_TARGETS[precision]]
