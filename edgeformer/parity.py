@@ -6,6 +6,7 @@ the precision's tolerance), then behaviour (identical greedy tokens through the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,27 +18,19 @@ import torch
 from edgeformer import tokenizer
 from edgeformer.bisect import bisect
 from edgeformer.budget import budget_for
+from edgeformer.compare import OutputReport, compare
 from edgeformer.config import ModelConfig
 from edgeformer.errors import ParityError
 from edgeformer.export.graphs import GraphPlan, derived_dims, make_inputs, run_torch
 from edgeformer.export.source import Source
 from edgeformer.nn.models import as_encoder_decoder
+from edgeformer.progress import Progress
 from edgeformer.real_inputs import complete_inputs, read_real_inputs  # noqa: F401 - read_real_inputs importable from here
 from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
 from edgeformer.runtime.session import make_session
 from edgeformer.verdict import judge_case, provider_note
 
 TOLERANCE = {"fp32": 1e-4}  # reduced precisions are judged by their accuracy budget instead
-
-
-@dataclass
-class OutputReport:
-    name: str
-    max_abs: float
-    max_rel: float  # max |error| / max |reference|
-    cosine: float
-    ok: bool
-    non_finite: str = ""  # NaN or inf in either side, in words: never parity, even when both agree
 
 
 @dataclass
@@ -108,28 +101,6 @@ class ParityReport:
             **({"rejudged_verdict": self.rejudged_verdict} if self.rejudged_verdict else {}),
             **({"rejudge_note": self.rejudge_note} if self.rejudge_note else {}),
         }
-
-
-def _non_finite(side: str, values: np.ndarray) -> str:
-    nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-    return f"{side} {nan} NaN, {inf} inf" if nan or inf else ""
-
-
-def compare(name: str, reference: np.ndarray, got: np.ndarray, tolerance: float) -> OutputReport:
-    """Error relative to the output's scale: max |got - ref| / max(1, max |ref|) <= tolerance.
-    A NaN or inf on either side fails, named in ``non_finite``: a torch source and a graph that
-    agree on nonsense (a card whose layer norm divides by inf) are not at parity."""
-    if reference.shape != got.shape:
-        return OutputReport(name, float("inf"), float("inf"), 0.0, False)
-    ref, out = reference.astype(np.float64), got.astype(np.float64)
-    non_finite = "; ".join(filter(None, (_non_finite("torch source", ref), _non_finite("ONNX", out))))
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = float(np.abs(ref - out).max()) if ref.size else 0.0
-        ref_max = float(np.abs(ref).max()) if ref.size else 0.0
-        norm = float(np.linalg.norm(ref) * np.linalg.norm(out))
-        cosine = float((ref * out).sum() / norm) if norm > 0 else float(np.array_equal(ref, out))
-    ok = not non_finite and err / max(1.0, ref_max) <= tolerance
-    return OutputReport(name, err, err / ref_max if ref_max else err, cosine, ok, non_finite)
 
 
 def _non_finite_lines(report: ParityReport) -> list[str]:
@@ -207,17 +178,22 @@ def check_graph(
     real: list[dict[str, np.ndarray]] | None = None,
     budget: dict[str, float] | None = None,
     references: list[BudgetCase] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
 ) -> list[CaseReport]:
     """Random inputs at every shape of plan.cases, then the real inputs given, if any. ``references``
-    (``budget_cases``) are those very inputs with the torch outputs already computed: reused."""
+    (``budget_cases``) are those very inputs with the torch outputs already computed: reused. One
+    session for every case; on long work, ``log`` gets a progress line per case with an estimate."""
     reports = []
+    progress = Progress(f"{plan.file}: case", len(plan.cases) + len(real or []), log)
     for i, dims in enumerate(plan.cases):
         known = references[i] if references is not None and i < len(references) else None
         inputs = make_inputs(plan, dims, seed=seed + i) if known is None else known.inputs
         want = None if known is None else known.reference
         reports.append(_case(plan, session, inputs, tolerance, derived_dims(dims), budget=budget, want=want))
+        progress.step(", ".join(f"{k} {v}" for k, v in dims.items()))
     for inputs in real or []:
         reports.append(_case(plan, session, inputs, tolerance, _dims_of(plan, inputs), "real", budget))
+        progress.step("real inputs")
     return reports
 
 
@@ -245,9 +221,15 @@ def torch_greedy(model: torch.nn.Module, cfg: ModelConfig, prompt: np.ndarray, s
 
 
 def generation_parity(
-    source: Source, sessions: dict[str, ort.InferenceSession], steps: int = 32, prompt: np.ndarray | None = None
+    source: Source,
+    sessions: dict[str, ort.InferenceSession],
+    steps: int = 32,
+    prompt: np.ndarray | None = None,
+    memo: dict[tuple[bytes, int], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Greedy tokens of the torch source and of the bundle (KV cache on both sides) for N steps."""
+    """Greedy tokens of the torch source and of the bundle (KV cache on both sides) for N steps.
+    ``memo`` keeps the torch tokens per prompt and length: a second check of the same source (the
+    fp32 stage, then the quantized bundle) reuses them instead of generating again."""
     cfg = source.config
     assert cfg is not None, "generation parity is for edgeformer models (a config)"
     if prompt is not None:
@@ -264,7 +246,13 @@ def generation_parity(
     else:
         steps = min(steps, cfg.max_positions)
         got = greedy_seq2seq(sessions["encoder"], sessions["decoder"], prompt, max(cfg.bos_token_id, 0), steps)
-    want = torch_greedy(source.model, cfg, prompt, steps)
+    key = (prompt.tobytes() + str(prompt.shape).encode(), steps)
+    if memo is not None and key in memo:
+        want = memo[key]
+    else:
+        want = torch_greedy(source.model, cfg, prompt, steps)
+        if memo is not None:
+            memo[key] = want
     agree = int((got == want).all(axis=0).sum()) if got.shape == want.shape else 0
     first = next((i for i in range(min(got.shape[1], want.shape[1])) if not (got[:, i] == want[:, i]).all()), None)
     return {
@@ -290,13 +278,15 @@ def check_source(
     budget: dict[str, float] | None = None,
     target_providers: tuple[str, ...] = (),
     references: dict[str, list[BudgetCase]] | None = None,
+    memo: dict[tuple[bytes, int], np.ndarray] | None = None,
 ) -> ParityReport:
     """Compare every graph (name -> .onnx path) with the torch source at several shapes (and on
     ``real_inputs``, given to the first graph), then greedy generation. On a numeric failure,
     bisect to the first diverging module and node. fp32 is held to ``TOLERANCE``; a reduced
     precision (int8, int4, fp16) to its accuracy ``budget`` (default: the precision's). The report
     names the provider the graphs ran on, and says so when ``target_providers`` (the bundle's
-    target) wanted another one. ``references`` (``budget_cases``): the torch outputs, computed once."""
+    target) wanted another one. ``references`` (``budget_cases``): the torch outputs, computed once;
+    ``memo``: the torch source's greedy tokens, kept across checks of the same source."""
     if precision != "fp32":
         budget = {k: v for k, v in budget_for(precision, budget).items() if k != "perplexity" or real_inputs}
     report = ParityReport(precision, TOLERANCE.get(precision, float("inf")), budget=budget)
@@ -306,58 +296,76 @@ def check_source(
     log(f"  running the graphs on {report.provider}")
     real = complete_inputs(source.plans[0], real_inputs) if real_inputs is not None else None
     for plan in source.plans:
-        checked = Path(graphs[plan.name]).name  # model.onnx, or the .ort file of a mobile bundle
+        given = [real] if real and plan is source.plans[0] else None
         cases = check_graph(
             plan,
             sessions[plan.name],
             report.tolerance,
-            real=[real] if real and plan is source.plans[0] else None,
+            real=given,
             budget=budget,
             references=(references or {}).get(plan.name),
+            log=log,
         )
         report.cases += cases
-        failed = next((i for i, c in enumerate(cases) if not c.ok), None)
-        if failed is not None and report.divergence is None and budget is None:
-            inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
-            if inputs is not None:
-                report.divergence = bisect(
-                    plan, graphs[plan.name], inputs, report.tolerance, opset, source.example_dims
-                )
-            if report.divergence:
-                report.divergence["graph"] = checked
-        worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
-        verdict = "ok" if all(c.ok for c in cases) else "FAILED"
-        if budget is None:
-            log(
-                f"  {checked}: {len(cases)} shapes, worst error {worst:.2e} of output scale "
-                f"({verdict}, tolerance {report.tolerance:g})"
-            )
-        else:
-            cosine = min((c.metrics or {}).get("cosine", 1.0) for c in cases)
-            real_metrics = [c.metrics for c in cases if c.inputs == "real" and c.metrics and "top1" in c.metrics]
-            top1 = ""
-            if real_metrics:
-                top1 = f", top-1 agreement on the real inputs {min(m['top1'] for m in real_metrics):.4f}"
-            log(
-                f"  {checked}: {len(cases)} shapes, worst cosine {cosine:.5f}{top1} "
-                f"({verdict}, {precision} budget {budget})"
-            )
+        _bisect_first_failure(report, plan, cases, Path(graphs[plan.name]), opset, source, real)
+        log(_graph_line(Path(graphs[plan.name]).name, cases, report, precision))
     if source.config is not None and source.config.family != "encoder":
         prompt = real["input_ids"] if real is not None else None
-        report.generation = generation_parity(source, sessions, generation_steps, prompt)
-        g = report.generation
-        if g["identical"]:
-            outcome = "identical"
-        elif budget is None:
-            outcome = f"DIFFERENT from step {g['first_difference']}"
-        else:  # a quantized graph is judged by its budget; exact tokens are for the record
-            outcome = f"differ from step {g['first_difference']} (not judged: {precision} is held to its budget)"
-        log(f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, {outcome}")
+        report.generation = generation_parity(source, sessions, generation_steps, prompt, memo)
+        log(_generation_line(report.generation, precision, budget))
     if not report.ok and raise_on_failure:
         error = ParityError(format_failure(report))
         error.report = report
         raise error
     return report
+
+
+def _bisect_first_failure(
+    report: ParityReport,
+    plan: GraphPlan,
+    cases: list[CaseReport],
+    graph: Path,
+    opset: int,
+    source: Source,
+    real: dict[str, np.ndarray] | None,
+) -> None:
+    """fp32: the first failing case of the first graph that fails is bisected to the module and node."""
+    failed = next((i for i, c in enumerate(cases) if not c.ok), None)
+    if failed is None or report.divergence is not None or report.budget is not None:
+        return
+    inputs = make_inputs(plan, plan.cases[failed], seed=failed) if failed < len(plan.cases) else real
+    if inputs is not None:
+        report.divergence = bisect(plan, graph, inputs, report.tolerance, opset, source.example_dims)
+    if report.divergence:
+        report.divergence["graph"] = graph.name  # model.onnx, or the .ort file of a mobile bundle
+
+
+def _graph_line(checked: str, cases: list[CaseReport], report: ParityReport, precision: str) -> str:
+    """One graph's verdict: its worst error (fp32), or its worst cosine and top-1 agreement (a budget)."""
+    verdict = "ok" if all(c.ok for c in cases) else "FAILED"
+    if report.budget is None:
+        worst = max((o.max_rel for c in cases for o in c.outputs), default=0.0)
+        return (
+            f"  {checked}: {len(cases)} shapes, worst error {worst:.2e} of output scale "
+            f"({verdict}, tolerance {report.tolerance:g})"
+        )
+    cosine = min((c.metrics or {}).get("cosine", 1.0) for c in cases)
+    real_metrics = [c.metrics for c in cases if c.inputs == "real" and c.metrics and "top1" in c.metrics]
+    top1 = ""
+    if real_metrics:
+        top1 = f", top-1 agreement on the real inputs {min(m['top1'] for m in real_metrics):.4f}"
+    budget = f"{precision} budget {report.budget}"
+    return f"  {checked}: {len(cases)} shapes, worst cosine {cosine:.5f}{top1} ({verdict}, {budget})"
+
+
+def _generation_line(g: dict[str, Any], precision: str, budget: dict[str, float] | None) -> str:
+    if g["identical"]:
+        outcome = "identical"
+    elif budget is None:
+        outcome = f"DIFFERENT from step {g['first_difference']}"
+    else:  # a quantized graph is judged by its budget; exact tokens are for the record
+        outcome = f"differ from step {g['first_difference']} (not judged: {precision} is held to its budget)"
+    return f"  greedy generation: {g['steps']} tokens x {g['batch']} prompts, {outcome}"
 
 
 def format_failure(report: ParityReport) -> str:

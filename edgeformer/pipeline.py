@@ -102,13 +102,19 @@ def export_bundle(
     with new_bundle_dir(out, force) as tmp:
         packed = target.precision == "fp32" if packed_attention is None else packed_attention
         manifest = float_bundle(source, target, tmp, clock, packed_attention=packed)
+        cases: dict[str, list[Any]] | None = None
+        memo: dict[Any, Any] = {}
         if check:
             with clock.stage("verify", "checking parity against the torch source") as said:
+                # a mobile target checks twice (.onnx, then .ort): the torch outputs and tokens are computed once
+                cases = budget_cases(fixed) if target.ort_format else None
                 providers = mobile.runnable_providers(target.providers)
-                manifest["parity"] = verify(fixed, tmp, manifest, target, clock.log, providers=providers)
+                manifest["parity"] = verify(
+                    fixed, tmp, manifest, target, clock.log, providers=providers, references=cases, memo=memo
+                )
                 said.append("ok" if manifest["parity"]["ok"] else "FAILED")
         if target.ort_format:
-            package(tmp, manifest, fixed, target, clock, check=check, budget=None)
+            package(tmp, manifest, fixed, target, clock, check=check, budget=None, references=cases, memo=memo)
         manifest["timings"] = clock.to_dict()
         write_manifest(tmp, manifest)
     return manifest
@@ -125,7 +131,8 @@ def float_bundle(
     files: list[str] = []
     for traced_plan, plan in zip(source.plans, fixed.plans, strict=True):
         with clock.stage("trace", f"tracing {plan.file} (opset {target.opset})") as said:
-            model = trace(traced_plan, target.opset, fixed.example_dims)
+            # the fuse stage's first pass runs the optimizer the exporter would run: once is enough
+            model = trace(traced_plan, target.opset, fixed.example_dims, optimize=target.fusions == "none")
             if target.static_shapes:
                 model = mobile.fix_shapes(model, dict(target.static_shapes))
             said.append(f"{len(model.graph)} nodes")
@@ -178,10 +185,12 @@ def verify(
     raise_on_failure: bool = True,
     name_target: bool = True,
     references: dict[str, list[Any]] | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The verify stage: the bundle's graphs (``file_key``: "file", or "ort_file" for the .ort
     graphs) checked against the torch source; the parity report as the manifest records it. With
-    ``name_target`` the report says when the graphs ran elsewhere than on the target's provider."""
+    ``name_target`` the report says when the graphs ran elsewhere than on the target's provider.
+    ``references`` and ``memo``: the torch outputs and greedy tokens of earlier checks, reused."""
     graphs = {name: directory / g[file_key] for name, g in manifest["graphs"].items()}
     report = check_source(
         source,
@@ -194,6 +203,7 @@ def verify(
         raise_on_failure=raise_on_failure,
         target_providers=tuple(target.providers) if name_target else (),
         references=references,
+        memo=memo,
     )
     return report.to_dict()
 
@@ -207,6 +217,8 @@ def package(
     *,
     check: bool,
     budget: dict[str, float] | None,
+    references: dict[str, list[Any]] | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> None:
     """The package stage (the .ort graphs, the reduced-operator config, the usability report), then
     the .ort graphs verified against the torch source on the CPU provider as the .onnx graphs were."""
@@ -215,8 +227,9 @@ def package(
     if check:
         with clock.stage("verify", "checking the .ort graphs against the torch source (CPU provider)") as said:
             ort_parity = verify(
-                fixed, tmp, manifest, target, clock.log, file_key="ort_file", budget=budget or None, name_target=False
-            )
+                fixed, tmp, manifest, target, clock.log, file_key="ort_file", budget=budget or None,
+                name_target=False, references=references, memo=memo,
+            )  # fmt: skip
             manifest["mobile"]["ort_parity"] = ort_parity
             said.append("ok" if ort_parity["ok"] else "FAILED")
     for line in mobile.format_report(manifest["mobile"]):
@@ -250,17 +263,20 @@ def export_reduced(
         float_dir.mkdir()
         # attention as MultiHeadAttention with separate projections, which the quantizer reaches
         float_manifest = float_bundle(source, float_target, float_dir, clock, packed_attention=False)
+        cases: dict[str, list[Any]] | None = None  # the torch outputs, computed once for every check
+        memo: dict[Any, Any] = {}  # the torch greedy tokens, likewise
         if check:
             with clock.stage("verify-fp32", "checking the fp32 graphs against the torch source"):
+                # the final check's shapes and torch outputs, once: this check, the precision search (which meets
+                # the budget on them) and the final check all judge against them
+                cases = budget_cases(fixed)
                 providers = mobile.runnable_providers(target.providers)
                 float_manifest["parity"] = verify(
-                    fixed, float_dir, float_manifest, float_target, clock.log, providers=providers
-                )
+                    fixed, float_dir, float_manifest, float_target, clock.log, providers=providers,
+                    references=cases, memo=memo,
+                )  # fmt: skip
         write_manifest(float_dir, float_manifest)
         with clock.stage("quantize", f"quantizing to {target.precision}") as said:
-            # the final check's shapes and torch outputs, once: the search meets the budget on them and the
-            # check reuses them
-            cases = budget_cases(fixed) if check else None
             manifest = quantize_into(
                 float_dir, tmp, scratch_beside=out, precision=target.precision, mode=target.quantization,
                 budget=dict(target.budget), calibration_file=settings.calibration, target_name=target.name,
@@ -270,10 +286,14 @@ def export_reduced(
         manifest["target"] = target.to_dict() | {"budget": manifest["target"]["budget"]}
         if check:
             verify_reduced(
-                fixed, tmp, manifest, target, clock, accept_budget_miss=settings.accept_budget_miss, references=cases
-            )
+                fixed, tmp, manifest, target, clock, accept_budget_miss=settings.accept_budget_miss,
+                references=cases, memo=memo,
+            )  # fmt: skip
         if target.ort_format:
-            package(tmp, manifest, fixed, target, clock, check=check, budget=manifest["target"]["budget"])
+            package(
+                tmp, manifest, fixed, target, clock, check=check, budget=manifest["target"]["budget"],
+                references=cases, memo=memo,
+            )  # fmt: skip
         manifest["timings"] = clock.to_dict()
         write_manifest(tmp, manifest)
     return manifest
@@ -300,6 +320,7 @@ def verify_reduced(
     *,
     accept_budget_miss: bool,
     references: dict[str, list[Any]] | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> None:
     """The verify stage of a reduced precision: the quantized graphs against torch by the budget;
     a miss raises unless accepted, then it is recorded beside the quantization verdict."""
@@ -314,6 +335,7 @@ def verify_reduced(
             budget=budget,
             raise_on_failure=not accept_budget_miss,
             references=references,
+            memo=memo,
         )
         manifest["parity"] = parity
         said.append("ok" if parity["ok"] else "FAILED (accepted)")

@@ -59,8 +59,12 @@ def _dynamic_shapes(plan: GraphPlan) -> tuple:
     return tuple(specs[:fixed]) + ((tuple(specs[fixed:]),) if len(specs) > fixed else ())
 
 
-def trace(plan: GraphPlan, opset: int, example_dims: dict[str, int] | None = None) -> ir.Model:
-    """Export one graph; inputs and outputs carry the plan's names and dimension names."""
+def trace(
+    plan: GraphPlan, opset: int, example_dims: dict[str, int] | None = None, *, optimize: bool = True
+) -> ir.Model:
+    """Export one graph; inputs and outputs carry the plan's names and dimension names. ``optimize``
+    runs onnxscript's optimizer on it (constant folding, dead code); the fuse stage's first pass
+    (``cleanup``) runs the same optimizer, so an export that fuses traces without it."""
     example = make_inputs(plan, example_dims or TRACE_DIMS, pad=False)
     args = tuple(torch.from_numpy(example[s.name]) for s in plan.inputs)
     plan.module.eval()
@@ -81,7 +85,7 @@ def trace(plan: GraphPlan, opset: int, example_dims: dict[str, int] | None = Non
                 input_names=[s.name for s in plan.inputs],
                 output_names=[s.name for s in plan.outputs],
                 opset_version=opset,
-                optimize=True,
+                optimize=optimize,
                 verbose=False,
             )
         except Exception as exc:  # noqa: BLE001 - the exporter raises anything; we name the module

@@ -33,6 +33,7 @@ from edgeformer.fusions.checks import (
 )
 from edgeformer.fusions.miss_reasons import gelu_tanh_nodes, why_not
 from edgeformer.fusions.passes import CPU_KERNEL_PROVIDERS, FusionOptions, FusionPass, FusionResult
+from edgeformer.progress import Progress
 
 __all__ = ["ATTENTION_OPS", "CPU_KERNEL_PROVIDERS", "INTERMEDIATE_DOMAIN", "FusionReport", "fuse_model"]
 
@@ -179,6 +180,7 @@ def _run_passes(
 ) -> tuple[ir.Model, dict[str, int]]:
     """Every pass in order, each checked when it changed the graph; the block counts after cleanup."""
     before: dict[str, int] = {}
+    progress = Progress("fusion pass", len(passes), log)  # quiet unless the passes take a while
     for fusion_pass in passes:
         start = time.perf_counter()
         result = fusion_pass(model)
@@ -192,6 +194,7 @@ def _run_passes(
             log(f"  {fusion_pass.name}: {result.rewrites}")
         if checker is not None and (result.modified or fusion_pass.name.endswith("cleanup")):
             model = checker.after(model, record)
+        progress.step(fusion_pass.name)
     if checker is not None:
         model = checker.finish(model)
     return model, before
