@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from edgeformer import budget as budgets
+from edgeformer.config import QUANTIZATION_MODES
 from edgeformer.errors import EdgeformerError, ExportError
 from edgeformer.export.manifest_read import read_manifest
 from edgeformer.export.manifest_write import file_hashes, new_bundle_dir, write_manifest
@@ -30,7 +31,7 @@ from edgeformer.quantize.verdict_rows import write_rows
 from edgeformer.verdict import combine, judge
 
 Log = Callable[[str], None]
-MODES = ("dynamic", "static")
+MODES = QUANTIZATION_MODES
 
 
 class QuantizeError(EdgeformerError):
