@@ -231,3 +231,22 @@ def write_trained(
         marker = {"format_version": 1, "producer": {"edgeformer": __version__}, "files": files}
         (tmp / TRAIN_MARKER).write_text(json_text(marker) + "\n", encoding="utf-8")
     return {"card": str(out / card_file), "checkpoint": str(out / ckpt_file), "sha256": sha, "metrics": metrics}
+
+
+def train_card(
+    card_name: str,
+    out: Path | None = None,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    force: bool = False,
+    log: Callable[[int, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """``edgeformer train CARD``: the card by name or path, trained by ``write_trained`` into ``out``
+    (default ``./<card>-trained``); a card without a checkpoint has no recipe to re-run."""
+    from edgeformer.zoo import resolve_card
+
+    card = resolve_card(card_name)
+    if card.path is None or card.checkpoint is None:
+        raise CardError(f"card {card.name!r} names no checkpoint to train")
+    return write_trained(card, out or Path(f"{card.name}-trained"), steps=steps, seed=seed, force=force, log=log)

@@ -63,3 +63,12 @@ class UserCodeNotRun(BundleError):
             f"pass --factory {spec} (API: factory={spec!r}) if you trust that code and want torch parity checked"
         )
         self.spec = spec
+
+
+class UsageError(EdgeformerError, ValueError):
+    """Options that contradict each other, or one whose value is malformed: a usage error. The CLI
+    shows it as click's usage error (exit 2); ``param_hint`` names the option when there is one."""
+
+    def __init__(self, message: str, param_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.param_hint = param_hint
