@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeformer.quantize import budget as budgets
+from edgeformer import budget as budgets
 from edgeformer.quantize.mixed import _smallest_meeting, float_order, quantize_within_budget, weight_params
 
 
