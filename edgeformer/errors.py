@@ -68,3 +68,12 @@ class UserCodeNotRun(BundleError):
 class DataError(EdgeformerError, ValueError):
     """Training data is unusable (empty, not UTF-8, a label the card does not have, a pair without
     a target); the message names the file and the line."""
+
+
+class UsageError(EdgeformerError, ValueError):
+    """Options that contradict each other, or one whose value is malformed: a usage error. The CLI
+    shows it as click's usage error (exit 2); ``param_hint`` names the option when there is one."""
+
+    def __init__(self, message: str, param_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.param_hint = param_hint

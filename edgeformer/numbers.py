@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
+COUNT_LIMIT = 1 << 20  # steps, sequence lengths, sizes, sweep counts: beyond any model edgeformer builds
+
 
 def finite_number(value: object) -> TypeGuard[int | float]:
     """An int or float (not a bool) that is finite as a float: NaN, the infinities and integers

@@ -24,6 +24,8 @@ from edgeformer.errors import CardError
 
 PRECISIONS = ("fp32", "int8", "fp16", "int4")
 QUANTIZATION_MODES = ("dynamic", "static")
+REDUCED_PRECISIONS = ("int8", "int4", "fp16")  # PRECISIONS less fp32, in the order `edgeformer quantize` lists them
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # static int8: activations to ranges
 TARGET_KEYS = {
     "name", "description", "precision", "opset", "providers", "fusions", "quantization", "budget",
     "static_shapes", "ort_format", "ort_optimization",
@@ -33,6 +35,7 @@ STATIC_SIZE_LIMIT = 1 << 20  # a fixed batch or sequence size; more would not fi
 STATIC_DIMS = ("batch", "sequence", "encoder_sequence", "past_sequence", "total_sequence")
 ORT_OPTIMIZATIONS = ("basic", "extended", "all")  # onnxruntime's levels for the saved .ort graph
 FUSION_FORMS = ("none", "contrib", "standard", "nnapi", "coreml", "qnn")
+FUSED_FORMS = tuple(f for f in FUSION_FORMS if f != "none")  # what `edgeformer fuse --form` produces
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from edgeformer.config import ModelCard, ModelConfig, load_card
 from edgeformer.errors import CardError
@@ -102,3 +103,28 @@ def parameter_count(cfg: ModelConfig) -> int:
     if cfg.family == "encoder" and cfg.head in ("classification", "embedding") and cfg.pooling == "pooler":
         total += linear
     return total
+
+
+def zoo_rows() -> list[dict[str, Any]]:
+    """One row per shipped card (``edgeformer models``): its shape, parameters counted from the
+    config (no torch), fp32 size, whether it has a trained checkpoint, and its metrics."""
+    rows = []
+    for card in list_cards():
+        cfg = card.config
+        params = parameter_count(cfg)
+        rows.append(
+            {
+                "name": card.name,
+                "family": cfg.family,
+                "layers": cfg.n_layers,
+                "decoder_layers": cfg.decoder_layers if cfg.family == "encoder-decoder" else None,
+                "d_model": cfg.d_model,
+                "heads": cfg.n_heads,
+                "attention": cfg.attention,
+                "parameters": params,
+                "size_fp32_bytes": params * 4,
+                "trained": card.checkpoint is not None,
+                "metrics": card.metrics,
+            }
+        )
+    return rows

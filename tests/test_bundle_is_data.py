@@ -412,18 +412,21 @@ def test_a_manifest_naming_a_directory_loads_nothing_from_it_unless_its_weights_
 
 
 def test_check_judges_the_graph_it_verified_not_one_swapped_in_meanwhile(edge_bundle, tmp_path, monkeypatch):
-    import edgeformer.parity as parity
+    import edgeformer.verify_bundle as verify_bundle
     from edgeformer.verify_bundle import check_bundle
 
     bundle = _copy(edge_bundle("bert-mini"), tmp_path / "b")
     _scaled(bundle / "model.onnx", tmp_path / "other.onnx", 3.0)
-    real = parity.check_source
+    real = verify_bundle.check_source
+    swaps = []
 
     def swapped_then_checked(*args, **kwargs):  # between the sha256 check and the sessions
         os.replace(tmp_path / "other.onnx", bundle / "model.onnx")
+        swaps.append(True)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(parity, "check_source", swapped_then_checked)
+    monkeypatch.setattr(verify_bundle, "check_source", swapped_then_checked)
     report = check_bundle(bundle, generation_steps=2)
+    assert swaps, "the swap must happen between the hash check and the sessions, or the test proves nothing"
     assert report.ok and report.torch_parity == "checked"
     assert (bundle / "model.onnx").read_bytes() != (edge_bundle("bert-mini") / "model.onnx").read_bytes()

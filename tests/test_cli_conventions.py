@@ -8,8 +8,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edgeformer.cli import _legacy_json_file, main
-from edgeformer.cli_types import SeedRange
+from edgeformer.cli import main
+from edgeformer.cli.bench import legacy_json_file
+from edgeformer.cli.options import SeedRange
 
 WRITERS = {"train", "import", "export", "fuse", "quantize", "bench"}
 
@@ -69,8 +70,8 @@ def test_fuse_and_bench_take_the_old_provider_spelling_too(tmp_path):
 
 
 def test_bench_json_prints_and_an_old_json_file_argument_still_writes_the_file():
-    assert _legacy_json_file(("gpt-mini",), True, None) == (("gpt-mini",), True, None)
-    assert _legacy_json_file(("gpt-mini", "r.json"), True, None) == (("gpt-mini",), False, Path("r.json"))
+    assert legacy_json_file(("gpt-mini",), True, None) == (("gpt-mini",), True, None)
+    assert legacy_json_file(("gpt-mini", "r.json"), True, None) == (("gpt-mini",), False, Path("r.json"))
     result = CliRunner().invoke(main, ["bench", "r.json", "--json"])
     assert result.exit_code == 2 and "write it with -o r.json" in result.output
     result = CliRunner().invoke(main, ["bench", "gpt-mini", "--json", "r.json", "-o", "s.json"])

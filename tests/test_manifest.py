@@ -221,3 +221,20 @@ def test_a_user_modules_manifest_keeps_its_null_config():
     text = mf.manifest_text(mf.parse_manifest(raw))
     assert '"config": null' in text and json.loads(text)["source"]["factory"] == "pkg.mod:make"
     assert json.loads(text) == raw
+
+
+def test_a_recorded_budget_of_the_wrong_kind_is_refused_by_name(tmp_path):
+    # found by the damaged-bundle property suite: an int as target.budget reached the judge as a traceback
+    from edgeformer.errors import BundleError
+
+    base = _raw()
+    cases = [
+        (3, "must be an object"),
+        ({"cosine": "x"}, "cosine must be a finite number"),
+        ({"speed": 0.5}, "unknown budget metric 'speed'"),
+        ({"cosine": 1.5}, "from 0 to 1"),
+    ]
+    for budget, says in cases:
+        manifest = dict(base, target=dict(base.get("target") or {}, budget=budget))
+        with pytest.raises(BundleError, match=says):
+            check_producer_fields(manifest, "m.json")

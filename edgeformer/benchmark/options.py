@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgeformer.numbers import COUNT_LIMIT  # any count of a sweep (threads: bounded by the session)
+
 LOOPS = ("runtime", "bare")
 DEFAULT_SEQUENCES = (8, 32, 128)
 DEFAULT_PROMPT, DEFAULT_NEW_TOKENS = 32, 128
 DEFAULT_ITERATIONS = 20
 FORWARD_GRAPH = {"encoder": "model", "decoder": "model", "encoder-decoder": "encoder"}
 STEP_GRAPH = {"decoder": "model", "encoder-decoder": "decoder"}  # the graph that runs once per new token
-COUNT_LIMIT = 1 << 20  # any count of a sweep (threads are bounded by the session, sequences by the model)
 BATCH_LIMIT = 4096  # a batch of random inputs is allocated whole
 SEED_LIMIT = 2**64 - 1
 BUDGET_LIMIT = 86400.0  # seconds per case

@@ -222,6 +222,34 @@ def write_card(imported: Imported, card_path: str | Path, *, force: bool = False
     return load_card(card_path)
 
 
+def import_card(
+    directory: str | Path,
+    output: str | Path | None = None,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    memory_check: bool = True,
+) -> dict[str, Any]:
+    """``edgeformer import DIRECTORY``: import it (``import_directory``) and write its card
+    (``write_card``, default ``./<name>.toml``); returns what was written, with the parameter count
+    and the tensors of the directory that edgeformer's model has no place for (``ignored``)."""
+    if name is not None:
+        check_card_name(name, "--name")
+    imported = import_directory(directory, name=name, memory=MemoryPlan() if memory_check else None)
+    out = Path(output) if output is not None else Path(f"{name or card_name(Path(directory))}.toml")
+    card = write_card(imported, out, force=force)
+    return {
+        "card": str(out),
+        "name": card.name,
+        "architecture": imported.architecture,
+        "family": card.config.family,
+        "checkpoint": str(card.checkpoint),
+        "tokenizer": card.tokenizer or None,
+        "parameters": sum(p.numel() for p in imported.model.parameters()),
+        "ignored": imported.ignored,
+    }
+
+
 def _source(imported: Imported, recipe: dict[str, Any], max_sequence: int | None) -> Source:
     plans = plan_graphs(imported.model, imported.config, max_sequence)
     files = {TOKENIZER_FILE: imported.tokenizer} if imported.tokenizer is not None else {}

@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeformer.targets import CALIBRATION_METHODS
+
 QUANTIZABLE = ("MatMul", "Gather")  # projections and FFNs; the embedding tables
 # Static (QDQ) quantizes MatMuls only, and every one of them: onnxruntime's QDQ MatMul ignores
 # MatMulConstBOnly, so attention's activation x activation MatMuls (Q.K^T, softmax.V) get QDQ too
 STATIC_OPS = ("MatMul",)
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = CALIBRATION_METHODS
 # whether onnxruntime's calibrator may speak (its print() lines and INFO logs), on stderr; the CLI's --verbose
 VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeformer_quantize_verbose", default=False)
 

@@ -24,9 +24,10 @@ import onnx
 from edgeformer.errors import EdgeformerError
 from edgeformer.quantize import half_storage, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import Feeds, MixedResult, Quantizer, Ranker, quantize_within_budget, weight_params
+from edgeformer.targets import QUANTIZATION_MODES
 
 Log = Callable[[str], None]
-MODES = ("dynamic", "static")  # what --mode takes; int4 and fp16 are weight-only whatever it says
+MODES = QUANTIZATION_MODES  # what --mode takes; int4 and fp16 are weight-only whatever it says
 NEEDS = {
     "calibration_rows": "activation ranges measured on calibration rows (real inputs, or byte text)",
     "untied_head": "a tied LM head untied into a MatMul the pass can reduce (its Gathers read the reduced table)",

@@ -1,4 +1,5 @@
-"""Click parameter types for numbers from the command line: finite, and bounded on both sides.
+"""The options several commands share, and click parameter types for numbers from the command
+line: finite, and bounded on both sides.
 
 ``click.FloatRange`` lets ``nan`` through (every comparison with NaN is false) and ``inf`` when no
 maximum is set; a NaN time budget or threshold would silently disable what it bounds.
@@ -11,7 +12,7 @@ from typing import Any
 
 import click
 
-COUNT_LIMIT = 1 << 20  # steps, sequence lengths, sizes: beyond any model edgeformer builds
+from edgeformer.numbers import COUNT_LIMIT  # steps, sequence lengths, sizes: beyond any model edgeformer builds
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -102,3 +103,30 @@ def merge_providers(providers: tuple[str, ...] | None, alias: tuple[str, ...] | 
     if providers and alias:
         raise click.UsageError("give --providers once (comma-separated), not together with --provider")
     return providers or alias or None
+
+
+def reduced_precision_options(fn: Any) -> Any:
+    """--verbose and --accept-budget-miss, shared by export and quantize."""
+    fn = click.option(
+        "--accept-budget-miss",
+        is_flag=True,
+        help="Write the bundle even when it misses its accuracy budget (otherwise: exit 1, nothing written); "
+        "the manifest records the miss and `edgeformer check` shows it.",
+    )(fn)
+    return click.option(
+        "--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr)."
+    )(fn)
+
+
+def progress(msg: str) -> None:
+    """A library's progress line, on stderr."""
+    click.echo(msg, err=True)
+
+
+def quantizer_verbose(verbose: bool) -> None:
+    """--verbose: onnxruntime's quantizer may speak (on stderr) until this command ends."""
+    if verbose:
+        from edgeformer.quantize.int8 import VERBOSE
+
+        token = VERBOSE.set(True)
+        click.get_current_context().call_on_close(lambda: VERBOSE.reset(token))

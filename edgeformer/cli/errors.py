@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from edgeformer.errors import EdgeformerError
+from edgeformer.errors import EdgeformerError, UsageError
 
 ADVICE = {
     errno.ENOSPC: "free some space or write elsewhere (-o)",
@@ -49,12 +49,17 @@ def os_message(exc: OSError) -> str:
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's typed errors, and the machine's refusals (OSError, MemoryError,
-    RecursionError), into click messages (exit code 1, no traceback)."""
+    RecursionError), into click messages (exit code 1, no traceback); a ``UsageError`` is a
+    usage error (exit code 2), as click's own."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except UsageError as exc:  # options that contradict each other: a usage error (exit 2)
+            if exc.param_hint is not None:
+                raise click.BadParameter(str(exc), param_hint=exc.param_hint) from None
+            raise click.UsageError(str(exc)) from None
         except EdgeformerError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
