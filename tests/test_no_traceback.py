@@ -439,3 +439,21 @@ def test_generate_with_a_negative_seed_is_an_option_error(edge_bundle):
     model = runtime.load(edge_bundle("gpt-mini"))
     with pytest.raises(OptionError):
         model.generate([1, 2, 3], max_new_tokens=2, seed=-1)
+
+
+def test_fuse_a_graph_whose_text_is_not_utf8_is_refused_by_name(tmp_path):
+    # found by the damaged-bundle property suite: onnx-ir reads such a file, then cannot write it back
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    onnx.helper.set_model_props(model, {"note": "MARKMARK"})
+    data = model.SerializeToString().replace(b"MARKMARK", b"\x80\x81\x82\x83\x84\x85\x86\x87")
+    src = tmp_path / "damaged.onnx"
+    src.write_bytes(data)
+    result = CliRunner().invoke(main, ["fuse", str(src), "-o", str(tmp_path / "fused.onnx")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "damaged" in result.output
+    assert not (tmp_path / "fused.onnx").exists()

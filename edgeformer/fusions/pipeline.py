@@ -167,10 +167,10 @@ def _checker(model: ir.Model, feeds: list[Feeds] | None, report: FusionReport, *
     if not feeds:
         report.parity_not_checked = "no inputs were given for the check"
         return None
-    start = snapshot(model)
     try:
+        start = snapshot(model)
         return _Checker(feeds, run(start, feeds), restore_point=start, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any onnxruntime failure on the source graph
+    except Exception as exc:  # noqa: BLE001 - a graph that cannot be serialised, or any onnxruntime failure on it
         report.parity_not_checked = f"the unfused graph does not run under onnxruntime ({ort_message(exc)})"
         return None
 

@@ -136,8 +136,23 @@ def fuse_file(
     report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
     stamp(model)
     with atomic_path(out) as tmp:
-        ir.save(model, tmp)
+        save_fused(model, tmp, src)
     return report
+
+
+def save_fused(model: ir.Model, path: Path, src: Path) -> None:
+    """Write the fused graph; a graph onnx-ir cannot serialise (a damaged file: text fields that are
+    not UTF-8, say) is refused by name, the output left untouched."""
+    try:
+        ir.save(model, path)
+    except (ir.serde.SerdeError, UnicodeError, ValueError) as exc:
+        cause = exc.__cause__ or exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ExportError(
+            f"{src}: the fused graph cannot be written ({type(cause).__name__}: {str(cause)[:160]}); "
+            "the file is damaged: export it again from its source"
+        ) from None
 
 
 def fuse_bundle(
