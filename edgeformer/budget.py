@@ -51,6 +51,20 @@ def budget_problem(name: str, value: object) -> str | None:
     return None
 
 
+def budget_table_problem(budget: object) -> str | None:
+    """Why ``budget`` (a target's table, or the one a manifest records) is not a table of metric
+    bounds, in words starting with "budget" (None when it is one)."""
+    if not isinstance(budget, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
+    ):
+        return f"budget must be a table of metric = number, got {budget!r:.60}"
+    unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
+    if unknown_metrics:
+        return f"budget metric {unknown_metrics[0]!r:.40} is not one of {', '.join(BUDGET_METRICS)}"
+    problems = [p for p in (budget_problem(k, v) for k, v in budget.items()) if p]
+    return f"budget {problems[0]}" if problems else None
+
+
 def parse_budget(items: Sequence[str]) -> dict[str, float]:
     """``["cosine=0.999", "top1=0.99"]`` -> {"cosine": 0.999, "top1": 0.99}; ValueError names the bad one."""
     out = {}

@@ -35,6 +35,25 @@ def _floats(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndar
     return reference.astype(np.float64), got.astype(np.float64)
 
 
+def _error_and_scale(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """max |ref - out| and max |ref|, without a float64 copy or a second full-size temporary."""
+    diff = np.subtract(ref, out)
+    np.abs(diff, out=diff)
+    return float(diff.max()), max(float(ref.max()), -float(ref.min()))
+
+
+def scaled_error(reference: np.ndarray, got: np.ndarray) -> float:
+    """max |got - ref| / max(1, max |ref|), the quantity ``compare`` holds to its tolerance; inf
+    when either side is not finite (NaN compared with a tolerance is false both ways)."""
+    if not reference.size:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        err, ref_max = _error_and_scale(*_floats(reference, got))
+    if not (np.isfinite(err) and np.isfinite(ref_max)):
+        return float("inf")
+    return err / max(1.0, ref_max)
+
+
 def compare(name: str, reference: np.ndarray, got: np.ndarray, tolerance: float) -> OutputReport:
     """Error relative to the output's scale: max |got - ref| / max(1, max |ref|) <= tolerance.
     A NaN or inf on either side fails, named in ``non_finite``: a torch source and a graph that
@@ -51,10 +70,7 @@ def compare(name: str, reference: np.ndarray, got: np.ndarray, tolerance: float)
         non_finite = ""
         if not (np.isfinite(ref_sq) and np.isfinite(out_sq)):  # a NaN or inf somewhere: name them
             non_finite = "; ".join(filter(None, (_non_finite("torch source", ref), _non_finite("ONNX", out))))
-        diff = np.subtract(ref, out)
-        np.abs(diff, out=diff)
-        err = float(diff.max())
-        ref_max = max(float(ref.max()), -float(ref.min()))
+        err, ref_max = _error_and_scale(ref, out)
         norm = float(np.sqrt(ref_sq) * np.sqrt(out_sq))
         cosine = _dot(ref, out) / norm if norm > 0 else float(np.array_equal(ref, out))
     ok = not non_finite and err / max(1.0, ref_max) <= tolerance

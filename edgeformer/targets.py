@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeformer import safe_read
-from edgeformer.budget import BUDGET_METRICS, budget_problem
+from edgeformer.budget import budget_table_problem
 from edgeformer.config import CARD_BYTES
 from edgeformer.errors import CardError
 
@@ -73,16 +73,9 @@ def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ..
 
 def _budget(data: dict[str, Any], source: str) -> tuple[tuple[str, float], ...]:
     budget = data.get("budget", {})
-    if not isinstance(budget, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in budget.values()
-    ):
-        raise CardError(f"{source}: budget must be a table of metric = number, got {budget!r}")
-    unknown_metrics = sorted(set(budget) - set(BUDGET_METRICS))
-    if unknown_metrics:
-        raise CardError(f"{source}: budget metric {unknown_metrics[0]!r} is not one of {', '.join(BUDGET_METRICS)}")
-    problems = [p for p in (budget_problem(k, v) for k, v in budget.items()) if p]
-    if problems:
-        raise CardError(f"{source}: budget {problems[0]}")
+    problem = budget_table_problem(budget)
+    if problem:
+        raise CardError(f"{source}: {problem}")
     return tuple(sorted((k, float(v)) for k, v in budget.items()))
 
 

@@ -229,10 +229,10 @@ def test_a_recorded_budget_of_the_wrong_kind_is_refused_by_name(tmp_path):
 
     base = _raw()
     cases = [
-        (3, "must be an object"),
-        ({"cosine": "x"}, "cosine must be a finite number"),
-        ({"speed": 0.5}, "unknown budget metric 'speed'"),
-        ({"cosine": 1.5}, "from 0 to 1"),
+        (3, "target.budget must be a table of metric = number, got 3"),
+        ({"cosine": "x"}, "target.budget must be a table of metric = number"),
+        ({"speed": 0.5}, "target.budget metric 'speed' is not one of"),
+        ({"cosine": 1.5}, "target.budget cosine must be from 0 to 1"),
     ]
     for budget, says in cases:
         manifest = dict(base, target=dict(base.get("target") or {}, budget=budget))

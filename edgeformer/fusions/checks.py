@@ -13,6 +13,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from edgeformer.compare import scaled_error
+
 Feeds = dict[str, np.ndarray]
 INTERMEDIATE_DOMAIN = "ai.onnxruntime._fusion"  # onnxscript's ort_fusions: SDPA, MHA before its final form
 
@@ -145,23 +147,12 @@ def ort_message(exc: Exception) -> str:
 
 
 def max_rel(reference: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-    """The worst |reference - got| over max(1, |reference|), output by output; inf where either
-    side is not finite. Computed in the outputs' own float type: a float64 copy of a decoder's
-    logits cost more than running the graph."""
+    """The worst ``compare.scaled_error`` over every output of every feed (inf where either side
+    is not finite)."""
     worst = 0.0
     for ref_outs, got_outs in zip(reference, got, strict=True):
         for r, g in zip(ref_outs, got_outs, strict=True):
-            if r.size == 0:
-                continue
-            if r.dtype.kind != "f" or g.dtype != r.dtype:
-                r, g = r.astype(np.float64), g.astype(np.float64)
-            diff = np.subtract(r, g)
-            np.abs(diff, out=diff)
-            err = float(diff.max())
-            scale = max(float(r.max()), -float(r.min()))
-            if not (np.isfinite(err) and np.isfinite(scale)):
-                return float("inf")
-            worst = max(worst, err / max(1.0, scale))
+            worst = max(worst, scaled_error(r, g))
     return worst
 
 
