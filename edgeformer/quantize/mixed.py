@@ -34,8 +34,21 @@ from edgeformer import budget as budgets
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
 # (model, the all-quantized graph, candidates, feeds, judge: outputs of the first feeds -> budget used)
-#   -> (score per node, the most sensitive highest; what the score means)
-Ranker = Callable[..., tuple[dict[str, float], str]]
+#   -> Ranking, or (score per node, the most sensitive highest; what the score means)
+Ranker = Callable[..., "Ranking | tuple[dict[str, float], str]"]
+
+
+@dataclass
+class Ranking:
+    """What a ranker hands the search: each candidate's score (the most sensitive highest) and what it
+    means; ``confirm``, when there is one, a session of the all-reduced graph whose ``with_float(kept)``
+    is the graph with ``kept`` in float (``sensitivity.GatedSession``): the confirmations run on it
+    instead of a quantized graph and a session each; ``runs``: the model runs the scores took."""
+
+    scores: dict[str, float]
+    key: str
+    confirm: Any = None
+    runs: int = 0
 
 
 @dataclass
@@ -44,8 +57,9 @@ class MixedResult:
     measured: dict[str, float]
     within_budget: bool
     kept_in_float: list[dict[str, Any]] = field(default_factory=list)
-    tried: int = 1
+    tried: int = 1  # quantized graphs written and judged
     seconds: float = 0.0
+    confirmations: int = 0  # whole-model judgements of a kept-in-float set, on a written or a gated graph
     verdict_measured: dict[str, float] = field(default_factory=dict)  # on the verdict rows
     candidates: int = 0
     case_misses: list[str] = field(default_factory=list)  # the final check's cases the chosen graph misses
@@ -55,7 +69,10 @@ class MixedResult:
         """What the search tried, for a verdict: "all N nodes int8; then K kept in float (T graphs)"."""
         text = f"all {self.candidates} quantizable node(s) in reduced precision"
         if self.tried > 1:
-            text += f"; then up to all of them kept in float, most sensitive first ({self.tried} graphs tried)"
+            text += (
+                f"; then up to all of them kept in float, most sensitive first ({self.confirmations} "
+                f"confirmation(s), {self.tried} graphs written)"
+            )
         if self.kept_in_float:
             text += f"; {'chose' if self.within_budget else 'ended with'} {len(self.kept_in_float)} kept in float"
         if not self.within_budget and self.candidates and len(self.kept_in_float) == self.candidates:
@@ -71,6 +88,7 @@ class MixedResult:
             "within_budget": self.within_budget,
             "kept_in_float": self.kept_in_float,
             "graphs_tried": self.tried,
+            "confirmations": self.confirmations,
             "seconds": round(self.seconds, 1),
         }
 
@@ -111,6 +129,7 @@ class _Trials:
     on_cases: dict[str, float] = field(default_factory=dict)
     case_misses: list[str] = field(default_factory=list)
     graphs: int = 0
+    confirmations: int = 0
 
     @property
     def work(self) -> Path:
@@ -123,7 +142,11 @@ class _Trials:
         excluded = list(exclude) if include is None else [c for c in self.candidates if c not in include]
         self.quantize(self.model, self.work, exclude=excluded)
         self.graphs += 1
-        session = _session(self.work)
+        return self.judged(_session(self.work), final)
+
+    def judged(self, session: Any, final: bool = True) -> dict:
+        """The budget metrics of ``session`` on the calibration rows and, when ``final``, the verdict rows
+        and the final check's cases too (the worse value of each)."""
         measured = self.measure(self.reference, outputs_of(session, self.feeds), self.feeds)
         if final and self.verdict_feeds:
             got = outputs_of(session, self.verdict_feeds)
@@ -136,33 +159,37 @@ class _Trials:
             _merge_worse(measured, self.on_cases)
         return measured
 
-    def sensitivity(self, rank: Ranker | None, log: Callable[[str], None]) -> tuple[dict[str, float], str]:
-        """Each candidate's share of the budget used alone: from one gated session (``rank``), and
-        for what it cannot reach, from a graph per node."""
-        scores: dict[str, float] = {}
-        key, start = "budget_used_alone", time.perf_counter()
+    def sensitivity(self, rank: Ranker | None, log: Callable[[str], None]) -> Ranking:
+        """Each candidate's score: from the ranker (one instrumented session), and for what it cannot
+        reach, from a graph per node (its share of the budget used alone)."""
+        ranking, start = Ranking({}, "budget_used_alone"), time.perf_counter()
         if rank is not None:
 
             def judge(got: list[dict[str, np.ndarray]]) -> float:
                 n = len(got)
                 return budgets.budget_used(self.measure(self.reference[:n], got, self.feeds[:n]), self.budget)
 
-            scores, key = rank(self.model, self.work, self.candidates, self.feeds, judge)
-        rest = [c for c in self.candidates if c not in scores]
+            found = rank(self.model, self.work, self.candidates, self.feeds, judge)
+            ranking = found if isinstance(found, Ranking) else Ranking(*found, runs=len(found[0]) + 1)
+        rest = [c for c in self.candidates if c not in ranking.scores]
+        if rest and ranking.confirm is not None:
+            ranking.confirm = None  # a set kept in float the gates cannot make: confirmations are written graphs
         for i, name in enumerate(rest):
-            scores[name] = budgets.budget_used(self.score([], include=[name], final=False), self.budget)
+            ranking.scores[name] = budgets.budget_used(self.score([], include=[name], final=False), self.budget)
+            ranking.runs += 1
             if (i + 1) % 10 == 0:
                 each = (time.perf_counter() - start) / (i + 1)
                 left = each * (len(rest) - i - 1)
                 log(f"    sensitivity {i + 1}/{len(rest)} ({each:.1f} s each, about {left:.0f} s left)")
-        return scores, key
+        return ranking
 
     def result(self, measured: dict[str, float], ok: bool, start: float, **more: Any) -> MixedResult:
         self.work.replace(self.out)
         return MixedResult(
             self.out, measured, ok, tried=self.graphs,
             seconds=time.perf_counter() - start, verdict_measured=self.on_verdict_rows,
-            candidates=len(self.candidates), case_misses=self.case_misses, case_measured=self.on_cases, **more,
+            candidates=len(self.candidates), case_misses=self.case_misses, case_measured=self.on_cases,
+            confirmations=self.confirmations, **more,
         )  # fmt: skip
 
 
@@ -191,47 +218,77 @@ def quantize_within_budget(
         outputs_of(float_session, feeds),
         outputs_of(float_session, verdict_feeds),
     )
+    del float_session  # the references are what the search needs of it
     measured = trials.score([])
     broken = budgets.violations(measured, budget)
     if not broken or not budget or not candidates:  # within budget, or nothing to keep in float
         return trials.result(measured, not broken, start)
-    log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking nodes")
-    sensitivity, key = trials.sensitivity(rank, log)
+    log(f"  all nodes in reduced precision break the budget ({'; '.join(broken)}); ranking {len(candidates)} nodes")
+    ranking = trials.sensitivity(rank, log)
     params = weight_params(model, candidates)
-    ranked = float_order(candidates, sensitivity, params)
-    log(f"  keeping nodes in float, most budget per float byte first ({len(ranked)} candidates)")
-    results: dict[int, dict[str, float]] = {}
-    confirmations: list[int] = []
-    clock = time.perf_counter()
+    ranked = float_order(candidates, ranking.scores, params)
+    log(f"  ranked {len(ranked)} candidates by {ranking.key} from {ranking.runs} model run(s) "
+        f"({time.perf_counter() - start:.1f} s so far); keeping nodes in float, most per float byte first")  # fmt: skip
+    hi, measured = _search(trials, ranking, ranked, params, log, start)
+    log(f"  search: {hi} node(s) kept in float after {trials.confirmations} whole-model confirmation(s) and "
+        f"{trials.graphs} quantized graph(s), {time.perf_counter() - start:.1f} s in all")  # fmt: skip
+    kept = [{"node": n, ranking.key: round(ranking.scores[n], 4)} for n in ranked[:hi]]
+    return trials.result(measured, not budgets.violations(measured, budget), start, kept_in_float=kept)
 
-    def meets(k: int, width: int) -> bool:
-        results[k] = trials.score(ranked[:k])
-        confirmations.append(k)
-        each = (time.perf_counter() - clock) / len(confirmations)
-        left = math.ceil(math.log2(width)) + 1 if width > 1 else 0  # confirmations still to come, at most
+
+def _search(
+    trials: _Trials, ranking: Ranking, ranked: list[str], params: dict[str, int], log: Callable[[str], None],
+    start: float,
+) -> tuple[int, dict[str, float]]:  # fmt: skip
+    """The smallest prefix of ``ranked`` kept in float that meets the budget, and the metrics of its
+    written graph (left in the work file). Confirmations run on the ranker's gated session when it has
+    one, then the chosen set is written and judged; should that graph miss (float rounding between the
+    two), the search goes on over larger sets with written graphs."""
+    results: dict[int, dict[str, float]] = {}
+    tied = shared_weights(trials.model, ranked)
+
+    def meets(k: int, left: int) -> bool:
+        # a node sharing its weight (a tied LM head and the embedding) changes more than its gate when kept
+        gated = ranking.confirm if not tied.intersection(ranked[:k]) else None
+        results[k] = trials.judged(gated.with_float(ranked[:k])) if gated is not None else trials.score(ranked[:k])
+        trials.confirmations += 1
         megabytes = 4 * sum(params.get(n, 0) for n in ranked[:k]) / 1e6
-        log(f"    confirmation {len(confirmations)}: {k}/{len(ranked)} node(s) in float ({megabytes:.1f} MB of "
-            f"float weights): {budgets.to_jsonable(results[k])}; {each:.1f} s each, at most {left} more")  # fmt: skip
-        return not budgets.violations(results[k], budget)
+        on = " (gated session)" if gated is not None else ""
+        log(f"    confirmation {trials.confirmations}{on}: {k}/{len(ranked)} node(s) in float ({megabytes:.1f} MB "
+            f"of float weights): {budgets.to_jsonable(results[k])}; {time.perf_counter() - start:.1f} s so far, "
+            f"at most {left} more")  # fmt: skip
+        return not budgets.violations(results[k], trials.budget)
 
     hi = _smallest_meeting(meets, len(ranked))
-    log(f"  search: {hi} node(s) kept in float after {len(confirmations)} whole-model confirmation(s), "
-        f"{time.perf_counter() - start:.1f} s in all")  # fmt: skip
-    kept = [{"node": n, key: round(sensitivity[n], 4)} for n in ranked[:hi]]
-    return trials.result(results[hi], not budgets.violations(results[hi], budget), start, kept_in_float=kept)
+    if ranking.confirm is None:
+        return hi, results[hi]
+    ranking.confirm = None  # the gated session is freed before the written graph's is built
+    measured = trials.score(ranked[:hi])
+    if hi < len(ranked) and budgets.violations(measured, trials.budget):
+        log(f"  the written graph with {hi} in float misses ({'; '.join(budgets.violations(measured, trials.budget))});"
+            " searching larger sets on written graphs")  # fmt: skip
+        more = _smallest_meeting(lambda k, left: meets(hi + k, left), len(ranked) - hi)
+        return hi + more, results[hi + more]
+    return hi, measured
 
 
 def _smallest_meeting(meets: Callable[[int, int], bool], n: int) -> int:
-    """The smallest k in 1..n with ``meets(k, bracket width)``, by bisection (keeping more in float only
-    brings the graph closer to the float one; k = 0 failed already); n when even n fails. The last call
-    is on the k returned, so its graph is the one left in the work file."""
-    if not meets(n, n):
-        return n
-    lo, hi, last = 0, n, n
+    """The smallest k in 1..n with ``meets(k, confirmations left at most)`` (k = 0 failed already;
+    keeping more in float only brings the graph closer to the float one): k doubles from 1 until it
+    meets (few nodes usually hold the loss: about 2 log2(k) confirmations, not log2(n) + 1 starting
+    from all in float), then bisection between the last k that missed and the first that met; n when
+    even n misses. The last call is on the k returned, so its graph is the one left in the work file."""
+    rounds = max(math.ceil(math.log2(n)), 0) if n > 0 else 0
+    lo, k, step = 0, 1, 0
+    while not meets(min(k, n), 2 * rounds - step):
+        if k >= n:
+            return n
+        lo, k, step = min(k, n), 2 * k, step + 1
+    hi = last = min(k, n)
     while hi - lo > 1:
-        mid, width = (lo + hi) // 2, hi - lo
+        mid = (lo + hi) // 2
         last = mid
-        if meets(mid, width):
+        if meets(mid, math.ceil(math.log2(hi - lo))):
             hi = mid
         else:
             lo = mid
@@ -245,6 +302,21 @@ def weight_params(model: onnx.ModelProto, candidates: Sequence[str]) -> dict[str
     sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
     wanted = set(candidates)
     return {n.name: next((sizes[x] for x in n.input if x in sizes), 0) for n in model.graph.node if n.name in wanted}
+
+
+def shared_weights(model: onnx.ModelProto, candidates: Sequence[str]) -> set[str]:
+    """The candidates whose weight another node reads too (a tied LM head's table, read by the embedding's
+    Gather): keeping one in float changes that node as well, which no gate of the candidate's shows."""
+    inits = {i.name for i in model.graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            if x in inits:
+                readers.setdefault(x, set()).add(node.name)
+    wanted = set(candidates)
+    return {
+        n.name for n in model.graph.node if n.name in wanted and any(len(readers[x]) > 1 for x in n.input if x in inits)
+    }
 
 
 def float_order(candidates: Sequence[str], sensitivity: dict[str, float], params: dict[str, int]) -> list[str]:

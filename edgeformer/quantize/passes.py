@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from edgeformer.errors import EdgeformerError
-from edgeformer.quantize import half_storage, int4_rank, int8, qattention, tied_head, weights
+from edgeformer.quantize import half_storage, int8, qattention, sensitivity, tied_head, weights
 from edgeformer.quantize.mixed import Feeds, MixedResult, Quantizer, Ranker, quantize_within_budget, weight_params
 from edgeformer.targets import QUANTIZATION_MODES
 
@@ -31,7 +31,8 @@ MODES = QUANTIZATION_MODES  # what --mode takes; int4 and fp16 are weight-only w
 NEEDS = {
     "calibration_rows": "activation ranges measured on calibration rows (real inputs, or byte text)",
     "untied_head": "a tied LM head untied into a MatMul the pass can reduce (its Gathers read the reduced table)",
-    "gate_ranker": "candidates scored from one gated session (int4_rank) instead of one graph per node",
+    "gate_ranker": "candidates scored by local error from one run of one gated session (sensitivity), which "
+    "also runs the confirmations",
 }
 
 
@@ -124,7 +125,7 @@ class DynamicInt8(QuantizePass):
         attention = qattention.plan(model, feeds)
         if attention:
             log(f"  {len(attention)} self-attention block(s) can run as one int8 QAttention each")
-        return Prepared(model, candidates, dynamic_int8(heads, attention), int4_rank.rank)
+        return Prepared(model, candidates, dynamic_int8(heads, attention), sensitivity.rank)
 
 
 def dynamic_int8(heads: list[tied_head.TiedHead], attention: list[qattention.Block]) -> Quantizer:
@@ -180,7 +181,7 @@ class Int4(QuantizePass):
         def quantize(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
             return weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
 
-        return Prepared(model, weights.int4_candidates(model), quantize, int4_rank.rank)
+        return Prepared(model, weights.int4_candidates(model), quantize, sensitivity.rank)
 
     def reduced(self, path: Path, candidates: list[str], kept: list[str]) -> list[str]:
         return int4_nodes(path, candidates, kept)

@@ -195,7 +195,6 @@ class Rows:
     calib_feeds: dict[str, list[dict[str, Any]]]
     valid_feeds: dict[str, list[dict[str, Any]]]
     lengths: list[int]
-    float_sessions: dict[str, Any]
 
 
 def _pass(
@@ -229,15 +228,15 @@ def _rows(
         judged = {k: v for k, v in budget.items() if k == "cosine"}
         log(f"  random calibration tokens: only the cosine budget is applied ({judged})")
     graphs = manifest["graphs"]
-    float_sessions = {name: _session(src / g["file"]) for name, g in graphs.items()}
-    encoder = float_sessions.get("encoder")
+    # an encoder-decoder's decoder feeds come from the float encoder; no float session outlives the feeds
+    encoder = _session(src / graphs["encoder"]["file"]) if "encoder" in graphs and "decoder" in graphs else None
     calib_feeds = calibration.graph_feeds(manifest, calib, encoder_session=encoder)
     valid_feeds: dict[str, list[dict[str, Any]]] = {name: [] for name in graphs}
     for group in valid_rows:
         for name, feeds in calibration.graph_feeds(manifest, group, encoder_session=encoder).items():
             valid_feeds[name] += feeds
     lengths = sorted({f["input_ids"].shape[1] for fs in valid_feeds.values() for f in fs if "input_ids" in f})
-    return Rows(calib_text, valid_text, valid_rows, judged, calib_feeds, valid_feeds, lengths, float_sessions)
+    return Rows(calib_text, valid_text, valid_rows, judged, calib_feeds, valid_feeds, lengths)
 
 
 def _report(step: QuantizePass, budget: dict[str, float], rows: Rows) -> dict[str, Any]:
@@ -268,14 +267,17 @@ def _quantize_graph(
         language_model=language_model, log=log, verdict_feeds=rows.valid_feeds[name], cases=cases,
     )  # fmt: skip
     search, valid = result.search, rows.valid_feeds[name]
-    validation = budgets.measure(
-        outputs_of(rows.float_sessions[name], valid), outputs_of(_session(trial), valid), valid,
-        language_model=language_model,
-    )  # fmt: skip
+    session = _session(trial)  # the written graph, for its provider (and its validation, unless the search judged it)
+    validation = search.verdict_measured  # the search's last judgement: the graph written, on these rows
+    if not validation:
+        validation = budgets.measure(
+            outputs_of(_session(src / file), valid), outputs_of(session, valid), valid, language_model=language_model
+        )
     verdict = judge(
         validation, rows.judged, precision=step.precision, rows=rows.valid_text, lengths=rows.lengths,
-        provider=_provider(trial), tried=search.tried_text(),
+        provider=session.get_providers()[0], tried=search.tried_text(),
     )  # fmt: skip
+    del session
     verdict.misses = [f"{name} {m}" for m in verdict.misses + search.case_misses]
     verdict.ok = not verdict.misses
     size_before = sum((src / f).stat().st_size for f in manifest["files"] if f.startswith(file))
@@ -323,7 +325,3 @@ def _static_length(manifest: dict[str, Any]) -> int | None:
             if spec.get("name") == "input_ids" and len(shape) == 2 and isinstance(shape[1], int):
                 return shape[1]
     return None
-
-
-def _provider(path: Path) -> str:
-    return _session(path).get_providers()[0]

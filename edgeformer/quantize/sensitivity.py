@@ -1,0 +1,144 @@
+"""Sensitivity from ONE instrumented run, and confirmations without a quantized graph per trial.
+
+The precision search used to score each candidate by a run of the whole model with that node alone
+reduced (one gated run per node, or one written graph per node where no gate reaches): a cost of
+nodes x model. Here, as quantization debugging tools do, each candidate is scored by its LOCAL error:
+the gated graph of ``int4_rank.gated`` (the all-reduced graph, every changed node's float twin beside
+it, blended by a gate) with every gate closed feeds each reduced node the float activations, so
+``reduced(x) - float(x)`` is the error that node alone adds. The graph sums its square and the float
+output's square per node (two scalars per node, no activations kept), and ONE run on the first
+calibration batch scores every gateable candidate: ``sqrt(|delta|^2 / |y|^2)``. A candidate no gate
+reaches (a packed Q/K/V MatMul merged into one QAttention) is scored from its input, captured by the
+same run, with the int8 product QAttention computes (``qattention``'s per-column weights, per-tensor
+uint8 input) simulated in numpy.
+
+The same session then serves the search's whole-model confirmations: gates open (the reduced node)
+except for the nodes kept in float (gate closed: the float twin) is, to float rounding, the graph
+the quantizer writes with those nodes excluded; no quantization, file or session per trial. The
+chosen set is then written by the real quantizer and judged once more on everything (``mixed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeformer.quantize import int4_rank, int8, qattention
+from edgeformer.quantize.mixed import Feeds, Ranking, _session
+
+KEY = "local_error"
+_DELTA, _FLOAT, _INPUT = "local_error/delta/", "local_error/float/", "local_error/input/"
+
+
+class GatedSession:
+    """The gated graph seen as the mixed graph with ``kept`` in float and every other gateable node
+    reduced: the model's own inputs and outputs (``outputs_of`` and ``judge_cases`` take it as a session)."""
+
+    def __init__(self, session: Any, outputs: Sequence[str], kept: Sequence[str] = ()) -> None:
+        self.session, self.outputs = session, list(outputs)
+        gates = [i.name for i in session.get_inputs() if i.name.startswith(int4_rank.gate_name(""))]
+        floats = {int4_rank.gate_name(n) for n in kept}
+        self.gates = {g: np.asarray(0.0 if g in floats else 1.0, np.float32) for g in gates}
+
+    def with_float(self, kept: Sequence[str]) -> GatedSession:
+        return GatedSession(self.session, self.outputs, kept)
+
+    def get_inputs(self) -> list[Any]:
+        return [i for i in self.session.get_inputs() if i.name not in self.gates]
+
+    def get_outputs(self) -> list[Any]:
+        return [o for o in self.session.get_outputs() if o.name in self.outputs]
+
+    def get_providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, names: Sequence[str] | None, feeds: Feeds) -> list[np.ndarray]:
+        return list(self.session.run(list(names or self.outputs), feeds | self.gates))
+
+
+def _instrument(graph: onnx.GraphProto, model: onnx.ModelProto, candidates: Sequence[str]) -> dict[str, str]:
+    """Add to ``graph`` (the gated graph) per gated candidate the sums of squares of its local error and of
+    its float output, and per packed Q/K/V MatMul merged away its input: how each candidate is scored."""
+    float_nodes = {n.name: n for n in model.graph.node}
+    inits = {i.name for i in model.graph.initializer}
+    made = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    how: dict[str, str] = {}
+    for name in candidates:
+        node = float_nodes.get(name)
+        if node is None:
+            continue
+        y = node.output[0]
+        if f"{y}/delta" in made:
+            for prefix, value in ((_DELTA, f"{y}/delta"), (_FLOAT, f"{y}/float")):
+                graph.node.append(helper.make_node("ReduceSumSquare", [value], [prefix + name], keepdims=0))
+                graph.output.append(helper.make_tensor_value_info(prefix + name, onnx.TensorProto.FLOAT, []))
+            how[name] = "gate"
+        elif node.op_type == "MatMul" and node.input[0] in made and node.input[1] in inits:
+            graph.node.append(helper.make_node("Identity", [node.input[0]], [_INPUT + name]))
+            graph.output.append(helper.make_tensor_value_info(_INPUT + name, onnx.TensorProto.FLOAT, None))
+            how[name] = "simulated"
+    return how
+
+
+def simulated_int8_error(x: np.ndarray, w: np.ndarray, reduce_range: bool) -> float:
+    """The relative error of ``x @ w`` as QAttention computes it: ``w`` symmetric int8 per output
+    column (``qattention``'s own weights), ``x`` uint8 per tensor (DynamicQuantizeLinear)."""
+    x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    xq = (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    wq, wscale = qattention._quantize_columns(w, reduce_range)
+    y, yq = x @ w, xq @ (wq.astype(np.float32) * wscale)
+    return float(np.sqrt(np.sum((yq - y) ** 2) / max(float(np.sum(y * y)), 1e-30)))
+
+
+def gated_session(model: onnx.ModelProto, quantized: Path, candidates: Sequence[str]) -> tuple[Any, dict[str, str]]:
+    """One session of the all-reduced graph at ``quantized`` with a gate and a float twin per changed
+    node, instrumented for the local errors of ``candidates``; and how each candidate is scored."""
+    path = quantized.with_name(quantized.name + ".gated.onnx")
+    try:
+        gated = int4_rank.gated(model, onnx.load(str(quantized)), [n.name for n in model.graph.node])
+        how = _instrument(gated.graph, model, candidates)
+        onnx.save(gated, path)
+        del gated  # the protobuf copy: the session holds its own
+        return _session(path), how
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def rank(
+    model: onnx.ModelProto, quantized: Path, candidates: Sequence[str], feeds: Sequence[Feeds], judge: Any = None
+) -> Ranking:
+    """Every candidate's local error from one run of one session on the first calibration batch; the
+    session stays open for the search's confirmations (``Ranking.confirm``). ``judge`` is not needed."""
+    session, how = gated_session(model, quantized, candidates)
+    outputs = [o.name for o in model.graph.output]
+    view = GatedSession(session, outputs)  # every gate closed: the float graph, local errors beside it
+    closed = view.with_float(_all_gates(view))
+    names = [o.name for o in session.get_outputs() if o.name.startswith("local_error/")]
+    wanted = {i.name for i in session.get_inputs()}
+    got = dict(zip(names, session.run(names, {k: v for k, v in feeds[0].items() if k in wanted} | closed.gates),
+                   strict=True))  # fmt: skip
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    reduce_range = int8.needs_reduce_range()
+    scores = {}
+    for name, kind in how.items():
+        if kind == "gate":
+            scores[name] = float(np.sqrt(got[_DELTA + name] / max(float(got[_FLOAT + name]), 1e-30)))
+        else:
+            w = numpy_helper.to_array(weights[nodes[name].input[1]])
+            scores[name] = simulated_int8_error(got[_INPUT + name], w, reduce_range)
+    return Ranking(scores, KEY, view, runs=1)
+
+
+def _all_gates(view: GatedSession) -> list[str]:
+    """Node names of every gate (a tied head's Gather too): all closed for the local-error run."""
+    prefix = int4_rank.gate_name("")
+    return [g[len(prefix) :] for g in view.gates]
