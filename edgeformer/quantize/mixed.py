@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from edgeformer import budget as budgets
+from edgeformer.quantize.streamed import measure_session
 
 Feeds = dict[str, np.ndarray]
 Quantizer = Callable[..., Path]  # (model, out, exclude=..., [include=...]) -> out
@@ -147,10 +148,12 @@ class _Trials:
     def judged(self, session: Any, final: bool = True) -> dict:
         """The budget metrics of ``session`` on the calibration rows and, when ``final``, the verdict rows
         and the final check's cases too (the worse value of each)."""
-        measured = self.measure(self.reference, outputs_of(session, self.feeds), self.feeds)
+        lm = self.language_model
+        measured = measure_session(session, self.reference, self.feeds, language_model=lm)
         if final and self.verdict_feeds:
-            got = outputs_of(session, self.verdict_feeds)
-            self.on_verdict_rows = self.measure(self.verdict_reference, got, self.verdict_feeds)
+            self.on_verdict_rows = measure_session(
+                session, self.verdict_reference, self.verdict_feeds, language_model=lm
+            )
             _merge_worse(measured, self.on_verdict_rows)
         if final and self.cases:
             self.on_cases, self.case_misses = judge_cases(
@@ -215,8 +218,8 @@ def quantize_within_budget(
                      language_model, verdict_feeds, cases)  # fmt: skip
     float_session = _session_of(model, out)
     trials.reference, trials.verdict_reference = (
-        outputs_of(float_session, feeds),
-        outputs_of(float_session, verdict_feeds),
+        _judged_outputs(float_session, feeds),
+        _judged_outputs(float_session, verdict_feeds),
     )
     del float_session  # the references are what the search needs of it
     measured = trials.score([])
@@ -352,6 +355,12 @@ def _merge_worse(into: dict[str, float], other: dict[str, float], *, add: bool =
             continue
         worse = min if budgets.HIGHER_IS_BETTER[name] else max
         into[name] = value if name not in into else worse(into[name], value)
+
+
+def _judged_outputs(session: Any, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+    """The outputs the budget judges (a KV cache's ``present`` outputs are not: the logits that follow
+    from them are), kept as the search's reference."""
+    return [{k: v for k, v in out.items() if not k.startswith("present")} for out in outputs_of(session, feeds)]
 
 
 def _session_of(model: onnx.ModelProto, near: Path) -> Any:

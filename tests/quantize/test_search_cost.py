@@ -121,3 +121,43 @@ def test_a_written_graph_that_misses_where_the_gated_one_met_goes_on_over_writte
     assert len(result.kept_in_float) == 4 and result.within_budget, lines
     assert any("the written graph with 3 in float misses" in line for line in lines), lines
     assert len(calls[-1]) == 4 and set(SENSITIVE) <= set(calls[-1])
+
+
+class _Session:
+    """A language model in numpy (logits a fixed function of the tokens), counting its runs."""
+
+    def __init__(self, noise: float) -> None:
+        self.noise, self.runs, self.table = noise, 0, np.random.default_rng(3).standard_normal((50, 50))
+
+    def get_inputs(self):
+        return [type("I", (), {"name": n}) for n in ("input_ids", "attention_mask")]
+
+    def get_outputs(self):
+        return [type("O", (), {"name": n}) for n in ("logits", "present.0.key")]
+
+    def run(self, names, feeds):
+        self.runs += 1
+        ids = feeds["input_ids"]
+        logits = self.table[ids] + self.noise * np.sin(np.arange(ids.size * 50)).reshape(*ids.shape, 50)
+        return [logits.astype(np.float32), np.zeros((ids.shape[0], 2, ids.shape[1], 4), np.float32)]
+
+
+def test_the_search_measures_one_batch_run_at_a_time_row_by_row_with_the_same_numbers():
+    from edgeformer.quantize.mixed import outputs_of
+    from edgeformer.quantize.streamed import measure_session
+
+    rng = np.random.default_rng(0)
+    feeds = []
+    for batch, length in ((4, 9), (2, 5), (1, 7)):
+        mask = np.ones((batch, length), np.int64)
+        mask[0, -2:] = 0  # padding on the first row
+        feeds.append({"input_ids": rng.integers(0, 50, (batch, length)), "attention_mask": mask})
+    reference = outputs_of(_Session(0.0), feeds)
+    session = _Session(0.3)
+    streamed = measure_session(session, reference, feeds, language_model=True)
+    whole = budgets.measure(reference, outputs_of(_Session(0.3), feeds), feeds, language_model=True)
+    assert session.runs == 3 and set(streamed) == set(whole) == {"cosine", "cosine_min", "top1", "perplexity",
+                                                                  "perplexity_reference"}  # fmt: skip
+    for name, value in whole.items():
+        assert streamed[name] == pytest.approx(value, rel=1e-9), name
+    assert whole["cosine"] < 0.999 and whole["top1"] < 1.0  # the noise is measured, not lost in the split
