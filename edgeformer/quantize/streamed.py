@@ -18,7 +18,8 @@ import numpy as np
 
 from edgeformer import budget as budgets
 
-Outputs = Feeds = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+Feeds = dict[str, np.ndarray]
 
 
 class _Rows(Sequence[Outputs]):
