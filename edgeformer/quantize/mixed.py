@@ -44,12 +44,15 @@ class Ranking:
     """What a ranker hands the search: each candidate's score (the most sensitive highest) and what it
     means; ``confirm``, when there is one, a session of the all-reduced graph whose ``with_float(kept)``
     is the graph with ``kept`` in float (``sensitivity.GatedSession``): the confirmations run on it
-    instead of a quantized graph and a session each; ``runs``: the model runs the scores took."""
+    instead of a quantized graph and a session each; ``runs``: the model runs the scores took;
+    ``ungated``: candidates no gate reaches (merged into a QAttention): a set keeping one in float is
+    confirmed on a written graph."""
 
     scores: dict[str, float]
     key: str
     confirm: Any = None
     runs: int = 0
+    ungated: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -248,12 +251,15 @@ def _search(
     one, then the chosen set is written and judged; should that graph miss (float rounding between the
     two), the search goes on over larger sets with written graphs."""
     results: dict[int, dict[str, float]] = {}
-    tied = shared_weights(trials.model, ranked)
+    written: list[int] = []  # the last confirmation's k, when it was a written graph (left in the work file)
+    tied = shared_weights(trials.model, ranked) | ranking.ungated
 
     def meets(k: int, left: int) -> bool:
-        # a node sharing its weight (a tied LM head and the embedding) changes more than its gate when kept
+        # a node sharing its weight (a tied LM head and the embedding) changes more than its gate when kept,
+        # and a node merged into a QAttention has no gate
         gated = ranking.confirm if not tied.intersection(ranked[:k]) else None
         results[k] = trials.judged(gated.with_float(ranked[:k])) if gated is not None else trials.score(ranked[:k])
+        written[:] = [k] if gated is None else []
         trials.confirmations += 1
         megabytes = 4 * sum(params.get(n, 0) for n in ranked[:k]) / 1e6
         on = " (gated session)" if gated is not None else ""
@@ -263,7 +269,7 @@ def _search(
         return not budgets.violations(results[k], trials.budget)
 
     hi = _smallest_meeting(meets, len(ranked))
-    if ranking.confirm is None:
+    if ranking.confirm is None or written == [hi]:
         return hi, results[hi]
     ranking.confirm = None  # the gated session is freed before the written graph's is built
     measured = trials.score(ranked[:hi])

@@ -135,7 +135,7 @@ def rank(
         else:
             w = numpy_helper.to_array(weights[nodes[name].input[1]])
             scores[name] = simulated_int8_error(got[_INPUT + name], w, reduce_range)
-    return Ranking(scores, KEY, view, runs=1)
+    return Ranking(scores, KEY, view, runs=1, ungated={n for n, kind in how.items() if kind != "gate"})
 
 
 def _all_gates(view: GatedSession) -> list[str]:

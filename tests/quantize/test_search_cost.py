@@ -161,3 +161,26 @@ def test_the_search_measures_one_batch_run_at_a_time_row_by_row_with_the_same_nu
     for name, value in whole.items():
         assert streamed[name] == pytest.approx(value, rel=1e-9), name
     assert whole["cosine"] < 0.999 and whole["top1"] < 1.0  # the noise is measured, not lost in the split
+
+
+def test_a_set_keeping_an_ungated_node_in_float_is_confirmed_on_a_written_graph(tmp_path):
+    """A candidate no gate reaches (a packed Q/K/V MatMul merged into one QAttention) cannot be put back
+    in float by the gated session: every set that keeps it in float is confirmed on a written graph."""
+
+    def rank(*args):
+        ranking = sensitivity.rank(*args)
+        ranking.ungated = {"n17"}
+        return ranking
+
+    calls: list[list[str]] = []
+    feeds = [{"x": np.random.default_rng(1).standard_normal((8, WIDTH)).astype(np.float32)}]
+    lines: list[str] = []
+    result = quantize_within_budget(
+        _chain(), tmp_path / "q.onnx", _reducer(calls), feeds, {"cosine": 0.9999},
+        candidates=[f"n{i}" for i in range(N)], rank=rank, log=lines.append,
+    )  # fmt: skip
+    assert sorted(k["node"] for k in result.kept_in_float) == sorted(SENSITIVE) and result.within_budget
+    written = calls[1:]  # after the all-reduced graph; the chosen set's, last, is not written twice
+    assert written and all("n17" in c for c in written) and sorted(written[-1]) == sorted(SENSITIVE), calls
+    confirmations = [line for line in lines if line.startswith("    confirmation")]
+    assert len(confirmations) == 4 and sum("(gated session)" not in line for line in confirmations) == len(written)
