@@ -1,14 +1,15 @@
 """Accuracy-aware mixed precision: keep the fewest float bytes that meet the budget, on what the final check judges.
 
 1. Quantize everything; measure the budget metrics. Within budget: done.
-2. Otherwise score each candidate node: the share of the budget it uses up alone (``budget.budget_used``),
-   all from ONE gated session (``int4_rank``: int4 and dynamic int8, the float and the reduced node blended
-   by a gate per node); only what no gate reaches (int8 attention merged into QAttention) is scored by a
-   graph per node.
-3. Order the candidates by budget bought back per float weight (``float_order``: a node kept in float is
-   read at full width at every step, so a big LM head goes late), and bisect for the smallest prefix kept
-   in float that meets the budget: a few whole-model confirmations, each logged with its count, its float
-   bytes, its time and how many may follow.
+2. Otherwise score each candidate by its local error, from ONE run of one instrumented session
+   (``sensitivity``: the all-reduced graph with each node's float twin and a gate); only what that
+   ranker cannot score is scored by a graph per node (its share of the budget used alone).
+3. Order the candidates by score per float weight (``float_order``: a node kept in float is read at
+   full width at every step, so a big LM head goes late), and find the smallest prefix kept in float
+   that meets the budget: k doubles from 1, then bisection (O(log k) whole-model confirmations), each
+   on the same gated session with the gates of the prefix closed (a set the gates cannot make, a tied
+   head or a node merged into QAttention, on a written graph); the chosen set is then written and
+   judged once more. Each confirmation is logged with its count, its float bytes and the time so far.
 
 "Meets the budget" is judged on the calibration rows, on ``verdict_feeds`` (the held-out rows the verdict
 judges, up to the longest length the bundle claims) AND on ``cases``: the final parity check's own shapes
