@@ -54,6 +54,7 @@ class Ranking:
     confirm: Any = None
     runs: int = 0
     ungated: set[str] = field(default_factory=set)
+    local: dict[str, float] = field(default_factory=dict)  # each candidate's relative local error, when measured
 
 
 @dataclass
@@ -234,8 +235,11 @@ def quantize_within_budget(
     ranking = trials.sensitivity(rank, log)
     params = weight_params(model, candidates)
     ranked = float_order(candidates, ranking.scores, params)
-    log(f"  ranked {len(ranked)} candidates by {ranking.key} from {ranking.runs} model run(s) "
+    log(f"  ranked {len(ranked)} candidates by {ranking.key} from {ranking.runs} run(s) of one batch "
         f"({time.perf_counter() - start:.1f} s so far); keeping nodes in float, most per float byte first")  # fmt: skip
+    if ranking.local:
+        top = sorted(ranking.local, key=lambda n: -ranking.local[n])[:3]
+        log(f"    largest local errors: {', '.join(f'{n} {ranking.local[n]:.4f}' for n in top)}")
     hi, measured = _search(trials, ranking, ranked, params, log, start)
     log(f"  search: {hi} node(s) kept in float after {trials.confirmations} whole-model confirmation(s) and "
         f"{trials.graphs} quantized graph(s), {time.perf_counter() - start:.1f} s in all")  # fmt: skip
@@ -252,15 +256,20 @@ def _search(
     one, then the chosen set is written and judged; should that graph miss (float rounding between the
     two), the search goes on over larger sets with written graphs."""
     results: dict[int, dict[str, float]] = {}
-    written: list[int] = []  # the last confirmation's k, when it was a written graph (left in the work file)
+    written: list[int] = []  # the k of the graph in the work file (gated confirmations write none)
+    kept_state: list[Any] = []  # and its judgement on the verdict rows and the cases
     tied = shared_weights(trials.model, ranked) | ranking.ungated
 
     def meets(k: int, left: int) -> bool:
         # a node sharing its weight (a tied LM head and the embedding) changes more than its gate when kept,
         # and a node merged into a QAttention has no gate
         gated = ranking.confirm if not tied.intersection(ranked[:k]) else None
+        if gated is None and written == [k]:  # judged already, and its graph is still the one in the work file
+            trials.on_verdict_rows, trials.on_cases, trials.case_misses = kept_state
+            return not budgets.violations(results[k], trials.budget)
         results[k] = trials.judged(gated.with_float(ranked[:k])) if gated is not None else trials.score(ranked[:k])
-        written[:] = [k] if gated is None else []
+        if gated is None:  # what the verdict reports is the written graph's
+            written[:], kept_state[:] = [k], [trials.on_verdict_rows, trials.on_cases, trials.case_misses]
         trials.confirmations += 1
         megabytes = 4 * sum(params.get(n, 0) for n in ranked[:k]) / 1e6
         on = " (gated session)" if gated is not None else ""
@@ -271,6 +280,8 @@ def _search(
 
     hi = _smallest_meeting(meets, len(ranked))
     if ranking.confirm is None or written == [hi]:
+        if written == [hi]:
+            trials.on_verdict_rows, trials.on_cases, trials.case_misses = kept_state
         return hi, results[hi]
     ranking.confirm = None  # the gated session is freed before the written graph's is built
     measured = trials.score(ranked[:hi])

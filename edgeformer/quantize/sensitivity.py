@@ -115,27 +115,46 @@ def gated_session(model: onnx.ModelProto, quantized: Path, candidates: Sequence[
 def rank(
     model: onnx.ModelProto, quantized: Path, candidates: Sequence[str], feeds: Sequence[Feeds], judge: Any = None
 ) -> Ranking:
-    """Every candidate's local error from one run of one session on the first calibration batch; the
-    session stays open for the search's confirmations (``Ranking.confirm``). ``judge`` is not needed."""
+    """Every candidate scored on the first calibration batch by ONE gated session, which stays open for the
+    search's confirmations (``Ranking.confirm``). With ``judge`` (outputs -> share of the budget used), a
+    gateable node's score is the budget it uses alone (its gate open, every other closed), less what the
+    closed graph already uses (a tied head's int8 table no gate reaches): the budget's own metrics, as
+    top-1 on a trained decoder's LM head needs (its local error is the smallest, its effect on top-1 the
+    largest). The all-closed run measures every local error too (``Ranking.local``); without ``judge``
+    the local errors are the scores, and the nodes no gate reaches are scored by simulation."""
     session, how = gated_session(model, quantized, candidates)
-    outputs = [o.name for o in model.graph.output]
-    view = GatedSession(session, outputs)  # every gate closed: the float graph, local errors beside it
-    closed = view.with_float(_all_gates(view))
-    names = [o.name for o in session.get_outputs() if o.name.startswith("local_error/")]
+    view = GatedSession(session, [o.name for o in model.graph.output])  # every gate open: all reduced
+    closed = view.with_float(_all_gates(view))  # every gate closed: the float graph, local errors beside it
+    names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
-    got = dict(zip(names, session.run(names, {k: v for k, v in feeds[0].items() if k in wanted} | closed.gates),
-                   strict=True))  # fmt: skip
+    first = {k: v for k, v in feeds[0].items() if k in wanted}
+    got = dict(zip(names, session.run(names, first | closed.gates), strict=True))
+    local = _local_errors(model, how, got)
+    if judge is None:
+        return Ranking(local, KEY, view, runs=1, ungated={n for n, kind in how.items() if kind != "gate"}, local=local)
+    outputs = [o.name for o in model.graph.output]
+    floor = judge([{k: got[k] for k in outputs}])
+    gated = [n for n in candidates if how.get(n) == "gate"]
+    scores = {}
+    for name in gated:
+        alone = view.with_float([g for g in _all_gates(view) if g != name])
+        scores[name] = max(judge([dict(zip(outputs, alone.run(outputs, first), strict=True))]) - floor, 0.0)
+    return Ranking(scores, int4_rank.KEY, view, runs=1 + len(gated), local=local)
+
+
+def _local_errors(model: onnx.ModelProto, how: dict[str, str], got: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each candidate's relative local error from the all-closed run's outputs (``_instrument``)."""
     weights = {i.name: i for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     reduce_range = int8.needs_reduce_range()
-    scores = {}
+    local = {}
     for name, kind in how.items():
         if kind == "gate":
-            scores[name] = float(np.sqrt(got[_DELTA + name] / max(float(got[_FLOAT + name]), 1e-30)))
+            local[name] = float(np.sqrt(got[_DELTA + name] / max(float(got[_FLOAT + name]), 1e-30)))
         else:
             w = numpy_helper.to_array(weights[nodes[name].input[1]])
-            scores[name] = simulated_int8_error(got[_INPUT + name], w, reduce_range)
-    return Ranking(scores, KEY, view, runs=1, ungated={n for n, kind in how.items() if kind != "gate"})
+            local[name] = simulated_int8_error(got[_INPUT + name], w, reduce_range)
+    return local
 
 
 def _all_gates(view: GatedSession) -> list[str]:

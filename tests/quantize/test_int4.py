@@ -74,13 +74,13 @@ def test_the_search_costs_a_few_whole_graphs_not_one_per_node(mixed):
     n = len(entry["kept_in_float"]) + len(entry["int4_nodes"])
     # all-int4, all-float, the bisection, and the chosen graph again: no graph per node
     assert entry["graphs_tried"] <= 3 + math.ceil(math.log2(n)), entry["graphs_tried"]
-    assert all(set(k) == {"node", "local_error"} for k in entry["kept_in_float"])
-    used = [k["local_error"] for k in entry["kept_in_float"]]
+    assert all(set(k) == {"node", "budget_used_alone"} for k in entry["kept_in_float"])
+    used = [k["budget_used_alone"] for k in entry["kept_in_float"]]
     assert all(u > 0 for u in used)
     # kept in float by budget bought back per float weight (a big node in float is read at full width)
     model, _ = tied_head.untie(int8.name_nodes(onnx.load(str(mixed[0] / "model.onnx"))))
     params = weight_params(model, [k["node"] for k in entry["kept_in_float"]])
-    per_weight = [k["local_error"] / params[k["node"]] for k in entry["kept_in_float"]]
+    per_weight = [k["budget_used_alone"] / params[k["node"]] for k in entry["kept_in_float"]]
     assert per_weight == sorted(per_weight, reverse=True), entry["kept_in_float"]
     assert entry["float_weight_bytes"] == 4 * sum(params.values())
 

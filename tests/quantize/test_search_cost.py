@@ -73,13 +73,16 @@ def test_the_search_ranks_from_one_run_and_confirms_in_log_n_on_one_gated_sessio
     # the three perturbed nodes, and only them, stay in float; the budget is met on the written graph
     assert sorted(k["node"] for k in result.kept_in_float) == sorted(SENSITIVE), result.kept_in_float
     assert result.within_budget and not budgets.violations(result.measured, {"cosine": 0.9999})
-    assert all(k["local_error"] > 0.1 for k in result.kept_in_float)
+    assert all(k["budget_used_alone"] > 0.1 for k in result.kept_in_float)
     # two graphs quantized (all reduced; the chosen set), four sessions (float, all-reduced, gated, chosen)
     assert len(calls) == 2 and sorted(calls[1]) == sorted(SENSITIVE) and result.tried == 2
     assert len(sessions) == 4 and sessions[2].endswith(".gated.onnx"), sessions
     # doubling from 1 (1, 2, 4 met) then bisection (3): O(log n), where the old search scored each node alone
     assert result.confirmations == 4 <= 2 * math.ceil(math.log2(N)), lines
-    assert any(f"ranked {N} candidates by local_error from 1 model run(s)" in line for line in lines), lines
+    # scored on one batch by one gated session: one run all gates closed (local errors too), one per node
+    assert any(f"ranked {N} candidates by budget_used_alone from {N + 1} run(s) of one batch" in line for line in lines)
+    local = next(line for line in lines if "largest local errors" in line)
+    assert all(name in local for name in SENSITIVE), local
     gated = [line for line in lines if "confirmation" in line and "(gated session)" in line]
     assert len(gated) == 4 and "s so far, at most" in gated[0], lines
     assert any(

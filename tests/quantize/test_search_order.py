@@ -78,10 +78,11 @@ def test_the_search_reports_each_confirmation_and_its_time(tmp_path):
     assert result.within_budget and not budgets.violations(result.measured, {"cosine": 0.9999})
 
 
-def test_dynamic_int8_ranks_every_node_from_one_run_and_its_gated_session_is_the_written_graph(edge_bundle, tmp_path):
-    """int8 used to quantize, write and load the whole model once per node to score it, then once per
-    gated run; now one run of one gated session scores them all by local error, and the same session,
-    gates set, gives the outputs of the graph written with those nodes kept in float."""
+def test_dynamic_int8_ranks_every_node_from_one_gated_session_that_is_the_written_graph(edge_bundle, tmp_path):
+    """int8 used to quantize, write and load the whole model once per node to score it; now one gated
+    session scores them all (one run per node on one batch, and one run, every gate closed, for the floor
+    and every node's local error), and the same session, gates set, gives the graph written with those
+    nodes kept in float, as the budget sees it."""
     from edgeformer.quantize import int8, sensitivity, tied_head
     from edgeformer.quantize.mixed import _session, outputs_of
     from edgeformer.quantize.passes import dynamic_int8
@@ -94,23 +95,33 @@ def test_dynamic_int8_ranks_every_node_from_one_run_and_its_gated_session_is_the
     feeds[0] |= {i.name: np.zeros((2, 8, 0, 16), np.float32) for i in model.graph.input if i.name.startswith("past")}
     quantize = dynamic_int8(heads, [])
     quantize(model, tmp_path / "all.onnx")
-    ranking = sensitivity.rank(model, tmp_path / "all.onnx", candidates, feeds)
-    assert ranking.key == "local_error" and ranking.runs == 1 and set(ranking.scores) == set(candidates)
-    assert all(0 < s < 0.2 for s in ranking.scores.values()), ranking.scores  # int8's relative error per node
+    onnx.save(model, tmp_path / "float.onnx")
+    reference = outputs_of(_session(tmp_path / "float.onnx"), feeds)
+
+    def judge(got):
+        return 1 - budgets.measure(reference, got, feeds)["cosine"]
+
+    ranking = sensitivity.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
+    assert ranking.key == "budget_used_alone" and ranking.runs == 1 + len(candidates)
+    assert set(ranking.scores) == set(ranking.local) == set(candidates)
+    assert all(0 < e < 0.2 for e in ranking.local.values()), ranking.local  # int8's relative error per node
+    name = max(ranking.scores, key=ranking.scores.get)  # the graph written with only this node in int8 agrees
+    quantize(model, tmp_path / "one.onnx", exclude=[c for c in candidates if c != name])
+    alone = judge(outputs_of(_session(tmp_path / "one.onnx"), feeds))
+    assert abs(ranking.scores[name] - alone) <= 0.15 * alone + 1e-7, (name, ranking.scores[name], alone)
     from edgeformer.quantize.mixed import shared_weights
 
     head = shared_weights(model, candidates)  # the tied head: kept in float, its embedding is float too
     assert len(head) == 1 and next(iter(head)) in candidates and not head & shared
     kept = sorted(set(candidates) - head, key=ranking.scores.get)[-3:]
     quantize(model, tmp_path / "mixed.onnx", exclude=kept)
-    onnx.save(model, tmp_path / "float.onnx")
-    reference = outputs_of(_session(tmp_path / "float.onnx"), feeds)
     written = budgets.measure(reference, outputs_of(_session(tmp_path / "mixed.onnx"), feeds), feeds)["cosine"]
     gated = budgets.measure(reference, outputs_of(ranking.confirm.with_float(kept), feeds), feeds)["cosine"]
     everything = budgets.measure(reference, outputs_of(ranking.confirm, feeds), feeds)["cosine"]
-    # as the budget sees them, the same graph: within 2% of what int8 takes away (float rounding and the
-    # half-stored float weights differ; the int8 rounding downstream follows them)
-    assert abs(gated - written) <= 0.02 * (1 - written) and everything < written, (gated, written, everything)
+    # as the budget sees them, the same graph: within a tenth of what int8 takes away (float rounding and
+    # the half-stored float weights differ, and the int8 rounding downstream follows them; the search
+    # judges the written graph of the set it chose, and goes on if that one misses)
+    assert abs(gated - written) <= 0.1 * (1 - written) and everything < written, (gated, written, everything)
 
 
 def test_a_dynamic_int8_search_costs_a_few_whole_graphs(edge_bundle, tmp_path):
