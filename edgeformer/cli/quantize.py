@@ -30,8 +30,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
     lines = [
         f"{name}: {graph['bytes_before'] / 1e6:.1f} MB -> {graph['bytes_after'] / 1e6:.1f} MB "
-        f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float; "
-        f"validation {graph['validation']}"
+        f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float"
+        + (f", {len(graph['int8_nodes'])} kept at 8 bits" if "int8_nodes" in graph else "")  # int4's kept level
+        + f"; validation {graph['validation']}"
         for name, graph in report["graphs"].items()
     ]
     return [*lines, f"{report['calibration']}; {report['validation']}", Verdict.from_dict(report["verdict"]).line()]

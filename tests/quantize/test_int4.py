@@ -59,6 +59,10 @@ def test_every_node_the_report_keeps_out_of_int4_is_8_bit_in_the_graph(mixed):
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert sorted(bits(n) for n in nbits) == [4] * len(int4) + [8] * len(int8_nodes)
     assert not [n for n in graph.node if n.op_type == "MatMul"]  # nothing reads a float weight per token
+    from edgeformer.cli.quantize import report_lines
+
+    line = report_lines(manifest["quantization"])[0]  # what `edgeformer quantize` prints
+    assert f"node(s) in float, {len(int8_nodes)} kept at 8 bits; validation" in line and ", 0 node(s)" in line, line
 
 
 def test_the_written_bundle_measures_what_the_search_reported(mixed):
