@@ -25,8 +25,8 @@ from edgeformer.quantize.tied_head import TiedHead
 
 MS_DOMAIN = "com.microsoft"
 DESCRIPTION = (
-    "tied token embedding read from the LM head's MatMulNBits table (GatherBlockQuantized, com.microsoft): "
-    "one quantized table, no float copy"
+    "a token embedding tied to the LM head (where there is one) reads the head's MatMulNBits table "
+    "(GatherBlockQuantized, com.microsoft): one quantized table, no float copy"
 )
 
 
