@@ -7,7 +7,8 @@ inference loses track: the heads axis of the query is ``unk__18`` and that of th
 
 1. onnxruntime's symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``, what its
    transformer optimizer runs) gives every value a shape in terms of the graph inputs' named
-   dimensions (``[batch, 4, sequence, 16]``); run on a copy without the weights' data.
+   dimensions (``[batch, 4, sequence, 16]``); run on a copy without the weights' data, through its
+   public ``infer_shapes``, in a scratch directory (it saves a partial result into the working one).
 2. A ``Gather(Shape(x), i)`` whose dimension is a graph input's named dimension reads it from that
    input instead, and one whose dimension is a number becomes that number: the exporter takes
    sizes from intermediate tensors (the attention output's batch size, the value's head size),
@@ -18,6 +19,11 @@ The per-pass parity check runs after this like after any other pass.
 """
 
 from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -42,22 +48,34 @@ def _stripped_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
+_PARTIAL = "sym_shape_infer_temp.onnx"  # where infer_shapes saves what it inferred when some shape stays unknown
+_CWD = threading.Lock()  # the working directory is the process's: one inference at a time changes it
+
+
+def _symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's public ``SymbolicShapeInference.infer_shapes`` (int_max, auto_merge, no rank
+    guessing). Where some shape stays unknown it saves the partial model as ``sym_shape_infer_temp.onnx``
+    in the working directory and raises: it runs in a scratch directory, whose partial model is read
+    back (its shapes are kept) and removed, so nothing is written where the user works. None for a
+    graph it cannot handle (custom ops it stops at first, unsupported ops, sympy missing)."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return None
+    with _CWD, tempfile.TemporaryDirectory(prefix="edgeformer-shapes-") as scratch, contextlib.chdir(scratch):
+        try:
+            return SymbolicShapeInference.infer_shapes(proto, 2**31 - 1, auto_merge=True, guess_output_rank=False)
+        except Exception:  # noqa: BLE001 - any failure of the inference: keep ONNX's shapes
+            partial = Path(scratch) / _PARTIAL
+            return onnx.load(str(partial), load_external_data=False) if partial.is_file() else None
+
+
 def infer(model: ir.Model) -> dict[ir.Value, ir.Shape | None]:
     """Step 1: put onnxruntime's symbolic shapes on the graph's values; returns the values that
     got a shape with fewer unknown dimensions, with their shapes before. A graph it cannot handle
     is left as it is."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        # SymbolicShapeInference.infer_shapes, less its last step: where some shape stays unknown
-        # it writes sym_shape_infer_temp.onnx into the working directory and raises; the partial
-        # shapes are kept here instead, and nothing is written.
-        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
-        inference._preprocess(_stripped_proto(model))
-        while inference.run_:
-            inference._infer_impl()
-        inferred = inference.out_mp_
-    except Exception:  # noqa: BLE001 - custom ops, unsupported ops, sympy missing: keep ONNX's shapes
+    inferred = _symbolic_inference(_stripped_proto(model))
+    if inferred is None:
         return {}
     shapes = {info.name: info for info in inferred.graph.value_info}
     improved: dict[ir.Value, ir.Shape | None] = {}
