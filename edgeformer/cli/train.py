@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import FiniteFloatRange, count, seed_option
+from edgeformer.cli.options import FiniteFloatRange, count, force_option, output_option, seed_option
 from edgeformer.io import json_text
 
 SCHEDULES = ("linear", "cosine", "inverse-sqrt")  # edgeformer.nn.training.SCHEDULES (a test ties them)
@@ -56,14 +56,9 @@ def _recipe_options(f: Any) -> Any:
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this -o DIR.")
 @_recipe_options
 @seed_option("Override the training recipe's seed.", default=None)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="New directory for the trained card and checkpoint (default: ./<card>-trained).",
-)
+@output_option("New directory for the trained card and checkpoint (default: ./<card>-trained).", file_okay=False)
 @click.option("--out-dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), hidden=True)
-@click.option("--force", is_flag=True, help="Replace an earlier training output directory (nothing else).")
+@force_option("Replace an earlier training output directory (nothing else).")
 @friendly
 def train_cmd(
     card_name: str | None,
