@@ -22,6 +22,12 @@ def _recipe_options(f: Any) -> Any:
     options = [
         click.option("--steps", type=count(1, 10**8), help="Optimizer steps."),
         click.option("--batch-size", "batch_size", type=count(1, 4096), help="Sequences per micro-batch."),
+        click.option(
+            "--batch-tokens",
+            "batch_tokens",
+            type=count(1, 10**7),
+            help="Batch by tokens: rows of similar length, rows x longest <= N (in place of --batch-size).",
+        ),
         click.option("--grad-accum", "grad_accum", type=count(1, 4096), help="Micro-batches per optimizer step."),
         click.option("--lr", type=FiniteFloatRange(0, 10, min_open=True, max_open=True), help="Peak learning rate."),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warmup."),
