@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from edgeformer import __version__
 from edgeformer.config import ModelCard, render_card
 from edgeformer.distributed import barrier, finish, parallel, shard, world
-from edgeformer.errors import CardError, CheckpointError
+from edgeformer.errors import CardError, CheckpointError, DataError
 from edgeformer.io import atomic_dir, atomic_path, json_text, sha256_file, write_text_atomic
 from edgeformer.nn.checkpoint import load_weights, save_checkpoint
 from edgeformer.nn.models import build_model
@@ -34,8 +34,9 @@ from edgeformer.nn.training import TrainConfig, TrainResult, train
 from edgeformer.ownership import TRAIN_MARKER, check_bundle_output
 from edgeformer.safe_read import read_json
 from edgeformer.train_batches import Sampler, lm_stream, mask_tokens, pad_rows, sampler_of, seq2seq_batch, token_sampler
-from edgeformer.train_data import Dataset, read_data
-from edgeformer.train_files import ByteStream
+from edgeformer.train_data import Dataset, Stream, read_data
+from edgeformer.train_tokens import TokenizerJson, encoder_of
+from edgeformer.travel import copy_travelling
 
 RUN_FILE = "run.json"
 
@@ -52,7 +53,7 @@ def loss_of(task: str, smoothing: float) -> Callable[[nn.Module, dict[str, Tenso
     return loss
 
 
-def _lm_windows(stream: ByteStream, card: ModelCard, masked: bool) -> Iterator[dict[str, Tensor]]:
+def _lm_windows(stream: Stream, card: ModelCard, masked: bool) -> Iterator[dict[str, Tensor]]:
     """The held-out stream in consecutive windows, read one at a time (masked-LM: the same
     corruption at every evaluation)."""
     length = card.config.max_positions
@@ -75,15 +76,16 @@ def evaluate(model: nn.Module, data: Dataset, card: ModelCard, batch_size: int =
     if data.task == "classification":
         from edgeformer.demo import classification_metrics
 
-        ids, mask = pad_rows([list(t.encode("utf-8"))[: card.config.max_positions] for t in data.texts], 0)
+        ids, mask = pad_rows([data.encoder.encode(t)[: card.config.max_positions] for t in data.texts], 0)
         return classification_metrics(model, ids, mask, torch.as_tensor(data.labels, dtype=torch.long))
     loss, total, count = loss_of(data.task, 0.0), 0.0, 0
     rows: Iterator[dict[str, Tensor]]
     if data.task in ("language-model", "masked-language-model"):
         rows = _lm_windows(lm_stream(data), card, masked=data.task == "masked-language-model")
     else:
-        rows = (seq2seq_batch(data.texts[i : i + batch_size], data.targets[i : i + batch_size], card)
-                for i in range(0, len(data.texts), batch_size))  # fmt: skip
+        encode, n = data.encoder.encode, len(data.texts)
+        rows = (seq2seq_batch(data.texts[i : i + batch_size], data.targets[i : i + batch_size], card, encode)
+                for i in range(0, n, batch_size))  # fmt: skip
     for batch in rows:
         tokens = int((batch["labels"] != -100).sum())
         total, count = total + loss(model, batch).item() * tokens, count + tokens
@@ -201,15 +203,34 @@ def train_card(
     valid: list[Path],
     overrides: dict[str, Any],
     init: Path | None = None,
+    tokenizer: Path | None = None,
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``card`` on ``data`` into the new directory ``out`` (see the module docstring)."""
-    sets = read_data(card, data), (read_data(card, valid) if valid else None)  # bad data: refused before anything
+    run = _run_of(card, data, valid, overrides) | {"tokenizer": str(tokenizer) if tokenizer else None}
+    sets = _read_sets(card, run)  # bad data: refused before anything
     if world()[0] == 0:  # under torchrun, rank 0 alone writes
         prepare_output(out, force, resume=False)
     barrier()
-    return _fit(card, out, sets, _run_of(card, data, valid, overrides), init, None, echo)
+    return _fit(card, out, sets, run, init, None, echo)
+
+
+def tokenizer_path(card: ModelCard, given: Path | None) -> Path | None:
+    """``--tokenizer FILE``, else the card's ``tokenizer = "x.json"`` (beside the card), else None: bytes."""
+    if given is not None:
+        return given
+    if card.tokenizer.endswith(".json") and card.path is not None:
+        return card.path.parent / card.tokenizer
+    return None
+
+
+def _read_sets(card: ModelCard, run: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """The training and held-out sets of a run, checked in one streaming pass each."""
+    given = run.get("tokenizer")
+    encoder = encoder_of(tokenizer_path(card, Path(given) if given else None))
+    data, valid = [Path(p) for p in run["data"]], [Path(p) for p in run["valid"]]
+    return read_data(card, data, encoder), (read_data(card, valid, encoder) if valid else None)
 
 
 def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -219,9 +240,7 @@ def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str,
     prepare_output(out, False, resume=True)
     run = read_json(out / "checkpoint" / RUN_FILE, what="training run", error=CheckpointError)
     card = resolve_card(run["card"])
-    data, valid = [Path(p) for p in run["data"]], [Path(p) for p in run["valid"]]
-    sets = read_data(card, data), (read_data(card, valid) if valid else None)
-    return _fit(card, out, sets, run, None, out, echo)
+    return _fit(card, out, _read_sets(card, run), run, None, out, echo)
 
 
 def _fit(
@@ -284,8 +303,14 @@ def _write_output(
     metrics["data_sha256"] = fingerprint(train_set.files, [Path(p) for p in run["data"]])
     weights = out / f"{card.name}.safetensors"
     sha = save_checkpoint(model, weights)
+    tokenizer = card.tokenizer
+    if isinstance(train_set.encoder, TokenizerJson):  # travels with the card, so export carries it
+        tokenizer = f"{card.name}.tokenizer.json"
+        with atomic_path(out / tokenizer) as tmp:
+            copy_travelling(train_set.encoder.path, tmp, what="tokenizer", error=DataError)
+    recipe = _recipe(cfg, train_set.task, card)
     trained = dataclasses.replace(
-        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=_recipe(cfg, train_set.task, card)
+        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=recipe, tokenizer=tokenizer
     )
     with atomic_path(out / f"{card.name}.toml") as tmp:
         tmp.write_text(render_card(trained), encoding="utf-8")

@@ -16,10 +16,11 @@ from edgeformer import tokenizer
 from edgeformer.batching import TokenBatches
 from edgeformer.config import ModelCard
 from edgeformer.distributed import world
-from edgeformer.train_data import Dataset
-from edgeformer.train_files import ByteStream
+from edgeformer.train_data import Dataset, Stream
+from edgeformer.train_tokens import Bytes
 
 Sampler = Callable[[torch.Generator, int], dict[str, Tensor]]
+BYTES = Bytes()
 
 
 def _special(value: int, default: int) -> int:
@@ -36,23 +37,25 @@ def pad_rows(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def lm_stream(data: Dataset) -> ByteStream:
+def lm_stream(data: Dataset) -> Stream:
     """The (masked) language model's token stream: ``stream[a:b]`` reads ids a..b from the files."""
     if data.stream is None:
         raise ValueError(f"a {data.task} set has no token stream")
     return data.stream
 
 
-def window_of(stream: ByteStream, start: int, width: int) -> Tensor:
+def window_of(stream: Stream, start: int, width: int) -> Tensor:
     return torch.from_numpy(stream[start : start + width])
 
 
-def seq2seq_batch(sources: Sequence[str], targets: Sequence[str], card: ModelCard) -> dict[str, Tensor]:
+def seq2seq_batch(
+    sources: Sequence[str], targets: Sequence[str], card: ModelCard, encode: Callable[[str], list[int]] = BYTES.encode
+) -> dict[str, Tensor]:
     """Encoder input, decoder input ([bos] target) and labels (target [eos], -100 on padding)."""
     cfg, length = card.config, card.config.max_positions
     bos, eos = _special(cfg.bos_token_id, tokenizer.BOS), _special(cfg.eos_token_id, tokenizer.EOS)
-    ids, mask = pad_rows([list(s.encode("utf-8"))[:length] for s in sources], cfg.pad_token_id)
-    target_rows = [list(t.encode("utf-8"))[: length - 1] for t in targets]
+    ids, mask = pad_rows([encode(s)[:length] for s in sources], cfg.pad_token_id)
+    target_rows = [encode(t)[: length - 1] for t in targets]
     dec, dec_mask = pad_rows([[bos] + r for r in target_rows], cfg.pad_token_id)
     labels, _ = pad_rows([r + [eos] for r in target_rows], -100)
     return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dec_mask,
@@ -78,8 +81,10 @@ def mask_tokens(ids: Tensor, card: ModelCard, gen: torch.Generator) -> dict[str,
 def batch_of(data: Dataset, card: ModelCard, picks: list[int]) -> dict[str, Tensor]:
     """The batch of examples ``picks`` of a classification or sequence-to-sequence set."""
     if data.task == "sequence-to-sequence":
-        return seq2seq_batch([data.texts[i] for i in picks], [data.targets[i] for i in picks], card)
-    rows = [list(data.texts[i].encode("utf-8"))[: card.config.max_positions] for i in picks]
+        return seq2seq_batch(
+            [data.texts[i] for i in picks], [data.targets[i] for i in picks], card, data.encoder.encode
+        )
+    rows = [data.encoder.encode(data.texts[i])[: card.config.max_positions] for i in picks]
     ids, mask = pad_rows(rows, card.config.pad_token_id)
     return {
         "input_ids": ids,
@@ -128,7 +133,8 @@ def token_sampler(data: Dataset, card: ModelCard, max_tokens: int, seed: int) ->
             return _lm_rows(rows, data.task, card, gen)
 
         return TokenBatches([window] * count, max_tokens, seed, make_windows, rank, size)
-    sizes = [min(len(t.encode("utf-8")), length) for t in data.texts]
+    sizes = [min(len(data.encoder.encode(t)), length) for t in data.texts]
     if data.task == "sequence-to-sequence":
-        sizes = [max(s, min(len(t.encode("utf-8")), length - 1) + 1) for s, t in zip(sizes, data.targets, strict=True)]
+        targets = (min(len(data.encoder.encode(t)), length - 1) + 1 for t in data.targets)
+        sizes = [max(s, t) for s, t in zip(sizes, targets, strict=True)]
     return TokenBatches(sizes, max_tokens, seed, lambda picks, gen: batch_of(data, card, picks), rank, size)

@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from edgeformer import tokenizer
 from edgeformer.config import ModelCard
 from edgeformer.errors import DataError
 from edgeformer.train_files import ByteStream, Rows, parse_row, scan_lines, scan_text
+from edgeformer.train_tokens import Bytes, Encoder, TokenizerJson, TokenStream
 
 TASKS = {"decoder": "language-model", "encoder": "classification", "encoder-decoder": "sequence-to-sequence"}
 
@@ -38,7 +39,16 @@ class Dataset:
     labels: Sequence[int] | np.ndarray  # classification only (int32)
     targets: Sequence[str]  # sequence-to-sequence only
     files: dict[str, int]  # path -> bytes read
-    stream: ByteStream | None = field(default=None, compare=False)  # (masked) language model: the token stream
+    stream: Stream | None = field(default=None, compare=False)  # (masked) language model: the token stream
+    encoder: Encoder = field(default_factory=Bytes, compare=False)  # text -> ids (bytes or a tokenizer.json)
+
+
+class Stream(Protocol):
+    """A language model's ids, read by slice from disk (ByteStream, TokenStream)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, span: slice) -> np.ndarray: ...
 
 
 def task_of(card: ModelCard) -> str:
@@ -49,9 +59,17 @@ def task_of(card: ModelCard) -> str:
         raise DataError(f"{card.name}: training an encoder needs head = 'classification' or 'lm' (not {cfg.head!r})")
     if cfg.family != "encoder" and cfg.head != "lm":
         raise DataError(f"{card.name}: training a {cfg.family} needs head = 'lm' (this card's is {cfg.head!r})")
-    if cfg.vocab_size < 256:
-        raise DataError(f"{card.name}: byte-level data needs vocab_size >= 256 (the card has {cfg.vocab_size})")
     return TASKS[cfg.family]
+
+
+def _check_vocab(card: ModelCard, encoder: Encoder) -> None:
+    size = card.config.vocab_size
+    if isinstance(encoder, Bytes) and size < 256:
+        raise DataError(f"{card.name}: byte-level data needs vocab_size >= 256 (the card has {size})")
+    if encoder.vocab_size > size:
+        raise DataError(
+            f"{card.name}: the tokenizer has {encoder.vocab_size} tokens, more than the card's vocab_size {size}"
+        )
 
 
 def _label(card: ModelCard, value: Any, where: str) -> int:
@@ -69,17 +87,20 @@ def _special(value: int, default: int) -> int:
     return value if value >= 0 else default
 
 
-def read_data(card: ModelCard, paths: list[Path]) -> Dataset:
+def read_data(card: ModelCard, paths: list[Path], encoder: Encoder | None = None) -> Dataset:
     """The examples of ``paths`` for the card's task, checked in one pass and then read lazily;
-    DataError names the file and line of a bad one."""
-    task = task_of(card)
+    DataError names the file and line of a bad one. ``encoder``: bytes (None) or a tokenizer.json."""
+    task, encoder = task_of(card), encoder or Bytes()
+    _check_vocab(card, encoder)
     if not paths:
         raise DataError("no --data files given")
     if task in ("language-model", "masked-language-model"):
         sizes = [(path, scan_text(path)) for path in paths]
-        cfg = card.config
-        stream = ByteStream(sizes, _special(cfg.bos_token_id, tokenizer.BOS), _special(cfg.eos_token_id, tokenizer.EOS))
-        return Dataset(task, [], [], [], {str(p): n for p, n in sizes}, stream)
+        bos, eos = _special(card.config.bos_token_id, tokenizer.BOS), _special(card.config.eos_token_id, tokenizer.EOS)
+        files = {str(p): n for p, n in sizes}
+        if isinstance(encoder, TokenizerJson):
+            return Dataset(task, [], [], [], files, TokenStream(paths, encoder, bos, eos), encoder)
+        return Dataset(task, [], [], [], files, ByteStream(sizes, bos, eos))
     columns = ("text", "label") if task == "classification" else ("source", "target")
     labels, files, indexed = array("i"), {}, []
     for path in paths:
@@ -99,5 +120,5 @@ def read_data(card: ModelCard, paths: list[Path]) -> Dataset:
         indexed.append((path, offsets))
     label_ids = np.frombuffer(labels, dtype=np.int32) if labels else np.zeros(0, dtype=np.int32)
     if task == "classification":
-        return Dataset(task, Rows(indexed, 0, columns), label_ids, [], files)
-    return Dataset(task, Rows(indexed, 0, columns), [], Rows(indexed, 1, columns), files)
+        return Dataset(task, Rows(indexed, 0, columns), label_ids, [], files, encoder=encoder)
+    return Dataset(task, Rows(indexed, 0, columns), [], Rows(indexed, 1, columns), files, encoder=encoder)

@@ -60,6 +60,11 @@ def _recipe_options(f: Any) -> Any:
 @click.option("--valid", "valid", multiple=True, type=click.Path(path_type=Path), help="Held-out data (repeatable).")
 @click.option("--init", type=click.Path(path_type=Path), help="Start from these weights (file, card, or directory).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this -o DIR.")
+@click.option(
+    "--tokenizer",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A Hugging Face tokenizer.json (default: the card's, else bytes); copied into the output for export.",
+)
 @_recipe_options
 @seed_option("Override the training recipe's seed.", default=None)
 @click.option(
@@ -77,6 +82,7 @@ def train_cmd(
     valid: tuple[Path, ...],
     init: Path | None,
     resume: Path | None,
+    tokenizer: Path | None,
     output: Path | None,
     out_dir: Path | None,
     force: bool,
@@ -102,7 +108,7 @@ def train_cmd(
     overrides = {k: v for k, v in recipe.items() if v is not None}
     result = run_training(
         card_name, output or out_dir, data=list(data), valid=list(valid), init=init, resume=resume,
-        overrides=overrides, force=force, echo=lambda line: click.echo(line, err=True),
+        tokenizer=tokenizer, overrides=overrides, force=force, echo=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     if result:  # under torchrun only rank 0 reports
         click.echo(json_text(result))
