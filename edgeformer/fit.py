@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeformer import __version__
+from edgeformer.batching import TokenBatches
 from edgeformer.config import ModelCard, render_card
 from edgeformer.distributed import barrier, finish, parallel, shard, world
 from edgeformer.errors import CardError, CheckpointError, DataError
@@ -209,11 +210,11 @@ def train_card(
 ) -> dict[str, Any]:
     """Train ``card`` on ``data`` into the new directory ``out`` (see the module docstring)."""
     run = _run_of(card, data, valid, overrides) | {"tokenizer": str(tokenizer) if tokenizer else None}
-    sets = _read_sets(card, run)  # bad data: refused before anything
+    plan = _plan(card, run)  # bad data, a recipe out of range: refused before anything is written
     if world()[0] == 0:  # under torchrun, rank 0 alone writes
         prepare_output(out, force, resume=False)
     barrier()
-    return _fit(card, out, sets, run, init, None, echo)
+    return _fit(card, out, plan, run, init, None, echo)
 
 
 def tokenizer_path(card: ModelCard, given: Path | None) -> Path | None:
@@ -225,12 +226,26 @@ def tokenizer_path(card: ModelCard, given: Path | None) -> Path | None:
     return None
 
 
-def _read_sets(card: ModelCard, run: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    """The training and held-out sets of a run, checked in one streaming pass each."""
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    cfg: TrainConfig
+    sets: tuple[Dataset, Dataset | None]
+    sample: Sampler
+
+
+def _plan(card: ModelCard, run: dict[str, Any]) -> _Plan:
+    """The recipe, the training and held-out sets (checked in one streaming pass each) and the sampler of a run."""
+    from edgeformer.demo import train_config_of
+
+    cfg = train_config_of(card, **run["overrides"])
     given = run.get("tokenizer")
     encoder = encoder_of(tokenizer_path(card, Path(given) if given else None))
     data, valid = [Path(p) for p in run["data"]], [Path(p) for p in run["valid"]]
-    return read_data(card, data, encoder), (read_data(card, valid, encoder) if valid else None)
+    train_set = read_data(card, data, encoder)
+    sets = train_set, (read_data(card, valid, encoder) if valid else None)
+    if cfg.batch_tokens:
+        return _Plan(cfg, sets, token_sampler(train_set, card, cfg.batch_tokens, cfg.seed))
+    return _Plan(cfg, sets, shard(sampler_of(train_set, card), cfg.batch_size))
 
 
 def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -240,22 +255,19 @@ def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str,
     prepare_output(out, False, resume=True)
     run = read_json(out / "checkpoint" / RUN_FILE, what="training run", error=CheckpointError)
     card = resolve_card(run["card"])
-    return _fit(card, out, _read_sets(card, run), run, None, out, echo)
+    return _fit(card, out, _plan(card, run), run, None, out, echo)
 
 
 def _fit(
     card: ModelCard,
     out: Path,
-    sets: tuple[Dataset, Dataset | None],
+    plan: _Plan,
     run: dict[str, Any],
     init: Path | None,
     resume: Path | None,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
-    from edgeformer.demo import train_config_of
-
-    cfg = train_config_of(card, **run["overrides"])
-    train_set, valid_set = sets
+    cfg, sets, sample = plan.cfg, plan.sets, plan.sample
     dropouts = {k: getattr(cfg, k) for k in ("dropout", "attention_dropout") if getattr(cfg, k) is not None}
     torch.manual_seed(cfg.seed)
     model = build_model(dataclasses.replace(card.config, **dropouts, gradient_checkpointing=cfg.gradient_checkpointing))
@@ -269,13 +281,9 @@ def _fit(
             save_state(out, model, loop_state, run)
         barrier()
 
-    loss = loss_of(train_set.task, cfg.label_smoothing)
-    if cfg.batch_tokens:
-        tokens = token_sampler(train_set, card, cfg.batch_tokens, cfg.seed)
-        tokens.seek(int(state["step"]) * cfg.grad_accum if state is not None else 0)  # the data position
-        sample: Sampler = tokens
-    else:
-        sample = shard(sampler_of(train_set, card), cfg.batch_size)
+    loss = loss_of(sets[0].task, cfg.label_smoothing)
+    if isinstance(sample, TokenBatches):
+        sample.seek(int(state["step"]) * cfg.grad_accum if state is not None else 0)  # the data position
     log = Progress(out, cfg.steps, echo) if rank == 0 else None
     result = train(parallel(model), sample, loss, cfg, log, resume=state, checkpoint=checkpoint)
     written: dict[str, Any] = {}

@@ -89,4 +89,4 @@ def test_a_batch_tokens_below_the_longest_example_is_refused_before_any_step(tmp
     train, _ = data_files(tmp_path, "decoder")
     result = run("train", card, "--data", train, "--batch-tokens", "8", "-o", tmp_path / "o")
     assert result.exit_code == 1 and "--batch-tokens 8 is below the longest example (32 tokens)" in result.output
-    assert "step" not in result.stderr
+    assert "step" not in result.stderr and not (tmp_path / "o").exists()  # nothing written: a rerun needs no --force
