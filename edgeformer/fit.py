@@ -2,7 +2,8 @@
 card's ``[training]`` table, checkpoints that ``--resume`` continues exactly.
 
 The output directory (``-o``, default ``./<card>-trained``) holds the card with the held-out metrics
-and the recipe as run, its safetensors weights, ``log.jsonl`` (one line per logged step) and
+and the recipe as run, its safetensors weights (and ``<card>.tokenizer.json`` when one tokenized the
+data, so that export carries it), ``log.jsonl`` (one line per logged step) and
 ``checkpoint/`` (weights, optimizer, schedule and data-generator state; replaced atomically, so a
 kill during a write leaves the previous one whole). It is listed in ``edgeformer-train.json``;
 an existing directory is replaced only with ``--force`` and only when it is an earlier training output.

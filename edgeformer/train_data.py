@@ -6,7 +6,8 @@
   ``text,label`` header; a label is an index below ``num_labels`` or a name of ``[training].labels``;
 - encoder-decoder: JSON lines ``{"source": ..., "target": ...}`` or TSV ``source<TAB>target``.
 
-Tokenization is byte-level (ids 0-255, the card's pad/bos/eos ids for the rest). Bad data (an empty
+Tokenization is byte-level (ids 0-255, the card's pad/bos/eos ids for the rest), or a Hugging Face
+tokenizer.json (``edgeformer.train_tokens``). Bad data (an empty
 file, bytes that are not UTF-8, a label not in the card, a pair without a target) is refused with a
 ``DataError`` naming the file and the line, in one streaming pass before any step: nothing of the
 data is kept but the offsets of the examples (``edgeformer.train_files``), and training reads each
