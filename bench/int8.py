@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 from baselines import derived_bundle, quantize_dynamic_per_channel
-from optimum_int8 import ARCHES, optimum_available, optimum_int8_bundle
+from optimum_int8 import ARCHES, LATENCY_ONLY, optimum_available, optimum_bundles
 from trained_encoder import encoder_accuracy, goal_lines, goals, recorded_parity
 
 from edgeformer.benchmark import orchestrator, output, stats
@@ -122,11 +122,18 @@ def variants_of(card_name: str, work: Path, args: argparse.Namespace) -> tuple[d
     if card.config.family == "encoder":
         if optimum_available(args.optimum_python):
             # optimum is handed edgeformer's unfused fp32 export (see bench/optimum_int8.py)
-            variants["optimum-int8"], found = optimum_int8_bundle(
-                card, bundle("unfused"), work, python=args.optimum_python, arch=args.optimum_arch, log=log
-            )
-            fused = ", ".join(f"{op} {found['o2_ops'].get(op, 0)}" for op in FUSED_OPS)
-            note = f"O2 + {args.optimum_arch} dynamic per-channel int8; fused ops in its O2 graph: {fused}"
+            made, found = optimum_bundles(
+                card, bundle("unfused"), work, python=args.optimum_python, arch=args.optimum_arch,
+                bert_reference=args.bert_reference, log=log,
+            )  # fmt: skip
+            variants |= made
+            fused = ", ".join(f"{op} {found['o2_ops'].get(op, 0)}" for op in FUSED_OPS if found["o2_ops"].get(op))
+            note = f"O2 + {args.optimum_arch} dynamic per-channel int8; fused in its O2 graph: {fused}"
+            if "bert_o2_ops" in found:
+                fused = ", ".join(
+                    f"{op} {found['bert_o2_ops'].get(op, 0)}" for op in FUSED_OPS if found["bert_o2_ops"].get(op)
+                )
+                note += f"; in a BertModel's: {fused}"
         else:
             note = f"not installed (--optimum-python {args.optimum_python})"
     if card.config.family == "decoder" and card.checkpoint:
@@ -167,6 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="directory for each card's JSON report")
     parser.add_argument("--optimum-python", help="python of a venv with optimum[onnxruntime] (encoders' optimum-int8)")
     parser.add_argument("--optimum-arch", choices=ARCHES, default="avx512_vnni", help="optimum's quantization config")
+    parser.add_argument(
+        "--no-bert-reference", dest="bert_reference", action="store_false",
+        help="leave out optimum-bert-int8 (a BertModel of the encoder's size through optimum: latency only)",
+    )  # fmt: skip
     parser.add_argument("--examples", type=int, help="held-out examples of the demo encoder's task (default: all)")
     parser.add_argument(
         "--bundle", type=bundle_arg, action="append", default=[], metavar="NAME=DIR",
@@ -185,12 +196,12 @@ def print_card(
     sizes = {n: (p / "model.onnx").stat().st_size for n, p in bundles.items()}
     by = {(r["series"], r["sequence"]): r for r in report_mod.rows(report) if r["kind"] == "forward"}
     print(f"\n{card}")
-    print(f"  {'variant':12s} {'size MB':>8s} {'vs fp32':>8s}" + "".join(f" {f'S={s} ms':>10s}" for s in args.sequence))
+    print(f"  {'variant':17s} {'size MB':>8s} {'vs fp32':>8s}" + "".join(f" {f'S={s} ms':>10s}" for s in args.sequence))
     for name in bundles:
         cells = "".join(f" {by[name, s]['p50_ms']:10.3f}" for s in args.sequence)
-        print(f"  {name:12s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
+        print(f"  {name:17s} {sizes[name] / 1e6:8.2f} {sizes[name] / sizes['fp32']:8.1%}{cells}")
     ours = [n for n in bundles if n.startswith("int8")]
-    peers = [n for n in bundles if n in ("qdyn-int8", "optimum-int8")]
+    peers = [n for n in bundles if n in ("qdyn-int8", "optimum-int8", *LATENCY_ONLY)]
     for s in args.sequence:
         vs_peers = [f"{n} / {p} latency {report_mod.ratio(by[n, s], by[p, s]):.3f}" for n in ours for p in peers]
         vs_fp32 = [f"{n} / fp32 {report_mod.ratio(by[n, s], by['fp32', s]):.3f}" for n in [*ours, *peers]]
@@ -202,7 +213,7 @@ def print_card(
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items())
         )
     if card == "demo-encoder":
-        for name in [*ours, *peers]:
+        for name in [n for n in [*ours, *peers] if n in accuracy]:
             d = 100 * (accuracy[name]["accuracy"] - accuracy["fp32"]["accuracy"])
             print(f"  {name}: accuracy {d:+.2f} points against fp32")
     if card == "demo-decoder":
@@ -219,7 +230,8 @@ def run_card(card: str, args: argparse.Namespace) -> None:
     bundles, optimum_note = variants_of(card, args.work, args)
     accuracy: dict[str, Any] = {}
     if card == "demo-encoder":
-        accuracy = encoder_accuracy(bundles, args.sequence, args.examples)
+        judged = {n: p for n, p in bundles.items() if n not in LATENCY_ONLY}  # random weights: no accuracy
+        accuracy = encoder_accuracy(judged, args.sequence, args.examples)
     elif card == "demo-decoder":
         accuracy = decoder_accuracy(bundles)
     report = latency(bundles, args)

@@ -73,14 +73,14 @@ def test_trained_encoder_row_without_optimum_reports_agreement_accuracy_and_budg
     row = report["trained_encoder"]
     assert row["optimum"] == f"not installed (--optimum-python {tmp_path / 'no-such-python'})"
     s16 = row["by_length"]["16"]
-    assert s16["latency_vs_optimum"] is None and s16["latency_ok"] is None
+    assert s16["latency_vs_optimum"] is None and s16["latency_ok"] is None and s16["latency_vs_optimum_bert"] is None
     assert s16["optimum-int8_top1_vs_fp32"] is None
     assert s16["int8_top1_vs_fp32"] == int8["by_length"]["16"]["top1_vs_fp32"]
     assert s16["agreement_ok"] == (s16["int8_top1_vs_fp32"] >= 0.95)
     assert row["recorded"] == {"parity_by_length": {}, "verdict": None}  # the stand-in records no checks
     assert row["all_met"] is None  # the latency goal was not measured
     assert "trained-encoder goals (optimum: not installed" in stdout
-    assert f"     16             - {s16['int8_top1_vs_fp32']:10.4f}             -" in stdout
+    assert f"     16             -          - {s16['int8_top1_vs_fp32']:10.4f}             -" in stdout
     assert "all goals met: -" in stdout
 
 
@@ -96,6 +96,9 @@ def test_trained_encoder_row_against_optimum_int8(encoder_bundles, tmp_path):
     s16 = report["trained_encoder"]["by_length"]["16"]
     assert s16["latency_vs_optimum"] > 0 and s16["latency_ok"] == (s16["latency_vs_optimum"] <= 0.9)
     assert s16["optimum-int8_top1_vs_fp32"] == peer["by_length"]["16"]["top1_vs_fp32"]
+    assert s16["latency_vs_optimum_bert"] > 0  # the latency-only reference: a BertModel through optimum
+    assert "optimum-bert-int8" not in report["accuracy"]  # random weights: no accuracy judged
+    assert "in a BertModel's: Attention 4, SkipLayerNormalization 8, BiasGelu 4" in report["trained_encoder"]["optimum"]
     assert report["trained_encoder"]["optimum"].startswith("O2 + avx512_vnni dynamic per-channel int8")
     assert "SkipLayerNormalization 9" in report["trained_encoder"]["optimum"]  # optimum's fusions ran
     assert "int8 / optimum-int8 latency" in stdout
@@ -109,6 +112,7 @@ def test_goals_judge_latency_agreement_and_every_checked_length():
     rows = {
         ("int8", 16): {"kind": "forward", "p50_ms": 0.8},
         ("optimum-int8", 16): {"kind": "forward", "p50_ms": 1.0},
+        ("optimum-bert-int8", 16): {"kind": "forward", "p50_ms": 1.6},  # reported, never judged
         ("int8", 128): {"kind": "forward", "p50_ms": 1.9},
         ("optimum-int8", 128): {"kind": "forward", "p50_ms": 2.0},
     }
@@ -124,14 +128,14 @@ def test_goals_judge_latency_agreement_and_every_checked_length():
     recorded = {"parity_by_length": {7: {"ok": True, "cosine": 0.995}, 128: {"ok": False, "cosine": 0.97}}}
     g = goals(rows, accuracy, recorded | {"verdict": {"ok": True}}, [16, 128], "measured")
     assert g["by_length"][16] == {
-        "latency_vs_optimum": 0.8, "latency_ok": True, "int8_top1_vs_fp32": 0.97,
+        "latency_vs_optimum": 0.8, "latency_ok": True, "latency_vs_optimum_bert": 0.5, "int8_top1_vs_fp32": 0.97,
         "optimum-int8_top1_vs_fp32": 0.9, "agreement_ok": True, "budget_ok": True,
     }  # fmt: skip
     assert g["by_length"][128]["latency_vs_optimum"] == pytest.approx(0.95) and not g["by_length"][128]["latency_ok"]
     assert not g["by_length"][128]["agreement_ok"]  # 0.94 < 0.95
     assert g["recorded_budget_ok"] is False and g["all_met"] is False  # the parity case at 128 missed
     lines = goal_lines(g, accuracy)
-    assert "    128         0.950     0.9400        1.0000          met" in lines
+    assert "    128         0.950          -     0.9400        1.0000          met" in lines
     assert "  int8 bundle's own checks: S=7 ok (cos 0.9950), S=128 MISS (cos 0.9700); budget MISSED" in lines
     assert lines[-1] == "  all goals met: NO"
     accuracy["int8"]["by_length"][128] = _cell(0.99, [])
