@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import count, progress, quantizer_verbose, reduced_precision_options
+from edgeformer.cli.options import (
+    calibration_option,
+    count,
+    force_option,
+    json_option,
+    output_option,
+    progress,
+    quantizer_verbose,
+    reduced_precision_options,
+)
 from edgeformer.io import json_text
 from edgeformer.targets import CALIBRATION_METHODS, QUANTIZATION_MODES, REDUCED_PRECISIONS
 
@@ -39,7 +48,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write (default: <bundle>-<precision>).")
+@output_option("Where to write (default: <bundle>-<precision>).")
 @click.option(
     "--precision",
     type=click.Choice(REDUCED_PRECISIONS),
@@ -61,10 +70,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     show_default=True,
     help="How static int8 turns calibration activations into ranges.",
 )
-@click.option(
-    "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Calibration data: an .npz with input_ids (and attention_mask), or a text file for byte-level models. "
+@calibration_option(
+    "Calibration data: an .npz with input_ids (and attention_mask), or a text file for byte-level models. "
     "Default for byte-level models: the standard library's docstrings; otherwise random tokens.",
 )
 @click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), help="Held-out data for the report.")
@@ -78,9 +85,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     "float, most sensitive first, until it holds. Default: the precision's budget.",
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
-@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@force_option("Replace an existing output bundle.")
 @reduced_precision_options
-@click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
+@json_option("Print the quantization report as JSON.")
 @friendly
 def quantize(
     bundle: Path,
