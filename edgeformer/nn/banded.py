@@ -55,12 +55,11 @@ def _fill(scores: Tensor, allowed: Tensor) -> Tensor:
     return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
 
 
-def _blocks(x: Tensor, b: int, length: int, *, ahead: bool) -> Tensor:
+def _blocks(x: Tensor, b: int, n: int, *, ahead: bool) -> Tensor:
     """(..., S, D) -> (..., nb, 2b|3b, D): for each query block, the previous, own (and next) key blocks."""
-    pad = length - x.size(-2)
+    pad = n * b - x.size(-2)
     shape = x.shape[:-2]
-    x = F.pad(x, (0, 0, b, pad + b)).reshape(*shape, length // b + 2, b, x.size(-1))
-    n = length // b
+    x = F.pad(x, (0, 0, b, pad + b)).reshape(*shape, n + 2, b, x.size(-1))
     parts = [x[..., 0:n, :, :], x[..., 1 : n + 1, :, :]] + ([x[..., 2 : n + 2, :, :]] if ahead else [])
     return torch.cat(parts, dim=-2)
 
@@ -79,7 +78,8 @@ def _global_slots(real: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
 class _Keys:
     """Where the keys are: padded length, the real-and-not-global keys, the global slots."""
 
-    length: int
+    blocks: int  # ceil(S / block) + 1: the lengths below are multiples of the block, so shapes stay symbolic products
+    length: int  # blocks * block
     visible: Tensor  # (B, S) bool: real keys the band and the summary keys may use
     g_pos: Tensor | None = None  # (B, G) global positions
     g_valid: Tensor | None = None  # (B, G)
@@ -89,42 +89,48 @@ class _Keys:
 def _layout(pattern: Pattern, real: Tensor) -> _Keys:
     s = real.size(1)
     b = pattern.block
-    keys = _Keys(length=s + (-s) % b, visible=real)
+    # one block more than ceil(S / b): at least two, so torch.export (which specializes a size of 1 and
+    # traces with a sequence of 3) keeps the number of blocks symbolic; the spare block is padding, cut off
+    n = (s + b - 1) // b + 1
+    keys = _Keys(blocks=n, length=n * b, visible=real)
     if pattern.global_tokens:
         keys.g_pos, keys.g_valid, keys.is_global = _global_slots(real, pattern.global_tokens)
         keys.visible = real & ~keys.is_global
     return keys
 
 
+def _near(pattern: Pattern, causal: bool) -> list[list[bool]]:
+    """(b, 2b|3b): may offset i of a query block see column c of its band? The same in every block."""
+    b = pattern.block
+    width = pattern.window if pattern.attention == "local" else pattern.sparse_stride
+    dist = [[i + b - c for c in range(2 * b if causal else 3 * b)] for i in range(b)]  # query - key position
+    return [[abs(d) < width and (d >= 0 or not causal) for d in row] for row in dist]
+
+
 def _band_scores(q: Tensor, k: Tensor, pattern: Pattern, keys: _Keys, causal: bool) -> Tensor:
     """(B, H, nb, b, 2b|3b) scores of the band, masked."""
-    b, length = pattern.block, keys.length
-    kb = _blocks(k, b, length, ahead=not causal)
-    qb = F.pad(q, (0, 0, 0, length - q.size(-2))).reshape(*q.shape[:2], length // b, b, q.size(-1))
+    b, n = pattern.block, keys.blocks
+    kb = _blocks(k, b, n, ahead=not causal)
+    qb = F.pad(q, (0, 0, 0, n * b - q.size(-2))).reshape(*q.shape[:2], n, b, q.size(-1))
     scores = qb @ kb.transpose(-1, -2)  # (B, H, nb, b, 2b|3b)
-    offs = torch.arange(b, device=q.device)
-    cols = torch.arange(kb.size(-2), device=q.device)
-    dist = offs[:, None] + b - cols[None, :]  # (b, 2b|3b): query position - key position, the same every block
-    near = dist.abs() < (pattern.window if pattern.attention == "local" else pattern.sparse_stride)
-    if causal:
-        near = near & (dist >= 0)
-    visible = _blocks(keys.visible[:, None, :, None].float(), b, length, ahead=not causal)[..., 0] > 0.5
+    near = torch.tensor(_near(pattern, causal), dtype=torch.bool, device=q.device)  # a constant in the graph
+    visible = _blocks(keys.visible[:, None, :, None].float(), b, n, ahead=not causal)[..., 0] > 0.5
     return _fill(scores, near[None, None, None] & visible[:, :, :, None, :])  # visible: (B, 1, nb, 2b|3b)
 
 
-def _by_residue(x: Tensor, s: int, length: int) -> Tensor:
+def _by_residue(x: Tensor, s: int, n: int) -> Tensor:
     """(..., S, D) -> (..., s, nb, D): positions laid out as (nb, s), one row per residue modulo s."""
-    x = F.pad(x, (0, 0, 0, length - x.size(-2)))
-    return x.reshape(*x.shape[:-2], length // s, s, x.size(-1)).transpose(-2, -3)
+    x = F.pad(x, (0, 0, 0, n * s - x.size(-2)))
+    return x.reshape(*x.shape[:-2], n, s, x.size(-1)).transpose(-2, -3)
 
 
 def _summary_scores(q: Tensor, k: Tensor, pattern: Pattern, keys: _Keys, causal: bool) -> Tensor:
     """(B, H, nb, s, nb) scores of the keys at a distance that is a non-zero multiple of the stride, masked."""
-    s, length = pattern.sparse_stride, keys.length
-    scores = _by_residue(q, s, length) @ _by_residue(k, s, length).transpose(-1, -2)  # (B, H, s, nb, nb)
-    blocks = torch.arange(length // s, device=q.device)
+    s, n = pattern.sparse_stride, keys.blocks
+    scores = _by_residue(q, s, n) @ _by_residue(k, s, n).transpose(-1, -2)  # (B, H, s, nb, nb)
+    blocks = torch.arange(n, device=q.device)
     other = blocks[:, None] > blocks[None, :] if causal else blocks[:, None] != blocks[None, :]
-    visible = _by_residue(keys.visible[:, None, :, None].float(), s, length)[..., 0] > 0.5  # (B, 1, s, nb)
+    visible = _by_residue(keys.visible[:, None, :, None].float(), s, n)[..., 0] > 0.5  # (B, 1, s, nb)
     scores = _fill(scores, other[None, None, None] & visible[:, :, :, None, :])
     return scores.permute(0, 1, 3, 2, 4)  # (B, H, query block, residue, key block)
 
@@ -145,7 +151,7 @@ def _global_scores(q: Tensor, k: Tensor, pattern: Pattern, keys: _Keys, causal: 
     if causal:
         allowed = allowed & (keys.g_pos[:, None, :] <= torch.arange(length, device=q.device)[None, :, None])
     scores = _fill(scores, allowed[:, None])
-    return scores.reshape(*scores.shape[:2], length // b, b, scores.size(-1))
+    return scores.reshape(*scores.shape[:2], keys.blocks, b, scores.size(-1))
 
 
 def _global_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, keys: _Keys, real: Tensor) -> Tensor:
@@ -181,14 +187,14 @@ def banded_attention(
     if keys.g_pos is not None:
         parts.append(_global_scores(q, k, pattern, keys, causal))  # (B, H, nb, b, G)
     weights = F.dropout(torch.cat(parts, -1).softmax(-1), p=dropout, training=training)
-    b, length, edge = pattern.block, keys.length, parts[0].size(-1)
-    out = weights[..., :edge] @ _blocks(v, b, length, ahead=not causal)  # (B, H, nb, b, D)
+    b, n, edge = pattern.block, keys.blocks, parts[0].size(-1)
+    out = weights[..., :edge] @ _blocks(v, b, n, ahead=not causal)  # (B, H, nb, b, D)
     if pattern.attention == "sparse":
-        summary = weights[..., edge : edge + length // b].permute(0, 1, 3, 2, 4)  # (B, H, s, nb, nb)
-        out = out + (summary @ _by_residue(v, b, length)).permute(0, 1, 3, 2, 4)
+        summary = weights[..., edge : edge + n].permute(0, 1, 3, 2, 4)  # (B, H, s, nb, nb)
+        out = out + (summary @ _by_residue(v, b, n)).permute(0, 1, 3, 2, 4)
     if keys.g_pos is not None:
         out = out + weights[..., -pattern.global_tokens :] @ _gather(v, keys.g_pos)[:, :, None]
-    out = out.reshape(*out.shape[:2], length, d)[:, :, :t]
+    out = out.reshape(*out.shape[:2], keys.length, d)[:, :, :t]
     if keys.g_pos is not None and not causal:
         out = _global_rows(out, q, k, v, keys, real)
     return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,22 @@ from edgeformer.nn.masks import SelfMask
 # keeps the dense mask while torch.export traces (a Python branch on a dynamic length cannot be exported);
 # "banded" always (what the export pipeline asks for its standard-op forms), "dense" never (the reference).
 ATTENTION_IMPLS = ("auto", "banded", "dense")
+
+
+@contextlib.contextmanager
+def attention_impl(model: nn.Module, impl: str) -> Iterator[None]:
+    """Every layer of ``model`` computes its self-attention the ``impl`` way inside the block, as before after."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    before = [b.attention_impl for b in blocks]
+    for block in blocks:
+        block.attention_impl = impl
+    try:
+        yield
+    finally:
+        for block, was in zip(blocks, before, strict=True):
+            block.attention_impl = was
 
 
 def activate(x: Tensor, activation: str) -> Tensor:
