@@ -52,6 +52,24 @@ def test_banded_matches_masked_reference(pattern, causal, t):
     assert _scaled(alone, dense) <= 1e-5
 
 
+@pytest.mark.parametrize("pattern", ["local-global", "sparse-global"])
+def test_banded_gradients_match_the_masked_reference(pattern):
+    """Training gains too: the band's gradients are the masked reference's."""
+    torch.manual_seed(0)
+    p, t = PATTERNS[pattern], 40
+    leaves = [torch.randn(2, 2, t, 8, requires_grad=True) for _ in range(3)]
+    padding = _padding(3, t)[1:]
+    mask = self_attention_mask(p, t, t, padding, causal=False, device=torch.device("cpu"))
+    weight = torch.randn(2, 2, t, 8) * padding[:, None, :, None]  # a loss on the real queries only
+    (scaled_dot_product_attention(*leaves, mask) * weight).sum().backward()
+    want = [x.grad.clone() for x in leaves]
+    for x in leaves:
+        x.grad = None
+    (banded_attention(*leaves, p, padding, causal=False) * weight).sum().backward()
+    for x, w in zip(leaves, want, strict=True):
+        assert _scaled(x.grad, w) <= 1e-5
+
+
 def test_banded_never_builds_the_square_matrix(monkeypatch):
     """At S = 128 with window 8 no tensor of the pass has S x S elements per head."""
     seen: list[int] = []

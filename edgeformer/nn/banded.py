@@ -154,11 +154,12 @@ def _global_scores(q: Tensor, k: Tensor, pattern: Pattern, keys: _Keys, causal: 
     return scores.reshape(*scores.shape[:2], keys.blocks, b, scores.size(-1))
 
 
-def _global_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, keys: _Keys, real: Tensor) -> Tensor:
-    """Bidirectional global queries see every real key: their rows of ``out`` (B, H, S, D) replaced."""
+def _global_rows(out: Tensor, q: Tensor, k: Tensor, v: Tensor, keys: _Keys, real: Tensor, dropout: float) -> Tensor:
+    """Bidirectional global queries see every real key: their rows of ``out`` (B, H, S, D) replaced.
+    ``dropout``: the probability, applied in training only (0 otherwise)."""
     assert keys.g_pos is not None and keys.g_valid is not None
     scores = _fill(_gather(q, keys.g_pos) @ k.transpose(-1, -2), real[:, None, None, :])  # (B, H, G, S)
-    rows = scores.softmax(-1) @ v  # (B, H, G, D)
+    rows = F.dropout(scores.softmax(-1), p=dropout, training=dropout > 0) @ v  # (B, H, G, D)
     where = torch.arange(out.size(2), device=out.device)[None, :, None] == keys.g_pos[:, None, :]
     onehot = (where & keys.g_valid[:, None, :]).to(out.dtype)  # (B, S, G)
     is_row = onehot.sum(-1)[:, None, :, None] > 0.5  # (B, 1, S, 1)
@@ -196,5 +197,5 @@ def banded_attention(
         out = out + weights[..., -pattern.global_tokens :] @ _gather(v, keys.g_pos)[:, :, None]
     out = out.reshape(*out.shape[:2], keys.length, d)[:, :, :t]
     if keys.g_pos is not None and not causal:
-        out = _global_rows(out, q, k, v, keys, real)
+        out = _global_rows(out, q, k, v, keys, real, dropout if training else 0.0)
     return out
