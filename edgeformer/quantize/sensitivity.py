@@ -1,21 +1,23 @@
-"""Sensitivity from ONE instrumented run, and confirmations without a quantized graph per trial.
+"""Candidates scored and sets confirmed on ONE gated session, not a quantized graph and a session per trial.
 
-The precision search used to score each candidate by a run of the whole model with that node alone
-reduced (one gated run per node, or one written graph per node where no gate reaches): a cost of
-nodes x model. Here, as quantization debugging tools do, each candidate is scored by its LOCAL error:
-the gated graph of ``int4_rank.gated`` (the all-reduced graph, every changed node's float twin beside
-it, blended by a gate) with every gate closed feeds each reduced node the float activations, so
-``reduced(x) - float(x)`` is the error that node alone adds. The graph sums its square and the float
-output's square per node (two scalars per node, no activations kept), and ONE run on the first
-calibration batch scores every gateable candidate: ``sqrt(|delta|^2 / |y|^2)``. A candidate no gate
-reaches (a packed Q/K/V MatMul merged into one QAttention) is scored from its input, captured by the
-same run, with the int8 product QAttention computes (``qattention``'s per-column weights, per-tensor
-uint8 input) simulated in numpy.
+The precision search used to write, load and run a whole quantized graph per candidate (and per
+confirmation): nodes x model in quantization, files and sessions. Here one session holds the
+all-reduced graph of ``int4_rank.gated`` (every changed node's float twin beside it, blended by a gate).
 
-The same session then serves the search's whole-model confirmations: gates open (the reduced node)
-except for the nodes kept in float (gate closed: the float twin) is, to float rounding, the graph
-the quantizer writes with those nodes excluded; no quantization, file or session per trial. The
-chosen set is then written by the real quantizer and judged once more on everything (``mixed``).
+Scores: one run with every gate closed (the float graph; a tied head's int8 table no gate reaches
+stays reduced: the floor) also measures each candidate's LOCAL error, as quantization debugging tools
+do: a closed gate feeds the reduced node the float activations, so ``reduced(x) - float(x)`` is the
+error that node alone adds; the graph sums its square and the float output's square per node (two
+scalars per node), and a packed Q/K/V MatMul merged into one QAttention is scored from its captured
+input with the int8 product simulated in numpy. The search's scores are the budget each node uses
+alone (its gate open, the others closed: one run of the first calibration batch per node, in the
+budget's own metrics): local errors alone misrank what top-1 needs (a trained decoder's LM head has
+the smallest local error and the largest effect on top-1). Without a judge, the local errors are the
+scores.
+
+Confirmations: gates open (the reduced node) except for the nodes kept in float (closed: the float
+twin) is, to float rounding, the graph the quantizer writes with those nodes excluded. The chosen set
+is then written by the real quantizer and judged once more on everything (``mixed``).
 """
 
 from __future__ import annotations

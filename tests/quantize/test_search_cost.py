@@ -1,7 +1,7 @@
 """The precision search's cost does not grow with the node count times the model (issue #21): the
-candidates are ranked by their local error from ONE instrumented run, the confirmations run on that
-gated session (k doubling, then bisection: O(log n)), and only two graphs are quantized and written
-(the all-reduced one, and the chosen one)."""
+candidates are scored on one batch by ONE gated session (no graph or session per node), the
+confirmations run on that session (k doubling, then bisection: O(log n)), and only two graphs are
+quantized and written (the all-reduced one, and the chosen one)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _reducer(calls: list[list[str]]) -> mixed.Quantizer:
     return quantize
 
 
-def test_the_search_ranks_from_one_run_and_confirms_in_log_n_on_one_gated_session(tmp_path, monkeypatch):
+def test_the_search_scores_and_confirms_in_log_n_on_one_gated_session_writing_two_graphs(tmp_path, monkeypatch):
     sessions: list[str] = []
     make = mixed._session
     monkeypatch.setattr(mixed, "_session", lambda path, threads=2: sessions.append(str(path)) or make(path, threads))
