@@ -53,7 +53,7 @@ def train_config_of(card: ModelCard, **overrides: Any) -> TrainConfig:
 # [training] values: integers in these ranges; finite floats in these intervals
 RECIPE_COUNTS = {
     "steps": (1, 10**8), "batch_size": (1, 4096), "warmup_steps": (0, 10**8), "log_every": (1, 10**8),
-    "grad_accum": (1, 4096), "checkpoint_every": (0, 10**8),
+    "grad_accum": (1, 4096), "checkpoint_every": (0, 10**8), "batch_tokens": (0, 10**7),
 }  # fmt: skip
 RECIPE_FLOATS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "lr": ("(0, 10)", lambda v: 0 < v < 10),

@@ -2,7 +2,8 @@
 card's ``[training]`` table, checkpoints that ``--resume`` continues exactly.
 
 The output directory (``-o``, default ``./<card>-trained``) holds the card with the held-out metrics
-and the recipe as run, its safetensors weights, ``log.jsonl`` (one line per logged step) and
+and the recipe as run, its safetensors weights (and ``<card>.tokenizer.json`` when one tokenized the
+data, so that export carries it), ``log.jsonl`` (one line per logged step) and
 ``checkpoint/`` (weights, optimizer, schedule and data-generator state; replaced atomically, so a
 kill during a write leaves the previous one whole). It is listed in ``edgeformer-train.json``;
 an existing directory is replaced only with ``--force`` and only when it is an earlier training output.
@@ -15,7 +16,7 @@ import hashlib
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,97 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgeformer import __version__, tokenizer
+from edgeformer import __version__
+from edgeformer.batching import TokenBatches
 from edgeformer.config import ModelCard, render_card
 from edgeformer.distributed import barrier, finish, parallel, shard, world
-from edgeformer.errors import CardError, CheckpointError
+from edgeformer.errors import CardError, CheckpointError, DataError
 from edgeformer.io import atomic_dir, atomic_path, json_text, sha256_file, write_text_atomic
 from edgeformer.nn.checkpoint import load_weights, save_checkpoint
 from edgeformer.nn.models import build_model
 from edgeformer.nn.training import TrainConfig, TrainResult, train
 from edgeformer.ownership import TRAIN_MARKER, check_bundle_output
 from edgeformer.safe_read import read_json
-from edgeformer.train_data import Dataset, read_data
+from edgeformer.train_batches import Sampler, lm_stream, mask_tokens, pad_rows, sampler_of, seq2seq_batch, token_sampler
+from edgeformer.train_data import Dataset, Stream, read_data
+from edgeformer.train_tokens import TokenizerJson, encoder_of
+from edgeformer.travel import copy_travelling
 
-Sampler = Callable[[torch.Generator, int], dict[str, Tensor]]
 RUN_FILE = "run.json"
-
-
-def _special(value: int, default: int) -> int:
-    return value if value >= 0 else default
-
-
-def _pad_rows(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def lm_stream(texts: list[str], card: ModelCard) -> Tensor:
-    cfg = card.config
-    bos, eos = _special(cfg.bos_token_id, tokenizer.BOS), _special(cfg.eos_token_id, tokenizer.EOS)
-    ids: list[int] = []
-    for text in texts:
-        ids += [bos] + list(text.encode("utf-8")) + [eos]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def seq2seq_batch(sources: list[str], targets: list[str], card: ModelCard) -> dict[str, Tensor]:
-    """Encoder input, decoder input ([bos] target) and labels (target [eos], -100 on padding)."""
-    cfg, length = card.config, card.config.max_positions
-    bos, eos = _special(cfg.bos_token_id, tokenizer.BOS), _special(cfg.eos_token_id, tokenizer.EOS)
-    ids, mask = _pad_rows([list(s.encode("utf-8"))[:length] for s in sources], cfg.pad_token_id)
-    target_rows = [list(t.encode("utf-8"))[: length - 1] for t in targets]
-    dec, dec_mask = _pad_rows([[bos] + r for r in target_rows], cfg.pad_token_id)
-    labels, _ = _pad_rows([r + [eos] for r in target_rows], -100)
-    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dec_mask,
-            "labels": labels}  # fmt: skip
-
-
-MASK_RATE = 0.15  # BERT's: of the chosen tokens 80% become the mask id, 10% a random byte, 10% stay
-
-
-def mask_tokens(ids: Tensor, card: ModelCard, gen: torch.Generator) -> dict[str, Tensor]:
-    """BERT's masked-LM corruption of (B, T) ids; labels are the original ids at the chosen
-    positions and -100 elsewhere. The mask id is [training].mask_token_id (default: the pad id)."""
-    mask_id = int(card.training.get("mask_token_id", card.config.pad_token_id))
-    chosen = torch.rand(ids.shape, generator=gen) < MASK_RATE
-    chosen[:, 0] |= ~chosen.any(1)  # at least one target per row
-    roll = torch.rand(ids.shape, generator=gen)
-    random_bytes = torch.randint(0, 256, ids.shape, generator=gen)
-    corrupted = torch.where(chosen & (roll < 0.8), mask_id, ids)
-    corrupted = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_bytes, corrupted)
-    return {"input_ids": corrupted, "labels": torch.where(chosen, ids, -100)}
-
-
-def sampler_of(data: Dataset, card: ModelCard) -> Sampler:
-    """Batches drawn uniformly from the data by the trainer's generator (the data position)."""
-    length = card.config.max_positions
-    if data.task in ("language-model", "masked-language-model"):
-        stream = lm_stream(data.texts, card)
-        window = min(length, len(stream) - 2)
-
-        def windows(gen: torch.Generator, batch_size: int) -> dict[str, Tensor]:
-            starts = torch.randint(0, len(stream) - window, (batch_size,), generator=gen).tolist()
-            rows = torch.stack([stream[s : s + window + 1] for s in starts])
-            if data.task == "masked-language-model":
-                return mask_tokens(rows[:, :-1], card, gen)
-            return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
-
-        return windows
-
-    def examples(gen: torch.Generator, batch_size: int) -> dict[str, Tensor]:
-        picks = torch.randint(0, len(data.texts), (batch_size,), generator=gen).tolist()
-        if data.task == "sequence-to-sequence":
-            return seq2seq_batch([data.texts[i] for i in picks], [data.targets[i] for i in picks], card)
-        ids, mask = _pad_rows([list(data.texts[i].encode("utf-8"))[:length] for i in picks], card.config.pad_token_id)
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in picks])}
-
-    return examples
 
 
 def loss_of(task: str, smoothing: float) -> Callable[[nn.Module, dict[str, Tensor]], Tensor]:
@@ -128,6 +55,21 @@ def loss_of(task: str, smoothing: float) -> Callable[[nn.Module, dict[str, Tenso
     return loss
 
 
+def _lm_windows(stream: Stream, card: ModelCard, masked: bool) -> Iterator[dict[str, Tensor]]:
+    """The held-out stream in consecutive windows, read one at a time (masked-LM: the same
+    corruption at every evaluation)."""
+    length = card.config.max_positions
+    n = max(1, (len(stream) - 1) // length)
+    length = min(length, len(stream) - 1)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        ids = torch.from_numpy(stream[i * length : (i + 1) * length + 1])[None]
+        if masked:
+            yield mask_tokens(ids[:, :-1], card, gen)
+        else:
+            yield {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, card: ModelCard, batch_size: int = 32) -> dict[str, Any]:
     """Held-out metrics: perplexity per token (language model, sequence-to-sequence; masked-LM: of
@@ -136,21 +78,16 @@ def evaluate(model: nn.Module, data: Dataset, card: ModelCard, batch_size: int =
     if data.task == "classification":
         from edgeformer.demo import classification_metrics
 
-        ids, mask = _pad_rows([list(t.encode("utf-8"))[: card.config.max_positions] for t in data.texts], 0)
-        return classification_metrics(model, ids, mask, torch.tensor(data.labels))
+        ids, mask = pad_rows([data.encoder.encode(t)[: card.config.max_positions] for t in data.texts], 0)
+        return classification_metrics(model, ids, mask, torch.as_tensor(data.labels, dtype=torch.long))
     loss, total, count = loss_of(data.task, 0.0), 0.0, 0
+    rows: Iterator[dict[str, Tensor]]
     if data.task in ("language-model", "masked-language-model"):
-        stream, length = lm_stream(data.texts, card), card.config.max_positions
-        n = max(1, (len(stream) - 1) // length)
-        length = min(length, len(stream) - 1)
-        rows = [{"input_ids": stream[i * length : (i + 1) * length][None],
-                 "labels": stream[i * length + 1 : (i + 1) * length + 1][None]} for i in range(n)]  # fmt: skip
-        if data.task == "masked-language-model":  # the same corruption at every evaluation
-            gen = torch.Generator().manual_seed(0)
-            rows = [mask_tokens(row["input_ids"], card, gen) for row in rows]
+        rows = _lm_windows(lm_stream(data), card, masked=data.task == "masked-language-model")
     else:
-        rows = [seq2seq_batch(data.texts[i : i + batch_size], data.targets[i : i + batch_size], card)
-                for i in range(0, len(data.texts), batch_size)]  # fmt: skip
+        encode, n = data.encoder.encode, len(data.texts)
+        rows = (seq2seq_batch(data.texts[i : i + batch_size], data.targets[i : i + batch_size], card, encode)
+                for i in range(0, n, batch_size))  # fmt: skip
     for batch in rows:
         tokens = int((batch["labels"] != -100).sum())
         total, count = total + loss(model, batch).item() * tokens, count + tokens
@@ -268,15 +205,48 @@ def train_card(
     valid: list[Path],
     overrides: dict[str, Any],
     init: Path | None = None,
+    tokenizer: Path | None = None,
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``card`` on ``data`` into the new directory ``out`` (see the module docstring)."""
-    sets = read_data(card, data), (read_data(card, valid) if valid else None)  # bad data: refused before anything
+    run = _run_of(card, data, valid, overrides) | {"tokenizer": str(tokenizer) if tokenizer else None}
+    plan = _plan(card, run)  # bad data, a recipe out of range: refused before anything is written
     if world()[0] == 0:  # under torchrun, rank 0 alone writes
         prepare_output(out, force, resume=False)
     barrier()
-    return _fit(card, out, sets, _run_of(card, data, valid, overrides), init, None, echo)
+    return _fit(card, out, plan, run, init, None, echo)
+
+
+def tokenizer_path(card: ModelCard, given: Path | None) -> Path | None:
+    """``--tokenizer FILE``, else the card's ``tokenizer = "x.json"`` (beside the card), else None: bytes."""
+    if given is not None:
+        return given
+    if card.tokenizer.endswith(".json") and card.path is not None:
+        return card.path.parent / card.tokenizer
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    cfg: TrainConfig
+    sets: tuple[Dataset, Dataset | None]
+    sample: Sampler
+
+
+def _plan(card: ModelCard, run: dict[str, Any]) -> _Plan:
+    """The recipe, the training and held-out sets (checked in one streaming pass each) and the sampler of a run."""
+    from edgeformer.demo import train_config_of
+
+    cfg = train_config_of(card, **run["overrides"])
+    given = run.get("tokenizer")
+    encoder = encoder_of(tokenizer_path(card, Path(given) if given else None))
+    data, valid = [Path(p) for p in run["data"]], [Path(p) for p in run["valid"]]
+    train_set = read_data(card, data, encoder)
+    sets = train_set, (read_data(card, valid, encoder) if valid else None)
+    if cfg.batch_tokens:
+        return _Plan(cfg, sets, token_sampler(train_set, card, cfg.batch_tokens, cfg.seed))
+    return _Plan(cfg, sets, shard(sampler_of(train_set, card), cfg.batch_size))
 
 
 def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -286,24 +256,19 @@ def resume_training(out: Path, echo: Callable[[str], None] = print) -> dict[str,
     prepare_output(out, False, resume=True)
     run = read_json(out / "checkpoint" / RUN_FILE, what="training run", error=CheckpointError)
     card = resolve_card(run["card"])
-    data, valid = [Path(p) for p in run["data"]], [Path(p) for p in run["valid"]]
-    sets = read_data(card, data), (read_data(card, valid) if valid else None)
-    return _fit(card, out, sets, run, None, out, echo)
+    return _fit(card, out, _plan(card, run), run, None, out, echo)
 
 
 def _fit(
     card: ModelCard,
     out: Path,
-    sets: tuple[Dataset, Dataset | None],
+    plan: _Plan,
     run: dict[str, Any],
     init: Path | None,
     resume: Path | None,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
-    from edgeformer.demo import train_config_of
-
-    cfg = train_config_of(card, **run["overrides"])
-    train_set, valid_set = sets
+    cfg, sets, sample = plan.cfg, plan.sets, plan.sample
     dropouts = {k: getattr(cfg, k) for k in ("dropout", "attention_dropout") if getattr(cfg, k) is not None}
     torch.manual_seed(cfg.seed)
     model = build_model(dataclasses.replace(card.config, **dropouts, gradient_checkpointing=cfg.gradient_checkpointing))
@@ -317,7 +282,9 @@ def _fit(
             save_state(out, model, loop_state, run)
         barrier()
 
-    sample, loss = shard(sampler_of(train_set, card), cfg.batch_size), loss_of(train_set.task, cfg.label_smoothing)
+    loss = loss_of(sets[0].task, cfg.label_smoothing)
+    if isinstance(sample, TokenBatches):
+        sample.seek(int(state["step"]) * cfg.grad_accum if state is not None else 0)  # the data position
     log = Progress(out, cfg.steps, echo) if rank == 0 else None
     result = train(parallel(model), sample, loss, cfg, log, resume=state, checkpoint=checkpoint)
     written: dict[str, Any] = {}
@@ -345,8 +312,14 @@ def _write_output(
     metrics["data_sha256"] = fingerprint(train_set.files, [Path(p) for p in run["data"]])
     weights = out / f"{card.name}.safetensors"
     sha = save_checkpoint(model, weights)
+    tokenizer = card.tokenizer
+    if isinstance(train_set.encoder, TokenizerJson):  # travels with the card, so export carries it
+        tokenizer = f"{card.name}.tokenizer.json"
+        with atomic_path(out / tokenizer) as tmp:
+            copy_travelling(train_set.encoder.path, tmp, what="tokenizer", error=DataError)
+    recipe = _recipe(cfg, train_set.task, card)
     trained = dataclasses.replace(
-        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=_recipe(cfg, train_set.task, card)
+        card, checkpoint=weights, checkpoint_sha256=sha, metrics=metrics, training=recipe, tokenizer=tokenizer
     )
     with atomic_path(out / f"{card.name}.toml") as tmp:
         tmp.write_text(render_card(trained), encoding="utf-8")

@@ -31,6 +31,7 @@ from edgeformer.io import pause_point, scratch_dir
 from edgeformer.ownership import check_bundle_output
 from edgeformer.parity import budget_cases, check_source
 from edgeformer.quantize.stage import quantize_into
+from edgeformer.runtime.manifest import parse_manifest
 from edgeformer.targets import Target
 from edgeformer.travel import copy_travelling
 
@@ -114,7 +115,9 @@ def export_bundle(
                 )
                 said.append("ok" if manifest["parity"]["ok"] else "FAILED")
         if target.ort_format:
-            package(tmp, manifest, fixed, target, clock, check=check, budget=None, references=cases, memo=memo)
+            manifest = package(
+                tmp, manifest, fixed, target, clock, check=check, budget=None, references=cases, memo=memo
+            )
         manifest["timings"] = clock.to_dict()
         write_manifest(tmp, manifest)
     return manifest
@@ -219,11 +222,14 @@ def package(
     budget: dict[str, float] | None,
     references: dict[str, list[Any]] | None = None,
     memo: dict[Any, Any] | None = None,
-) -> None:
+) -> dict[str, Any]:
     """The package stage (the .ort graphs, the reduced-operator config, the usability report), then
-    the .ort graphs verified against the torch source on the CPU provider as the .onnx graphs were."""
+    the .ort graphs verified against the torch source on the CPU provider as the .onnx graphs were.
+    Returns the manifest with the package stage's fields (read and written through the typed manifest)."""
     with clock.stage("package", f"packaging for {target.name} (.ort, {target.ort_optimization} optimizations)"):
-        mobile.package(tmp, manifest, target, clock.log)
+        typed = parse_manifest(manifest, f"{tmp}/manifest.json (being packaged)")
+        packaged, _ = mobile.package(tmp, typed, target, clock.log)
+        manifest = packaged.to_dict()
     if check:
         with clock.stage("verify", "checking the .ort graphs against the torch source (CPU provider)") as said:
             ort_parity = verify(
@@ -234,6 +240,7 @@ def package(
             said.append("ok" if ort_parity["ok"] else "FAILED")
     for line in mobile.format_report(manifest["mobile"]):
         clock.log(line)
+    return manifest
 
 
 @dataclass
@@ -290,7 +297,7 @@ def export_reduced(
                 references=cases, memo=memo,
             )  # fmt: skip
         if target.ort_format:
-            package(
+            manifest = package(
                 tmp, manifest, fixed, target, clock, check=check, budget=manifest["target"]["budget"],
                 references=cases, memo=memo,
             )  # fmt: skip

@@ -22,7 +22,7 @@ import os
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_DEPTH = 64  # nesting of JSON arrays/objects or TOML tables/arrays; real files use fewer than 10
 SMALL_FILE_BYTES = 64 << 20  # manifests, cards, config.json: far below this
@@ -45,9 +45,8 @@ def os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def read_bytes(path: str | Path, *, what: str, error: type[Exception], max_bytes: int = SMALL_FILE_BYTES) -> bytes:
-    """The bytes of the regular file ``path``; anything else raises ``error`` naming ``what``."""
-    path = Path(path)
+def _open_regular(path: Path, what: str, error: type[Exception], max_bytes: int) -> tuple[int, int]:
+    """(descriptor, size) of the regular file ``path`` opened for reading; anything else raises ``error``."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -64,6 +63,27 @@ def read_bytes(path: str | Path, *, what: str, error: type[Exception], max_bytes
             raise error(f"{what} {path} is {_kind(info.st_mode)}, not a file")
         if info.st_size > max_bytes:
             raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file may have")
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"{what} {path} cannot be read ({os_reason(exc)})") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def open_binary(path: str | Path, *, what: str, error: type[Exception], max_bytes: int) -> BinaryIO:
+    """The regular file ``path`` opened for buffered binary reading, for a caller that streams it
+    (a data file larger than memory); the checks of ``read_bytes``, the reading is the caller's."""
+    fd, _ = _open_regular(Path(path), what, error, max_bytes)
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: str | Path, *, what: str, error: type[Exception], max_bytes: int = SMALL_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``; anything else raises ``error`` naming ``what``."""
+    path = Path(path)
+    fd, _ = _open_regular(path, what, error, max_bytes)
+    try:
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))

@@ -6,34 +6,50 @@
   ``text,label`` header; a label is an index below ``num_labels`` or a name of ``[training].labels``;
 - encoder-decoder: JSON lines ``{"source": ..., "target": ...}`` or TSV ``source<TAB>target``.
 
-Tokenization is byte-level (ids 0-255, the card's pad/bos/eos ids for the rest). Bad data (an empty
+Tokenization is byte-level (ids 0-255, the card's pad/bos/eos ids for the rest), or a Hugging Face
+tokenizer.json (``edgeformer.train_tokens``). Bad data (an empty
 file, bytes that are not UTF-8, a label not in the card, a pair without a target) is refused with a
-``DataError`` naming the file and the line.
+``DataError`` naming the file and the line, in one streaming pass before any step: nothing of the
+data is kept but the offsets of the examples (``edgeformer.train_files``), and training reads each
+example from disk when a batch needs it, so memory does not grow with the size of the files.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+
+from edgeformer import tokenizer
 from edgeformer.config import ModelCard
 from edgeformer.errors import DataError
-from edgeformer.safe_read import read_bytes
+from edgeformer.train_files import ByteStream, Rows, parse_row, scan_lines, scan_text
+from edgeformer.train_tokens import Bytes, Encoder, TokenizerJson, TokenStream
 
-DATA_BYTES = 1 << 32  # one data file is read whole; 4 GiB is the most it may have
 TASKS = {"decoder": "language-model", "encoder": "classification", "encoder-decoder": "sequence-to-sequence"}
 
 
 @dataclass(frozen=True)
 class Dataset:
-    task: str  # TASKS values
-    texts: list[str]  # documents (language-model), texts (classification) or sources (sequence-to-sequence)
-    labels: list[int]  # classification only
-    targets: list[str]  # sequence-to-sequence only
+    task: str  # TASKS values, or masked-language-model
+    texts: Sequence[str]  # texts (classification) or sources (sequence-to-sequence), read lazily
+    labels: Sequence[int] | np.ndarray  # classification only (int32)
+    targets: Sequence[str]  # sequence-to-sequence only
     files: dict[str, int]  # path -> bytes read
+    stream: Stream | None = field(default=None, compare=False)  # (masked) language model: the token stream
+    encoder: Encoder = field(default_factory=Bytes, compare=False)  # text -> ids (bytes or a tokenizer.json)
+
+
+class Stream(Protocol):
+    """A language model's ids, read by slice from disk (ByteStream, TokenStream)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, span: slice) -> np.ndarray: ...
 
 
 def task_of(card: ModelCard) -> str:
@@ -44,49 +60,17 @@ def task_of(card: ModelCard) -> str:
         raise DataError(f"{card.name}: training an encoder needs head = 'classification' or 'lm' (not {cfg.head!r})")
     if cfg.family != "encoder" and cfg.head != "lm":
         raise DataError(f"{card.name}: training a {cfg.family} needs head = 'lm' (this card's is {cfg.head!r})")
-    if cfg.vocab_size < 256:
-        raise DataError(f"{card.name}: byte-level data needs vocab_size >= 256 (the card has {cfg.vocab_size})")
     return TASKS[cfg.family]
 
 
-def _text_of(path: Path) -> str:
-    data = read_bytes(path, what="data file", error=DataError, max_bytes=DATA_BYTES)
-    if not data.strip():
-        raise DataError(f"{path}: the file is empty")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 (byte {exc.start} of the file)") from None
-
-
-def _rows(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int, str, Any]]:
-    """(line, first column, second column) of a JSONL, CSV or TSV file; blank lines skipped."""
-    out: list[tuple[int, str, Any]] = []
-    if path.suffix in (".jsonl", ".json"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(columns[0]), str):
-                raise DataError(f"{path}:{n}: a line must be an object with a string {columns[0]!r}")
-            if row.get(columns[1]) in (None, ""):
-                raise DataError(f"{path}:{n}: no {columns[1]!r}")
-            out.append((n, row[columns[0]], row[columns[1]]))
-        return out
-    if path.suffix not in (".csv", ".tsv"):
-        raise DataError(f"{path}: give {' or '.join(columns)} rows as .jsonl, .csv or .tsv")
-    reader = csv.reader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
-    for n, row in enumerate(reader, 1):
-        if not row or (n == 1 and [c.strip() for c in row[:2]] == list(columns)):
-            continue  # a blank line, or the header
-        if len(row) < 2 or not row[1].strip():
-            raise DataError(f"{path}:{n}: no {columns[1]!r} (expected {columns[0]}, {columns[1]})")
-        out.append((n, row[0], row[1]))
-    return out
+def _check_vocab(card: ModelCard, encoder: Encoder) -> None:
+    size = card.config.vocab_size
+    if isinstance(encoder, Bytes) and size < 256:
+        raise DataError(f"{card.name}: byte-level data needs vocab_size >= 256 (the card has {size})")
+    if encoder.vocab_size > size:
+        raise DataError(
+            f"{card.name}: the tokenizer has {encoder.vocab_size} tokens, more than the card's vocab_size {size}"
+        )
 
 
 def _label(card: ModelCard, value: Any, where: str) -> int:
@@ -100,28 +84,42 @@ def _label(card: ModelCard, value: Any, where: str) -> int:
     raise DataError(f"{where}: label {value!r:.40} is not in the card {card.name} ({known})")
 
 
-def read_data(card: ModelCard, paths: list[Path]) -> Dataset:
-    """Every example of ``paths`` for the card's task; DataError names the file and line of a bad one."""
-    task = task_of(card)
-    data = Dataset(task, [], [], [], {})
+def _special(value: int, default: int) -> int:
+    return value if value >= 0 else default
+
+
+def read_data(card: ModelCard, paths: list[Path], encoder: Encoder | None = None) -> Dataset:
+    """The examples of ``paths`` for the card's task, checked in one pass and then read lazily;
+    DataError names the file and line of a bad one. ``encoder``: bytes (None) or a tokenizer.json."""
+    task, encoder = task_of(card), encoder or Bytes()
+    _check_vocab(card, encoder)
     if not paths:
         raise DataError("no --data files given")
+    if task in ("language-model", "masked-language-model"):
+        sizes = [(path, scan_text(path)) for path in paths]
+        bos, eos = _special(card.config.bos_token_id, tokenizer.BOS), _special(card.config.eos_token_id, tokenizer.EOS)
+        files = {str(p): n for p, n in sizes}
+        if isinstance(encoder, TokenizerJson):
+            return Dataset(task, [], [], [], files, TokenStream(paths, encoder, bos, eos), encoder)
+        return Dataset(task, [], [], [], files, ByteStream(sizes, bos, eos))
+    columns = ("text", "label") if task == "classification" else ("source", "target")
+    labels, files, indexed = array("i"), {}, []
     for path in paths:
-        text = _text_of(path)
-        data.files[str(path)] = len(text.encode("utf-8"))
-        if task in ("language-model", "masked-language-model"):
-            data.texts.append(text)
-            continue
-        columns = ("text", "label") if task == "classification" else ("source", "target")
-        rows = _rows(path, text, columns)
-        if not rows:
+
+        def check(number: int, text: str, path: Path = path) -> bool:
+            row = parse_row(path, text, columns, number)
+            if row is not None and task == "classification":
+                labels.append(_label(card, row[1], f"{path}:{number}"))
+            elif row is not None and not isinstance(row[1], str):
+                raise DataError(f"{path}:{number}: the target must be a string")
+            return row is not None
+
+        size, offsets = scan_lines(path, check)
+        if not len(offsets):
             raise DataError(f"{path}: no examples")
-        for n, first, second in rows:
-            data.texts.append(first)
-            if task == "classification":
-                data.labels.append(_label(card, second, f"{path}:{n}"))
-            elif not isinstance(second, str):
-                raise DataError(f"{path}:{n}: the target must be a string")
-            else:
-                data.targets.append(second)
-    return data
+        files[str(path)] = size
+        indexed.append((path, offsets))
+    label_ids = np.frombuffer(labels, dtype=np.int32) if labels else np.zeros(0, dtype=np.int32)
+    if task == "classification":
+        return Dataset(task, Rows(indexed, 0, columns), label_ids, [], files, encoder=encoder)
+    return Dataset(task, Rows(indexed, 0, columns), [], Rows(indexed, 1, columns), files, encoder=encoder)

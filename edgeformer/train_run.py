@@ -24,6 +24,7 @@ def run_training(
     valid: list[Path],
     init: Path | None,
     resume: Path | None,
+    tokenizer: Path | None = None,
     overrides: dict[str, Any],
     force: bool,
     echo: Callable[[str], None],
@@ -42,7 +43,10 @@ def run_training(
     if data:
         from edgeformer.fit import train_card
 
-        return train_card(card, out, data=data, valid=valid, overrides=overrides, init=init, force=force, echo=echo)
+        return train_card(card, out, data=data, valid=valid, overrides=overrides, init=init, tokenizer=tokenizer,
+                          force=force, echo=echo)  # fmt: skip
+    if tokenizer is not None:
+        raise CardError("--tokenizer needs --data (a demo recipe is byte-level)")
     return _demo(card, out, overrides, force, echo)
 
 

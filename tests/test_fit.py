@@ -224,12 +224,23 @@ def test_a_bad_schedule_in_the_card_is_a_message(tmp_path):
 
 
 def test_export_takes_the_training_output_directory(tmp_path):
+    """... with the tokenizer.json the card names, which training copies into its output."""
+    from tests.test_fit_tokenizer import word_tokenizer
+
     card = tiny_card(tmp_path, "encoder-decoder")
+    card.write_text(card.read_text().replace('tokenizer = "bytes"', 'tokenizer = "words.json"'))
+    tok = word_tokenizer(tmp_path / "words.json")
     train, _ = data_files(tmp_path, "encoder-decoder")
     assert run("train", card, "--data", train, "--steps", "1", "-o", tmp_path / "trained").exit_code == 0
+    assert (
+        tomllib.loads((tmp_path / "trained" / card.name).read_text())["tokenizer"]
+        == "tiny-encoder-decoder.tokenizer.json"
+    )
     result = run("export", tmp_path / "trained", "-o", tmp_path / "bundle")
     assert result.exit_code == 0, result.output
     assert "parity ok" in result.output and (tmp_path / "bundle" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["tokenizer"] == "tokenizer.json"
+    assert (tmp_path / "bundle" / "tokenizer.json").read_bytes() == tok.read_bytes()
 
 
 def test_two_ranks_under_torchrun_follow_one_process(tmp_path):

@@ -230,3 +230,29 @@ def test_untied_transpose_is_left_to_onnxruntime():
     del model.graph.node[0]
     model.graph.node[-1].input[0] = "ids"
     assert mobile.store_tied_heads_once(model) == 0
+
+
+def test_package_reads_and_writes_the_typed_manifest(tmp_path):
+    """The package stage takes the typed manifest and returns it with its fields set; the result goes
+    through the one writer (the conftest hook validates it against the JSON Schema) and reads back equal."""
+    from edgeformer.export.manifest_write import file_hashes
+    from edgeformer.runtime.manifest import GraphEntry, Manifest, TensorSpec, manifest_text, parse_manifest
+
+    onnx.save(_tied_head_model(vocab=16, width=4), tmp_path / "model.onnx")
+    ids, logits = TensorSpec("ids", "int64", ("batch", "sequence")), TensorSpec("logits", "float32", ("batch", 16))
+    typed = Manifest(
+        name="tiny",
+        graphs={"model": GraphEntry("model.onnx", (ids,), (logits,))},
+        files=file_hashes(tmp_path, ["model.onnx"]),
+        extra={"timings": {"trace": 0.5}},
+    )
+    packaged, ort_files = mobile.package(tmp_path, typed, resolve_target("mobile-cpu"), lambda _m: None)
+    assert ort_files == [tmp_path / "model.ort"]
+    assert packaged.graphs["model"].ort_file == "model.ort" and typed.graphs["model"].ort_file is None
+    assert packaged.files == typed.files | file_hashes(tmp_path, ["model.ort", "required_operators.config"])
+    assert packaged.mobile is not None and packaged.mobile["graphs"]["model"]["ort_bytes"] == (
+        (tmp_path / "model.ort").stat().st_size
+    )
+    assert packaged.mobile["ort_optimization"] == "basic" and packaged.mobile["static_shapes"] == {}
+    assert packaged.extra == {"timings": {"trace": 0.5}}  # what the stage does not know is kept
+    assert parse_manifest(json.loads(manifest_text(packaged))) == packaged

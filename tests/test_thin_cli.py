@@ -185,3 +185,25 @@ def test_the_train_command_offers_the_trainers_vocabularies():
     from edgeformer.nn import training
 
     assert train.SCHEDULES == training.SCHEDULES and train.TRAIN_PRECISIONS == training.PRECISIONS
+
+
+# Options of the same name that mean different things in each command (and so are spelled in each).
+SAME_NAME_OTHER_MEANING = {
+    "--steps": "check: greedy tokens to compare; train: optimizer steps",
+    "--target": "export: the target to export to; fuse: where the fused form and providers come from",
+    "--precision": "quantize: a reduced precision of the bundle; train: autocast of the forward pass",
+}
+
+
+def test_an_option_several_commands_share_is_defined_once_in_options():
+    """--json, --force, -o/--output, --check, --memory-check, --max-sequence, --calibration: one factory
+    each in cli/options.py; a command module spells only the options that are its own."""
+    spelled: dict[str, set[str]] = {}
+    for module in sorted(CLI.glob("*.py")):
+        if module.name == "options.py":
+            continue
+        for call in re.finditer(r"click\.option\(\s*((?:\"[^\"]*\",\s*)+)", module.read_text(encoding="utf-8")):
+            for name in re.findall(r"\"(--[^\"/]*)", call.group(1)):
+                spelled.setdefault(name, set()).add(module.name)
+    shared = {name: sorted(where) for name, where in spelled.items() if len(where) > 1}
+    assert set(shared) == set(SAME_NAME_OTHER_MEANING), shared

@@ -12,7 +12,16 @@ from edgeformer.benchmark.options import OPTIONS as BENCH_OPTIONS
 from edgeformer.benchmark.options import Option as BenchOption
 from edgeformer.benchmark.options import help_text, limits_from_values, settings_from_values, value_text
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import FiniteFloatRange, count, merge_providers, providers_option, seed_option
+from edgeformer.cli.options import (
+    FiniteFloatRange,
+    check_option,
+    count,
+    json_option,
+    merge_providers,
+    output_option,
+    providers_option,
+    seed_option,
+)
 
 
 class _Declared(click.ParamType):
@@ -78,17 +87,11 @@ def legacy_json_file(
 @_benchmark_options
 @click.option("--timeout", type=FiniteFloatRange(min=0, min_open=True, max=7 * 86400), help="Seconds per process.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where a CARD's variants go.")
-@click.option("--check/--no-check", default=True, show_default=True, help="Check parity when exporting.")
+@check_option("Check parity when exporting.")
 @seed_option()
 @click.option("--label", help="Name of this machine in reports. [default: host name]")
-@click.option("--json", "as_json", is_flag=True, help="Print the report (every sample) as JSON instead of the table.")
-@click.option(
-    "-o",
-    "--output",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the report (every sample) as JSON to this file.",
-)
+@json_option("Print the report (every sample) as JSON instead of the table.")
+@output_option("Write the report (every sample) as JSON to this file.", dest="json_path", dir_okay=False)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per case.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG.")
 @friendly

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import count, merge_providers, progress, providers_option
+from edgeformer.cli.options import (
+    count,
+    json_option,
+    max_sequence_option,
+    memory_check_option,
+    merge_providers,
+    progress,
+    providers_option,
+)
 from edgeformer.io import json_text
 
 if TYPE_CHECKING:
@@ -27,17 +35,8 @@ if TYPE_CHECKING:
     help="Real inputs: an .npz with input_ids (and optionally attention_mask, ...).",
 )
 @click.option("--text", help="Real input text, for byte-level models (the demo models).")
-@click.option(
-    "--max-sequence",
-    type=count(2),
-    help="Check up to this sequence length instead of the card's maximum (long-context cards).",
-)
-@click.option(
-    "--memory-check/--no-memory-check",
-    default=True,
-    show_default=True,
-    help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
-)
+@max_sequence_option("Check up to this sequence length instead of the card's maximum (long-context cards).")
+@memory_check_option()
 @providers_option(
     "The graphs run there strictly: one that this onnxruntime lacks or that fails to start is an error, "
     "never a silent fallback.",
@@ -65,7 +64,7 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Exit 0 for a bundle whose budget miss was accepted at export/quantize (it is still reported).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@json_option("Print the full report as JSON.")
 @friendly
 def check(
     bundle: Path,

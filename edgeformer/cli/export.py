@@ -9,7 +9,19 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import count, progress, quantizer_verbose, reduced_precision_options, seed_option
+from edgeformer.cli.options import (
+    calibration_option,
+    check_option,
+    force_option,
+    json_option,
+    max_sequence_option,
+    memory_check_option,
+    output_option,
+    progress,
+    quantizer_verbose,
+    reduced_precision_options,
+    seed_option,
+)
 from edgeformer.io import json_text
 
 
@@ -34,37 +46,24 @@ def export_verdict(manifest: dict[str, Any]) -> str:
 @click.option(
     "-t", "--target", default="cpu-fp32", show_default=True, help="Target name (see export/) or a target .toml file."
 )
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="Bundle directory to write (default: ./<model>-<target>)."
-)
-@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
-@click.option("--check/--no-check", default=True, show_default=True, help="Check parity against the torch source.")
+@output_option("Bundle directory to write (default: ./<model>-<target>).")
+@force_option("Replace an existing bundle directory.")
+@check_option("Check parity against the torch source.")
 @seed_option()
-@click.option(
-    "--max-sequence",
-    type=count(2),
-    help="Check parity up to this sequence length instead of the card's maximum (long-context cards).",
-)
+@max_sequence_option("Check parity up to this sequence length instead of the card's maximum (long-context cards).")
 @click.option(
     "--io",
     "io_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML declaring a factory's inputs (names, dtypes, shapes with named dimensions).",
 )
-@click.option(
-    "--memory-check/--no-memory-check",
-    default=True,
-    show_default=True,
-    help="Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has.",
-)
-@click.option(
-    "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
+@memory_check_option()
+@calibration_option(
+    "int8 targets: real inputs for the accuracy budget and static ranges (.npz of input_ids / "
     "attention_mask, or a text file for byte-level models). [default: bundled text or random tokens]",
 )
 @reduced_precision_options
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
+@json_option("Print the manifest as JSON when done.")
 @click.option("--timings", is_flag=True, help="Print the seconds each stage took (also in the manifest's timings).")
 @friendly
 def export_cmd(

@@ -9,19 +9,14 @@ from pathlib import Path
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import merge_providers, providers_option
+from edgeformer.cli.options import force_option, json_option, merge_providers, output_option, providers_option
 from edgeformer.io import json_text
 from edgeformer.targets import FUSED_FORMS
 
 
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    help="Where to write (default: <name>.fused.onnx or <bundle>-fused).",
-)
+@output_option("Where to write (default: <name>.fused.onnx or <bundle>-fused).")
 @click.option(
     "--form",
     type=click.Choice(FUSED_FORMS),
@@ -44,11 +39,9 @@ from edgeformer.targets import FUSED_FORMS
     help="Size of a named input dimension in the per-pass parity check (repeatable), for a graph that "
     "only runs at some sizes, e.g. --dim sequence=128. Default: batch 2, sequence 7, past 3.",
 )
-@click.option(
-    "--force", is_flag=True, help="Replace an existing output (a bundle or .onnx file edgeformer wrote; nothing else)."
-)
+@force_option("Replace an existing output (a bundle or .onnx file edgeformer wrote; nothing else).")
 @click.option("--debug", is_flag=True, help="Print the pattern matcher's reasons for every block left unfused.")
-@click.option("--json", "as_json", is_flag=True, help="Print the fusion report as JSON.")
+@json_option("Print the fusion report as JSON.")
 @friendly
 def fuse(
     source: Path,

@@ -8,6 +8,7 @@ maximum is set; a NaN time budget or threshold would silently disable what it bo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -116,6 +117,47 @@ def reduced_precision_options(fn: Any) -> Any:
     return click.option(
         "--verbose", is_flag=True, help="Show onnxruntime's quantizer and calibrator messages (on stderr)."
     )(fn)
+
+
+def json_option(help_text: str) -> Any:
+    """``--json`` (the ``as_json`` flag): what the command prints as JSON instead of its text."""
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def force_option(help_text: str) -> Any:
+    """``--force``: what an existing output the command may replace (each command says which)."""
+    return click.option("--force", is_flag=True, help=help_text)
+
+
+def output_option(help_text: str, *, dest: str = "output", dir_okay: bool = True, file_okay: bool = True) -> Any:
+    """``-o/--output``: where the command writes."""
+    kind = click.Path(dir_okay=dir_okay, file_okay=file_okay, path_type=Path)
+    return click.option("-o", "--output", dest, type=kind, help=help_text)
+
+
+def check_option(help_text: str) -> Any:
+    """``--check/--no-check`` (default on): parity checked when exporting."""
+    return click.option("--check/--no-check", default=True, show_default=True, help=help_text)
+
+
+MEMORY_CHECK_HELP = (
+    "Refuse, before building the model, a card whose estimated peak memory exceeds what the machine has."
+)
+
+
+def memory_check_option(help_text: str = MEMORY_CHECK_HELP) -> Any:
+    """``--memory-check/--no-memory-check`` (default on): a model too large for this machine refused early."""
+    return click.option("--memory-check/--no-memory-check", default=True, show_default=True, help=help_text)
+
+
+def max_sequence_option(help_text: str) -> Any:
+    """``--max-sequence``: parity checked up to this length instead of the card's maximum."""
+    return click.option("--max-sequence", type=count(2), help=help_text)
+
+
+def calibration_option(help_text: str) -> Any:
+    """``--calibration``: real inputs for a quantizer (an .npz, or text for byte-level models)."""
+    return click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), help=help_text)
 
 
 def progress(msg: str) -> None:

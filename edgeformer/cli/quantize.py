@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import count, progress, quantizer_verbose, reduced_precision_options
+from edgeformer.cli.options import (
+    calibration_option,
+    count,
+    force_option,
+    json_option,
+    output_option,
+    progress,
+    quantizer_verbose,
+    reduced_precision_options,
+)
 from edgeformer.io import json_text
 from edgeformer.targets import CALIBRATION_METHODS, QUANTIZATION_MODES, REDUCED_PRECISIONS
 
@@ -30,8 +39,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
     lines = [
         f"{name}: {graph['bytes_before'] / 1e6:.1f} MB -> {graph['bytes_after'] / 1e6:.1f} MB "
-        f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float; "
-        f"validation {graph['validation']}"
+        f"({graph['size_ratio']:.0%}), {len(graph['kept_in_float'])} node(s) in float"
+        + (f", {len(graph['int8_nodes'])} kept at 8 bits" if "int8_nodes" in graph else "")  # int4's kept level
+        + f"; validation {graph['validation']}"
         for name, graph in report["graphs"].items()
     ]
     return [*lines, f"{report['calibration']}; {report['validation']}", Verdict.from_dict(report["verdict"]).line()]
@@ -39,7 +49,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write (default: <bundle>-<precision>).")
+@output_option("Where to write (default: <bundle>-<precision>).")
 @click.option(
     "--precision",
     type=click.Choice(REDUCED_PRECISIONS),
@@ -61,10 +71,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     show_default=True,
     help="How static int8 turns calibration activations into ranges.",
 )
-@click.option(
-    "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Calibration data: an .npz with input_ids (and attention_mask), or a text file for byte-level models. "
+@calibration_option(
+    "Calibration data: an .npz with input_ids (and attention_mask), or a text file for byte-level models. "
     "Default for byte-level models: the standard library's docstrings; otherwise random tokens.",
 )
 @click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), help="Held-out data for the report.")
@@ -78,9 +86,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     "float, most sensitive first, until it holds. Default: the precision's budget.",
 )
 @click.option("--samples", type=count(1, 1 << 16), default=32, show_default=True, help="Calibration rows.")
-@click.option("--force", is_flag=True, help="Replace an existing output bundle.")
+@force_option("Replace an existing output bundle.")
 @reduced_precision_options
-@click.option("--json", "as_json", is_flag=True, help="Print the quantization report as JSON.")
+@json_option("Print the quantization report as JSON.")
 @friendly
 def quantize(
     bundle: Path,

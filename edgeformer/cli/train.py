@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
-from edgeformer.cli.options import FiniteFloatRange, count, seed_option
+from edgeformer.cli.options import FiniteFloatRange, count, force_option, output_option, seed_option
 from edgeformer.io import json_text
 
 SCHEDULES = ("linear", "cosine", "inverse-sqrt")  # edgeformer.nn.training.SCHEDULES (a test ties them)
@@ -22,6 +22,12 @@ def _recipe_options(f: Any) -> Any:
     options = [
         click.option("--steps", type=count(1, 10**8), help="Optimizer steps."),
         click.option("--batch-size", "batch_size", type=count(1, 4096), help="Sequences per micro-batch."),
+        click.option(
+            "--batch-tokens",
+            "batch_tokens",
+            type=count(1, 10**7),
+            help="Batch by tokens: rows of similar length, rows x longest <= N (in place of --batch-size).",
+        ),
         click.option("--grad-accum", "grad_accum", type=count(1, 4096), help="Micro-batches per optimizer step."),
         click.option("--lr", type=FiniteFloatRange(0, 10, min_open=True, max_open=True), help="Peak learning rate."),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warmup."),
@@ -54,16 +60,16 @@ def _recipe_options(f: Any) -> Any:
 @click.option("--valid", "valid", multiple=True, type=click.Path(path_type=Path), help="Held-out data (repeatable).")
 @click.option("--init", type=click.Path(path_type=Path), help="Start from these weights (file, card, or directory).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), help="Continue the run in this -o DIR.")
+@click.option(
+    "--tokenizer",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A Hugging Face tokenizer.json (default: the card's, else bytes); copied into the output for export.",
+)
 @_recipe_options
 @seed_option("Override the training recipe's seed.", default=None)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="New directory for the trained card and checkpoint (default: ./<card>-trained).",
-)
+@output_option("New directory for the trained card and checkpoint (default: ./<card>-trained).", file_okay=False)
 @click.option("--out-dir", "out_dir", type=click.Path(file_okay=False, path_type=Path), hidden=True)
-@click.option("--force", is_flag=True, help="Replace an earlier training output directory (nothing else).")
+@force_option("Replace an earlier training output directory (nothing else).")
 @friendly
 def train_cmd(
     card_name: str | None,
@@ -71,6 +77,7 @@ def train_cmd(
     valid: tuple[Path, ...],
     init: Path | None,
     resume: Path | None,
+    tokenizer: Path | None,
     output: Path | None,
     out_dir: Path | None,
     force: bool,
@@ -96,7 +103,7 @@ def train_cmd(
     overrides = {k: v for k, v in recipe.items() if v is not None}
     result = run_training(
         card_name, output or out_dir, data=list(data), valid=list(valid), init=init, resume=resume,
-        overrides=overrides, force=force, echo=lambda line: click.echo(line, err=True),
+        tokenizer=tokenizer, overrides=overrides, force=force, echo=lambda line: click.echo(line, err=True),
     )  # fmt: skip
     if result:  # under torchrun only rank 0 reports
         click.echo(json_text(result))

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from edgeformer.cli.errors import friendly
+from edgeformer.cli.options import force_option, json_option, memory_check_option, output_option
 from edgeformer.io import json_text
 
 
@@ -42,7 +43,7 @@ def zoo_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
+@json_option("Print the zoo as JSON instead of a table.")
 @friendly
 def models(as_json: bool) -> None:
     """List the shipped model cards: name, family, shape, parameters and fp32 size."""
@@ -54,21 +55,13 @@ def models(as_json: bool) -> None:
 
 @click.command(name="import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Card to write (default: ./<directory name>.toml); the checkpoint and tokenizer go beside it.",
+@output_option(
+    "Card to write (default: ./<directory name>.toml); the checkpoint and tokenizer go beside it.", dir_okay=False
 )
 @click.option("--name", help="The card's name (default: the directory's name).")
-@click.option("--force", is_flag=True, help="Replace an earlier import's card and its files (nothing else).")
-@click.option(
-    "--memory-check/--no-memory-check",
-    default=True,
-    show_default=True,
-    help="Refuse, from config.json, a model larger than the available memory before reading weights.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@force_option("Replace an earlier import's card and its files (nothing else).")
+@memory_check_option("Refuse, from config.json, a model larger than the available memory before reading weights.")
+@json_option("Print what was written as JSON.")
 @friendly
 def import_cmd(
     directory: Path, output: Path | None, name: str | None, force: bool, memory_check: bool, as_json: bool

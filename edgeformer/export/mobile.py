@@ -6,13 +6,14 @@ compile a graph for one shape; fixed sizes also let the cleanup fold the shape s
 A target with ``ort_format`` gets, beside every ``<graph>.onnx``, ``<graph>.ort`` converted by
 onnxruntime itself at the target's optimization level (``basic`` for NNAPI, CoreML and QNN, so the
 saved graph holds no CPU-only fused ops), ``required_operators.config`` for a custom minimal
-onnxruntime build (``--include_ops_by_config``), and ``manifest["mobile"]``: the .ort files and
+onnxruntime build (``--include_ops_by_config``), and the manifest's ``mobile``: the .ort files and
 their parity against torch on the CPU provider, and how the graph partitions on NNAPI and CoreML
 according to onnxruntime's checker (``onnxruntime.tools.check_onnx_model_mobile_usability``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from edgeformer.errors import ExportError
 from edgeformer.export.manifest_write import file_hashes
 from edgeformer.fixed_shapes import dims_text
+from edgeformer.runtime.manifest import Manifest
 from edgeformer.targets import Target
 
 Log = Callable[[str], None]
@@ -223,36 +225,35 @@ def usability(onnx_path: Path) -> dict[str, Any]:
     return report
 
 
-def package(directory: Path, manifest: dict[str, Any], target: Target, log: Log) -> list[Path]:
+def package(directory: Path, manifest: Manifest, target: Target, log: Log) -> tuple[Manifest, list[Path]]:
     """Add the .ort graphs, the reduced-operator config and the usability report to a bundle being
-    written in ``directory`` (before its manifest is written): ``manifest["mobile"]`` and the
-    graphs' ``ort_file``. Returns the .ort graphs by graph name order; the driver checks them
-    against the torch source (``record_ort_parity``) as it checked the .onnx graphs."""
+    written in ``directory`` (before its manifest is written). Returns the manifest with ``mobile``,
+    the graphs' ``ort_file`` and the new files' sha256 (the typed manifest: edgeformer.runtime.manifest),
+    and the .ort graphs by graph name order; the driver checks them against the torch source as it
+    checked the .onnx graphs."""
     mobile: dict[str, Any] = {
         "static_shapes": dict(target.static_shapes),
         "ort_optimization": target.ort_optimization,
         "graphs": {},
         "reduced_operator_config": REDUCED_CONFIG,
     }
-    ort_files = []
-    for name, graph in manifest["graphs"].items():
-        onnx_path = directory / graph["file"]
+    ort_files, graphs = [], {}
+    for name, graph in manifest.graphs.items():
+        onnx_path = directory / graph.file
         ort_path = onnx_path.with_suffix(".ort")
-        log(f"converting {graph['file']} to {ort_path.name} (onnxruntime, {target.ort_optimization} optimizations) ...")
+        log(f"converting {graph.file} to {ort_path.name} (onnxruntime, {target.ort_optimization} optimizations) ...")
         convert_tied_once(onnx_path, ort_path, target.ort_optimization)
-        graph["ort_file"] = ort_path.name
+        graphs[name] = dataclasses.replace(graph, ort_file=ort_path.name)
         ort_files.append(ort_path)
-        report = usability(onnx_path)
         mobile["graphs"][name] = {
             "ort_file": ort_path.name,
             "onnx_bytes": onnx_path.stat().st_size,
             "ort_bytes": ort_path.stat().st_size,
-            "usability": report,
+            "usability": usability(onnx_path),
         }
     mobile["operators"] = write_reduced_config(ort_files, directory / REDUCED_CONFIG)
-    manifest["files"].update(file_hashes(directory, [p.name for p in ort_files] + [REDUCED_CONFIG]))
-    manifest["mobile"] = mobile
-    return ort_files
+    files = manifest.files | file_hashes(directory, [p.name for p in ort_files] + [REDUCED_CONFIG])
+    return dataclasses.replace(manifest, graphs=graphs, files=files, mobile=mobile), ort_files
 
 
 def _line(label: str, entry: dict[str, Any]) -> str:

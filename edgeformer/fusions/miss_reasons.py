@@ -5,6 +5,10 @@ that kind (attention: the SDPA matcher both fused forms start from; GELU: the Er
 are matched again with a tracer that changes nothing, and the attempt that got furthest at that
 block is reported: the rule's name, and its failed check or where its pattern stopped. An attempt
 belongs to a block when it matched the block's node or was rooted at most a few nodes after it.
+
+The hand-written walkers (matmul_bias, packed_weights, packed_projections, split_skip_norm,
+symbolic_shapes) say it themselves: each candidate node they look at and leave as it was is
+recorded with ``skip`` (the node and the walker's reason), and the fusion report lists them per pass.
 """
 
 from __future__ import annotations
@@ -23,6 +27,23 @@ from edgeformer.fusions import gelu
 ATTENTION_RULES = sdpa.sdpa_rules
 ERF_GELU_RULES = pattern.RewriteRuleSet([*erfgelu.rules.rules, *gelu.erf_rules.rules])
 DOWNSTREAM = 3  # an attempt rooted this many nodes after a block's node (Softmax -> MatMul) belongs to it
+Skipped = list[dict[str, str]]  # the candidates a walker left as they were: {"node": name, "reason": why}
+
+
+def skip(skipped: Skipped | None, node: ir.Node, reason: str) -> None:
+    """Record that a hand-written walker left ``node``, a candidate of its rewrite, and why."""
+    if skipped is not None:
+        skipped.append({"node": node.name or node.op_type, "reason": reason})
+
+
+def producer_name(value: ir.Value | None) -> str:
+    """What makes ``value``, for a reason: an op type, or where a value without a producer comes from."""
+    if value is None:
+        return "no value"
+    producer = value.producer()
+    if producer is not None:
+        return producer.op_type
+    return "an initializer" if value.is_initializer() else "a graph input"
 
 
 @dataclass

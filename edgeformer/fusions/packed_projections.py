@@ -16,17 +16,57 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from edgeformer.fusions.miss_reasons import Skipped, producer_name, skip
 from edgeformer.graph_edits import add_initializer, remove_nodes, replace_value
 
 
-def _weight(node: ir.Node) -> np.ndarray | None:
-    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
-        return None
+def _weight(node: ir.Node) -> tuple[np.ndarray | None, str]:
+    """The MatMul's weight when it can be packed, else None and why not."""
     w = node.inputs[1]
-    if w is None or not w.is_initializer() or w.const_value is None or len(w.uses()) != 1:
-        return None
+    if w is None or not w.is_initializer() or w.const_value is None:
+        return None, f"its weight comes from {producer_name(w)}, not an initializer"
+    if len(w.uses()) != 1:
+        return None, f"its weight {w.name} is also read by {len(w.uses()) - 1} other node(s)"
     array = w.const_value.numpy()
-    return array if array.ndim == 2 and array.dtype == np.float32 else None
+    if array.ndim != 2 or array.dtype != np.float32:
+        return None, f"its weight {w.name} is {array.dtype} of rank {array.ndim}, not 2-D float32"
+    return array, ""
+
+
+def _groups(graph: ir.Graph, skipped: Skipped | None) -> dict[ir.Value, list[tuple[ir.Node, np.ndarray]]]:
+    """Input -> the MatMuls (with their weights, in graph order) that read it and can be packed; a
+    MatMul that shares its input with another but cannot be packed is recorded in ``skipped``."""
+    readers: dict[ir.Value, list[ir.Node]] = defaultdict(list)
+    for node in graph:
+        if (
+            node.op_type == "MatMul"
+            and node.domain in ("", "ai.onnx")
+            and len(node.inputs) == 2
+            and node.inputs[0] is not None
+        ):
+            readers[node.inputs[0]].append(node)
+    groups = {}
+    for x, nodes in readers.items():
+        if len(nodes) < 2:
+            continue  # a product alone on its input: nothing to pack it with
+        packable = []
+        for node in nodes:
+            w, why = _weight(node)
+            if w is None:
+                skip(skipped, node, why)
+            else:
+                packable.append((node, w))
+        why = ""
+        if len(packable) < 2:
+            why = f"no other MatMul of {x.name} has a weight that can be packed"
+        elif len({w.shape[0] for _, w in packable}) != 1:
+            why = f"the MatMuls of {x.name} have weights of different input sizes"
+        if why:
+            for node, _ in packable:
+                skip(skipped, node, why)
+        else:
+            groups[x] = packable
+    return groups
 
 
 def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
@@ -44,20 +84,13 @@ def _bias(node: ir.Node) -> tuple[ir.Node, np.ndarray] | None:
     return (add, b) if b.ndim == 1 and b.dtype == np.float32 else None
 
 
-def pack_projections(model: ir.Model) -> int:
+def pack_projections(model: ir.Model, skipped: Skipped | None = None) -> int:
+    """Pack the MatMuls of every input read by several; returns how many groups were packed. The
+    MatMuls left apart are recorded in ``skipped`` with the reason."""
     graph = model.graph
-    order = {node: i for i, node in enumerate(graph)}
-    groups: dict[ir.Value, list[tuple[ir.Node, np.ndarray]]] = defaultdict(list)  # input -> (MatMul, weight)
-    for node in graph:
-        w = _weight(node)
-        if w is not None and node.inputs[0] is not None:
-            groups[node.inputs[0]].append((node, w))
     packed = 0
-    for x, group in groups.items():
-        group.sort(key=lambda pair: order[pair[0]])
+    for x, group in _groups(graph, skipped).items():
         nodes, weights = [n for n, _ in group], [w for _, w in group]
-        if len(nodes) < 2 or len({w.shape[0] for w in weights}) != 1:
-            continue
         biases = [_bias(n) for n in nodes]
         bias_arrays = [b[1] for b in biases if b is not None]
         with_bias = len(bias_arrays) == len(nodes)

@@ -7,13 +7,15 @@ no other. What a pass needs of the export (the packed Attention op, onnxruntime'
 declared on the pass as data (``needs``), never decided by its name. The rule functions stay plain
 ``model -> rewrites`` functions (onnxscript's ``fuse_*``, rule sets' ``apply_to_model``, the
 walkers here); passes whose function does not count (constant folding, CSE) count the nodes they
-removed instead.
+removed instead. A hand-written walker (``reasons=True``) also takes a list to which it adds every
+candidate it left as it was, with its reason (``miss_reasons.skip``); the result carries them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -21,6 +23,7 @@ from onnxscript.optimizer import optimize
 from onnxscript.rewriter.ort_fusions import shape_optimization
 
 Rewrite = Callable[[ir.Model], int]
+Walker = Callable[[ir.Model, list[dict[str, str]]], int]  # a rewrite that says why it left each candidate
 # Providers whose layer norms run on onnxruntime's CPU kernels (XNNPACK takes no layer norm). For
 # them the contrib form keeps LayerNormalization: onnxruntime's CPU SkipLayerNormalization is
 # 3-4x slower than Add + LayerNormalization (see split_skip_norm.py).
@@ -46,27 +49,38 @@ NEEDS: dict[str, Callable[[FusionOptions], bool]] = {
 @dataclass
 class FusionResult(ir.passes.PassResult):
     rewrites: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)  # a walker's candidates left, with its reasons
 
 
 class FusionPass(ir.passes.InPlacePass):
     """One named rewrite. ``count="nodes"`` for functions that do not count their rewrites: the
     pass then reports how many nodes it removed."""
 
-    def __init__(self, name: str, rewrite: Rewrite, *, needs: tuple[str, ...] = (), count: str = "rewrites") -> None:
+    def __init__(
+        self,
+        name: str,
+        rewrite: Rewrite,
+        *,
+        needs: tuple[str, ...] = (),
+        count: str = "rewrites",
+        reasons: bool = False,
+    ) -> None:
         unknown = set(needs) - set(NEEDS)
         if unknown or count not in ("rewrites", "nodes"):
             raise ValueError(f"fusion pass {name!r}: unknown needs {sorted(unknown)} or count {count!r}")
         self.name, self.rewrite, self.needs, self.count = name, rewrite, needs, count
+        self.reasons = reasons  # the rewrite is a Walker: it records why it left each candidate
 
     def applies(self, options: FusionOptions) -> bool:
         return all(NEEDS[need](options) for need in self.needs)
 
     def call(self, model: ir.Model) -> FusionResult:
         before = node_count(model)
-        rewrites = int(self.rewrite(model) or 0)
+        skipped: list[dict[str, str]] = []
+        rewrites = int((cast(Walker, self.rewrite)(model, skipped) if self.reasons else self.rewrite(model)) or 0)
         if self.count == "nodes":
             rewrites = max(0, before - node_count(model))
-        return FusionResult(model, modified=rewrites > 0, rewrites=rewrites)
+        return FusionResult(model, modified=rewrites > 0, rewrites=rewrites, skipped=skipped)
 
     def __repr__(self) -> str:
         return f"FusionPass({self.name!r}, needs={self.needs})"

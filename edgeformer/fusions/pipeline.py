@@ -7,7 +7,8 @@ load) are the passes run again from the unfused graph, each one that changed the
 so a pass that changes the numbers is named and undone exactly as if every pass had been checked. Which
 passes run for which form is data (``tables``). The report counts, per kind of block (attention,
 layer norm, GELU), how many the source graph had and how many fused, and says why the others did
-not, in the words of the closest rule (``miss_reasons``).
+not, in the words of the closest rule (``miss_reasons``); the hand-written walkers list, per pass,
+every candidate node they left and why (``skipped``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ NORM_OPS = {
     "SkipSimplifiedLayerNormalization",
 }
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+SKIPPED_LISTED = 20  # candidates a walker left, listed per pass in the report (all are counted)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class FusionReport:
     passes: list[PassRecord] = field(default_factory=list)
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     not_fused: list[dict[str, str]] = field(default_factory=list)
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass -> count, candidates (node, reason)
     debug: str = ""
     parity_not_checked: str = ""  # why the passes were not checked against the unfused graph
     check: str = ""  # "once": the fused graph checked as a whole; "per pass": that failed, every pass checked
@@ -91,6 +94,7 @@ class FusionReport:
             "coverage": self.coverage,
             "complete": self.complete,
             "not_fused": self.not_fused,
+            "skipped": self.skipped,
             "passes": [asdict(p) for p in self.passes],
             "rolled_back": {p.name: p.rolled_back for p in self.passes if p.rolled_back},
             "parity_not_checked": self.parity_not_checked or None,
@@ -204,6 +208,11 @@ def _run_passes(
         nodes = len(list(model.graph.all_nodes()))
         record = PassRecord(fusion_pass.name, result.rewrites, nodes, round(time.perf_counter() - start, 3))
         report.passes.append(record)
+        if result.skipped:
+            report.skipped[fusion_pass.name] = {
+                "count": len(result.skipped),
+                "candidates": result.skipped[:SKIPPED_LISTED],
+            }
         if fusion_pass.name == "cleanup":
             before = _candidates(model)
         if result.rewrites:
@@ -282,4 +291,16 @@ def fuse_model(
         report.not_fused, report.debug = why_not(model, debug)
         if form == "standard":
             report.not_fused = _standard_leftovers(model, report.not_fused)
+    if debug:
+        report.debug += skipped_text(report.skipped)
     return report
+
+
+def skipped_text(skipped: dict[str, dict[str, Any]]) -> str:
+    """The walkers' candidates left as they were, one line each, for ``--debug``."""
+    lines = [f"[{name}] {c['node']}: {c['reason']}" for name, entry in skipped.items() for c in entry["candidates"]] + [
+        f"[{name}] ... and {entry['count'] - len(entry['candidates'])} more"
+        for name, entry in skipped.items()
+        if entry["count"] > len(entry["candidates"])
+    ]
+    return "".join(line + "\n" for line in lines)

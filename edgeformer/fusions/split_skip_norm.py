@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgeformer.fusions.miss_reasons import Skipped, skip
 from edgeformer.graph_edits import add_initializer, replace_value
 
 LAYER_NORM_OPSET = 17
@@ -32,30 +33,42 @@ def _hidden_size(gamma: ir.Value) -> int | None:
     return gamma.shape[0]
 
 
-def split_skip_layer_norm(model: ir.Model) -> int:
-    """Rewrite every SkipLayerNormalization whose mean / inverse-std outputs are unused; returns the count."""
+def _why_not(node: ir.Node, x: ir.Value | None, skip_in: ir.Value | None, gamma: ir.Value | None) -> str | None:
+    """Why a SkipLayerNormalization cannot be split; None when it can."""
+    outputs = list(node.outputs) + [None] * (4 - len(node.outputs))
+    if any(v is not None and (v.uses() or v.is_graph_output()) for v in outputs[1:3]):
+        return "its mean or inverse-std output is used (LayerNormalization here gives neither)"
+    if x is None or skip_in is None or gamma is None:
+        return "its input, skip or gamma is missing"
+    if gamma.dtype is None or _hidden_size(gamma) is None:
+        return f"gamma {gamma.name} has no known dtype and 1-D size (the hidden size)"
+    return None
+
+
+def split_skip_layer_norm(model: ir.Model, skipped: Skipped | None = None) -> int:
+    """Rewrite every SkipLayerNormalization whose mean / inverse-std outputs are unused; returns the
+    count. The others are recorded in ``skipped`` with the reason."""
     graph = model.graph
-    if model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < LAYER_NORM_OPSET:
-        return 0  # no LayerNormalization op before opset 17
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     split = 0
     for node in list(graph):
         if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft":
             continue
         inputs = list(node.inputs) + [None] * (5 - len(node.inputs))
-        x, skip, gamma, beta, bias = inputs[:5]
+        x, skip_in, gamma, beta, bias = inputs[:5]
         outputs = list(node.outputs) + [None] * (4 - len(node.outputs))
-        if any(v is not None and (v.uses() or v.is_graph_output()) for v in outputs[1:3]):
-            continue  # mean and inverse std have no counterpart in LayerNormalization's outputs here
-        if x is None or skip is None or gamma is None or gamma.dtype is None:
-            continue
-        hidden = _hidden_size(gamma)
-        if hidden is None:
+        reason = _why_not(node, x, skip_in, gamma)
+        if opset < LAYER_NORM_OPSET:
+            reason = f"the model's opset {opset} has no LayerNormalization op (it needs {LAYER_NORM_OPSET})"
+        hidden = _hidden_size(gamma) if gamma is not None else None
+        if reason is not None or x is None or skip_in is None or gamma is None or gamma.dtype is None or hidden is None:
+            skip(skipped, node, reason or "its inputs are incomplete")  # the second half narrows the types
             continue
         stem = node.name or "skip_layer_norm"
         if bias is None:
             zeros = np.zeros(hidden, dtype=gamma.dtype.numpy())
             bias = add_initializer(graph, f"{stem}.zero_bias", zeros)
-        add = ir.node("Add", [x, skip], name=f"{stem}_add")
+        add = ir.node("Add", [x, skip_in], name=f"{stem}_add")
         add_bias = ir.node("Add", [add.outputs[0], bias], name=f"{stem}_add_bias")
         epsilon = node.attributes.get("epsilon")
         attributes: dict[str, int | float] = {"axis": -1}

@@ -72,8 +72,8 @@ MASKS = (
 )
 CONTRIB = (
     CLEANUP,
-    FusionPass("symbolic_shapes", symbolic_shapes.apply),
-    FusionPass("bias_after_matmul", bias_after_matmul),
+    FusionPass("symbolic_shapes", symbolic_shapes.apply, reasons=True),
+    FusionPass("bias_after_matmul", bias_after_matmul, reasons=True),
     *MASKS,
     FusionPass("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
     FusionPass("erf_gelu", fuse_erfgelu),
@@ -90,16 +90,16 @@ CONTRIB = (
     FusionPass("bias_gelu", fuse_bias_gelu),
     FusionPass("sdpa_via_mha", replace_sdpa_by_mha),
     FusionPass("mha_bnsh_cache", mha_bnsh_cache.rules.apply_to_model),
-    FusionPass("packed_weights", fold_packed_weights),
-    FusionPass("packed_projections", pack_projections),
-    FusionPass("split_skip_layer_norm", split_skip_layer_norm, needs=("cpu_kernels",)),
+    FusionPass("packed_weights", fold_packed_weights, reasons=True),
+    FusionPass("packed_projections", pack_projections, reasons=True),
+    FusionPass("split_skip_layer_norm", split_skip_layer_norm, needs=("cpu_kernels",), reasons=True),
     FINAL_CLEANUP,
 )
 # Standard ops only (opset 23 Attention; LayerNormalization and Gelu come out of the exporter as
 # such at that opset): the same attention matcher, lowered to ai.onnx Attention.
 STANDARD = (
     CLEANUP,
-    FusionPass("symbolic_shapes", symbolic_shapes.apply),
+    FusionPass("symbolic_shapes", symbolic_shapes.apply, reasons=True),
     *MASKS,
     FusionPass("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
     FusionPass("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),

@@ -32,6 +32,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step
+    batch_tokens: int = 0  # > 0: micro-batches of at most this many padded tokens (edgeformer.batching)
     label_smoothing: float = 0.0
     dropout: float | None = None  # None: the card's [model] value
     attention_dropout: float | None = None

@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from edgeformer.errors import EdgeformerError
-from edgeformer.quantize import half_storage, int4_rank, int8, qattention, tied_head, weights
+from edgeformer.quantize import half_storage, int4_embedding, int4_rank, int8, qattention, tied_head, weights
 from edgeformer.quantize.mixed import Feeds, MixedResult, Quantizer, Ranker, quantize_within_budget, weight_params
 from edgeformer.targets import QUANTIZATION_MODES
 
@@ -85,8 +85,12 @@ class QuantizePass:
     def reduced(self, path: Path, candidates: list[str], kept: list[str]) -> list[str]:
         return [c for c in candidates if c not in set(kept)]
 
-    def entry(self, reduced: list[str]) -> dict[str, Any]:
+    def entry(self, reduced: list[str], kept: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
+
+    def in_float(self, kept: list[str]) -> list[str]:
+        """The nodes the search kept that the graph holds in float (int4 keeps them at 8 bits instead)."""
+        return kept
 
     def run(
         self, model: onnx.ModelProto, trial: Path, feeds: Sequence[Feeds], budget: dict[str, float], **search: Any
@@ -100,10 +104,12 @@ class QuantizePass:
         )  # fmt: skip
         kept = [k["node"] for k in found.kept_in_float]
         reduced = self.reduced(trial, prepared.candidates, kept)
-        params = weight_params(prepared.model, kept)
+        floats = self.in_float(kept)
+        params = weight_params(prepared.model, floats)
         return QuantizeResult(
-            trial, found, prepared.candidates, reduced, kept, 4 * sum(params.values()), self.entry(reduced)
-        )
+            trial, found, prepared.candidates, reduced, floats, 4 * sum(params.values()),
+            self.entry(reduced, found.kept_in_float),
+        )  # fmt: skip
 
 
 class DynamicInt8(QuantizePass):
@@ -166,36 +172,48 @@ class StaticInt8(QuantizePass):
 
 
 class Int4(QuantizePass):
-    """Weight-only int4 (MatMulNBits) of the MatMuls; Gathers stay float."""
+    """Weight-only int4 (MatMulNBits) of the MatMuls; the nodes the search keeps out of int4 are
+    MatMulNBits at 8 bits; a tied embedding reads the head's quantized table (``int4_embedding``)."""
 
     precision, mode, needs = "int4", "weight-only", ("untied_head", "gate_ranker")
 
     def settings(self) -> dict[str, Any]:
-        return weights.int4_settings()
+        return weights.int4_settings() | {"embedding": int4_embedding.DESCRIPTION}
 
     def prepare(self, model: onnx.ModelProto, feeds: Sequence[Feeds], log: Log) -> Prepared:
-        model, _heads = tied_head.untie(model)
+        model, heads = tied_head.untie(model)
         chosen = weights.int4_settings()
 
         def quantize(m: onnx.ModelProto, o: Path, exclude: Sequence[str] = ()) -> Path:
-            return weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
+            weights.to_int4(m, o, exclude=tuple(exclude), settings=chosen)
+            int4_embedding.share(o, heads)
+            return o
 
         return Prepared(model, weights.int4_candidates(model), quantize, int4_rank.rank)
 
     def reduced(self, path: Path, candidates: list[str], kept: list[str]) -> list[str]:
         return int4_nodes(path, candidates, kept)
 
-    def entry(self, reduced: list[str]) -> dict[str, Any]:
-        return {"int4_nodes": reduced}  # what the graph holds in int4; every other candidate is kept_in_float
+    def in_float(self, kept: list[str]) -> list[str]:
+        return []  # kept at 8 bits
+
+    def entry(self, reduced: list[str], kept: list[dict[str, Any]]) -> dict[str, Any]:
+        # what the graph holds, node by node: every candidate is int4 or, kept by the search, 8-bit
+        return {
+            "int4_nodes": reduced,
+            "int8_nodes": [k["node"] for k in kept],
+            "kept_at_8_bits": kept,  # the search's choice, with each node's score
+            "kept_in_float": [],
+        }
 
 
-def int4_nodes(path: Path, candidates: list[str], kept: list[str]) -> list[str]:
+def int4_nodes(path: Path, candidates: list[str], kept: list[str], kept_as: str = "int8") -> list[str]:
     """The nodes the written graph holds in int4, after checking it against the search's report:
-    every node the report keeps in float is a float MatMul there, every other candidate is int4."""
-    floats = set(kept)
+    every node the search kept is ``kept_as`` there (MatMulNBits at 8 bits), every other candidate int4."""
+    held = set(kept)
     layout = weights.int4_layout(onnx.load(str(path), load_external_data=False).graph, candidates)
-    wrong = [f"{n}: {have} (reported {'float' if n in floats else 'int4'})" for n, have in layout.items()
-             if have != ("float" if n in floats else "int4")]  # fmt: skip
+    wrong = [f"{n}: {have} (reported {kept_as if n in held else 'int4'})" for n, have in layout.items()
+             if have != (kept_as if n in held else "int4")]  # fmt: skip
     if wrong:
         raise QuantizeError(
             f"the int4 graph written is not the one the search reported ({len(wrong)} node(s): "

@@ -15,6 +15,7 @@ to the most accurate level it has a kernel for, so a bundle built on one CPU sti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from edgeformer.quantize.int8 import _quiet, cpu_flags
 
 BLOCK_SIZE = 32  # the smallest block onnxruntime's int8-compute kernels take everywhere: the most accurate
 INT8_DOT = ("avx512_vnni", "avx_vnni", "avx2", "asimddp")  # flags of CPUs with MatMulNBits int8 kernels
-SUFFIX = "_Q4"  # onnxruntime names a MatMul's MatMulNBits replacement NAME_Q4
+SUFFIX = "_Q4"  # onnxruntime names a MatMul's MatMulNBits replacement NAME_Q4 (NAME_Q8 at 8 bits)
+KEPT_BITS = 8  # what the search keeps out of int4: MatMulNBits at 8 bits, a quarter of fp32's bytes per token
+SUFFIXES = {"int4": "_Q4", "int8": "_Q8"}
 
 
 def to_fp16(model: onnx.ModelProto, out: Path) -> Path:
@@ -45,6 +48,8 @@ def int4_settings(flags: set[str] | None = None) -> dict[str, Any]:
         "weights": f"int4 symmetric, blocks of {BLOCK_SIZE} along the input dimension (MatMulNBits)",
         "block_size": BLOCK_SIZE,
         "accuracy_level": level,
+        "kept_bits": KEPT_BITS,
+        "kept": f"the nodes the search keeps out of int4 are MatMulNBits at {KEPT_BITS} bits, same blocks",
         "compute": (
             f"int8 activations per block, int8 dot products (this CPU has {found[0]})"
             if found
@@ -72,40 +77,63 @@ def to_int4(
     exclude: tuple[str, ...] = (),
     settings: dict[str, Any] | None = None,
 ) -> Path:
-    """``model``'s MatMuls in int4 except ``exclude`` (node names), written to ``out``. ``model``
-    is left as it was: onnxruntime's quantizer rewrites the graph it is given in place, so a
-    second call on the same model would find no MatMul left to keep in float."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+    """``model``'s MatMuls in int4 except ``exclude`` (node names), which are MatMulNBits at
+    ``settings["kept_bits"]`` (8; 0 keeps them float MatMuls), written to ``out``. ``model`` is left
+    as it was: onnxruntime's quantizer rewrites the graph it is given in place, so a second call on
+    the same model would find no MatMul left to keep out of int4."""
     settings = int4_settings() if settings is None else settings
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    kept_bits = int(settings.get("kept_bits", 0))
+    copy = _nbits(copy, 4, settings, exclude=list(exclude))
+    if exclude and kept_bits:
+        copy = _nbits(copy, kept_bits, settings, include=list(exclude))
+    onnx.save(copy, str(out))
+    return out
+
+
+def _nbits(
+    model: onnx.ModelProto,
+    bits: int,
+    settings: dict[str, Any],
+    *,
+    exclude: Sequence[str] = (),
+    include: Sequence[str] = (),
+) -> onnx.ModelProto:
+    """``model`` with its constant-weight MatMuls (``include`` only, when given; never ``exclude``) as
+    MatMulNBits at ``bits``, symmetric, in the blocks and accuracy level of ``settings``."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
     with _quiet():
         quantizer = MatMulNBitsQuantizer(
-            copy,
-            bits=4,
+            model,
+            bits=bits,
             block_size=settings["block_size"],
             is_symmetric=True,
             accuracy_level=settings["accuracy_level"],
             nodes_to_exclude=list(exclude),
+            nodes_to_include=list(include) or None,
         )
         quantizer.process()
-    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
-    return out
+    return quantizer.model.model
 
 
 def int4_layout(graph: onnx.GraphProto, candidates: list[str]) -> dict[str, str]:
-    """Each candidate's precision in a written graph: "int4" (its MatMulNBits is there), "float"
-    (the MatMul itself, reading a float weight), or "missing"."""
+    """Each candidate's precision in a written graph: "int4" or "int8" (its MatMulNBits at 4 or 8 bits
+    is there), "float" (the MatMul itself, reading a float weight), or "missing"."""
     inits = {i.name: i.data_type for i in graph.initializer}
     nodes = {n.name: n for n in graph.node}
     layout = {}
     for name in candidates:
-        node, quantized = nodes.get(name), nodes.get(name + SUFFIX)
-        if quantized is not None and quantized.op_type == "MatMulNBits":
-            layout[name] = "int4"
-        elif node is not None and node.op_type == "MatMul" and inits.get(node.input[1]) == onnx.TensorProto.FLOAT:
+        node, layout[name] = nodes.get(name), "missing"
+        for precision, suffix in SUFFIXES.items():
+            quantized = nodes.get(name + suffix)
+            if quantized is not None and quantized.op_type == "MatMulNBits" and _bits(quantized) == int(suffix[2:]):
+                layout[name] = precision
+        if node is not None and node.op_type == "MatMul" and inits.get(node.input[1]) == onnx.TensorProto.FLOAT:
             layout[name] = "float"
-        else:
-            layout[name] = "missing"
     return layout
+
+
+def _bits(node: onnx.NodeProto) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "bits"), 4)

@@ -11,7 +11,7 @@ import pytest
 
 from edgeformer import budget as budgets
 from edgeformer.export.manifest_read import read_manifest
-from edgeformer.quantize import calibration, int8, tied_head, weights
+from edgeformer.quantize import calibration, int4_embedding, int8, tied_head, weights
 from edgeformer.quantize.mixed import _session, outputs_of, weight_params
 from edgeformer.quantize.passes import int4_nodes
 from edgeformer.quantize.stage import QuantizeError, quantize_bundle, verdict_rows
@@ -33,26 +33,36 @@ def mixed(edge_bundle, tmp_path_factory):
     return src, out, quantize_bundle(src, out, precision="int4", budget={"cosine": 0.995}, samples=8)
 
 
-def test_every_node_the_report_keeps_in_float_is_float_in_the_graph(mixed):
+def test_every_node_the_report_keeps_out_of_int4_is_8_bit_in_the_graph(mixed):
+    """The search's kept level is MatMulNBits at 8 bits, not fp32: node by node, the report and the graph agree."""
     src, out, manifest = mixed
     entry = manifest["quantization"]["graphs"]["model"]
-    floats = [k["node"] for k in entry["kept_in_float"]]
-    int4 = entry["int4_nodes"]
+    int8_nodes, int4 = entry["int8_nodes"], entry["int4_nodes"]
     model, _ = tied_head.untie(int8.name_nodes(onnx.load(str(src / "model.onnx"))))
     candidates = weights.int4_candidates(model)
-    assert floats and int4, entry  # a real mix: the budget needs some, not all, in float
-    assert sorted(floats + int4) == sorted(candidates) and not set(floats) & set(int4)
+    assert int8_nodes and int4, entry  # a real mix: the budget needs some, not all, kept out of int4
+    assert sorted(int8_nodes + int4) == sorted(candidates) and not set(int8_nodes) & set(int4)
+    assert entry["kept_in_float"] == [] and [k["node"] for k in entry["kept_at_8_bits"]] == int8_nodes
+    assert entry["float_weight_bytes"] == 0
     graph = onnx.load(str(out / "model.onnx")).graph
     nodes = {n.name: n for n in graph.node}
-    inits = {i.name: i for i in graph.initializer}
-    for name in floats:  # a MatMul reading its float weight, and no int4 twin
-        assert nodes[name].op_type == "MatMul", name
-        assert inits[nodes[name].input[1]].data_type == onnx.TensorProto.FLOAT, name
-        assert name + weights.SUFFIX not in nodes, name
+
+    def bits(node):
+        return onnx.helper.get_node_attr_value(node, "bits")
+
+    for name in int8_nodes:  # a MatMulNBits at 8 bits, no float MatMul, no int4 twin
+        assert nodes[name + "_Q8"].op_type == "MatMulNBits" and bits(nodes[name + "_Q8"]) == 8, name
+        assert name not in nodes and name + weights.SUFFIX not in nodes, name
     for name in int4:
         assert nodes[name + weights.SUFFIX].op_type == "MatMulNBits" and name not in nodes, name
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == len(int4)
-    assert len(floats) == len(entry["kept_in_float"])  # the report and the graph count the same
+        assert bits(nodes[name + weights.SUFFIX]) == 4, name
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert sorted(bits(n) for n in nbits) == [4] * len(int4) + [8] * len(int8_nodes)
+    assert not [n for n in graph.node if n.op_type == "MatMul"]  # nothing reads a float weight per token
+    from edgeformer.cli.quantize import report_lines
+
+    line = report_lines(manifest["quantization"])[0]  # what `edgeformer quantize` prints
+    assert f"node(s) in float, {len(int8_nodes)} kept at 8 bits; validation" in line and ", 0 node(s)" in line, line
 
 
 def test_the_written_bundle_measures_what_the_search_reported(mixed):
@@ -71,18 +81,18 @@ def test_the_written_bundle_measures_what_the_search_reported(mixed):
 
 def test_the_search_costs_a_few_whole_graphs_not_one_per_node(mixed):
     entry = mixed[2]["quantization"]["graphs"]["model"]
-    n = len(entry["kept_in_float"]) + len(entry["int4_nodes"])
+    n = len(entry["int8_nodes"]) + len(entry["int4_nodes"])
     # all-int4, all-float, the bisection, and the chosen graph again: no graph per node
     assert entry["graphs_tried"] <= 3 + math.ceil(math.log2(n)), entry["graphs_tried"]
-    assert all(set(k) == {"node", "budget_used_alone"} for k in entry["kept_in_float"])
-    used = [k["budget_used_alone"] for k in entry["kept_in_float"]]
+    kept = entry["kept_at_8_bits"]
+    assert all(set(k) == {"node", "budget_used_alone"} for k in kept)
+    used = [k["budget_used_alone"] for k in kept]
     assert all(u > 0 for u in used)
-    # kept in float by budget bought back per float weight (a big node in float is read at full width)
+    # kept by budget bought back per weight (a big node kept is read at twice its int4 bytes)
     model, _ = tied_head.untie(int8.name_nodes(onnx.load(str(mixed[0] / "model.onnx"))))
-    params = weight_params(model, [k["node"] for k in entry["kept_in_float"]])
-    per_weight = [k["budget_used_alone"] / params[k["node"]] for k in entry["kept_in_float"]]
-    assert per_weight == sorted(per_weight, reverse=True), entry["kept_in_float"]
-    assert entry["float_weight_bytes"] == 4 * sum(params.values())
+    params = weight_params(model, [k["node"] for k in kept])
+    per_weight = [k["budget_used_alone"] / params[k["node"]] for k in kept]
+    assert per_weight == sorted(per_weight, reverse=True), kept
 
 
 def test_to_int4_leaves_the_model_it_is_given_unchanged(edge_bundle, tmp_path):
@@ -93,6 +103,11 @@ def test_to_int4_leaves_the_model_it_is_given_unchanged(edge_bundle, tmp_path):
     assert model.SerializeToString() == before  # the quantizer used to rewrite it in place
     weights.to_int4(model, tmp_path / "mixed.onnx", exclude=(keep,))
     layout = weights.int4_layout(onnx.load(str(tmp_path / "mixed.onnx")).graph, [first, keep])
+    assert layout == {first: "int4", keep: "int8"}  # kept out of int4: MatMulNBits at 8 bits
+    assert model.SerializeToString() == before
+    floats = weights.int4_settings() | {"kept_bits": 0}
+    weights.to_int4(model, tmp_path / "float.onnx", exclude=(keep,), settings=floats)
+    layout = weights.int4_layout(onnx.load(str(tmp_path / "float.onnx")).graph, [first, keep])
     assert layout == {first: "int4", keep: "float"}
 
 
@@ -106,6 +121,13 @@ def test_the_tied_head_is_int4_too(edge_bundle, tmp_path):
     heads = [n for n in graph.node if n.op_type == "MatMulNBits" and onnx.helper.get_node_attr_value(n, "N") == vocab]
     assert len(heads) == 1 and not [n for n in graph.node if n.op_type == "MatMul"]
     assert heads[0].name[: -len(weights.SUFFIX)] in entry["int4_nodes"]
+    # the token embedding reads the head's own 4-bit table: no float (V, C) table left in the bundle
+    embeddings = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert [(n.input[0], onnx.helper.get_node_attr_value(n, "bits")) for n in embeddings] == [(heads[0].input[1], 4)]
+    width = onnx.helper.get_node_attr_value(heads[0], "K")
+    floats = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    tables = [i.name for i in floats if math.prod(i.dims) >= vocab * width]
+    assert not tables, tables
 
 
 def test_int4_settings_follow_the_cpu_and_are_recorded(mixed):
@@ -116,7 +138,8 @@ def test_int4_settings_follow_the_cpu_and_are_recorded(mixed):
     assert weights.int4_settings(set())["block_size"] == 32
     _, out, manifest = mixed
     settings = manifest["quantization"]["settings"]
-    assert settings == weights.int4_settings() and read_manifest(out)["quantization"]["settings"] == settings
+    assert settings == weights.int4_settings() | {"embedding": int4_embedding.DESCRIPTION}
+    assert settings["kept_bits"] == 8 and read_manifest(out)["quantization"]["settings"] == settings
     for node in onnx.load(str(out / "model.onnx")).graph.node:
         if node.op_type == "MatMulNBits":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -128,7 +151,7 @@ def test_a_graph_that_differs_from_the_report_is_refused(edge_bundle, tmp_path):
     model = int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx")))
     candidates = weights.int4_candidates(model)
     weights.to_int4(model, tmp_path / "all.onnx")  # every node int4, a report claiming one kept in float
-    with pytest.raises(QuantizeError, match=rf"{candidates[0]}: int4 \(reported float\).*bug in edgeformer"):
+    with pytest.raises(QuantizeError, match=rf"{candidates[0]}: int4 \(reported int8\).*bug in edgeformer"):
         int4_nodes(tmp_path / "all.onnx", candidates, [candidates[0]])
     assert int4_nodes(tmp_path / "all.onnx", candidates, []) == candidates
 
@@ -161,6 +184,61 @@ def test_rank_scores_each_node_alone_in_int4_from_one_session(edge_bundle, tmp_p
     scores, key = int4_rank.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
     assert key == "budget_used_alone" and set(scores) == set(candidates) and len(seen) == len(candidates)
     assert max(scores, key=scores.get) == target, scores
-    weights.to_int4(model, tmp_path / "one.onnx", exclude=tuple(c for c in candidates if c != target))
+    floats = weights.int4_settings() | {"kept_bits": 0}
+    weights.to_int4(model, tmp_path / "one.onnx", exclude=tuple(c for c in candidates if c != target), settings=floats)
     alone = outputs_of(_session(tmp_path / "one.onnx"), feeds)  # the graph written with only target in int4
     np.testing.assert_allclose(seen[3][0]["logits"], alone[0]["logits"], rtol=0, atol=1e-5)
+
+
+def _tied_model(vocab: int, width: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """embedding = Gather(E, ids); logits = MatMul(Relu(embedding), Transpose(E)): a tied table, random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((vocab, width)).astype(np.float32)
+    table[3, 5] = 9.0  # an outlier: its block's steps are coarse, the others' fine
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["emb"], name="embed"),
+        helper.make_node("Identity", ["emb"], ["embedding"], name="copy"),
+        helper.make_node("Relu", ["emb"], ["h"], name="act"),
+        helper.make_node("Transpose", ["E"], ["Et"], name="head_t", perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "Et"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "E")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), table
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_the_embedding_gathers_the_heads_quantized_rows_within_their_step(tmp_path, kept):
+    """GatherBlockQuantized on the head's MatMulNBits table: each value within half a quantization step
+    of the fp32 gather (step = its block's largest |value| / 7 at 4 bits, / 127 at 8), one table in the file."""
+    model, table = _tied_model(vocab=50, width=64)
+    untied, heads = tied_head.untie(model)
+    out = weights.to_int4(untied, tmp_path / "w.onnx", exclude=("head",) if kept else ())
+    assert int4_embedding.share(out, heads) == 1
+    graph = onnx.load(str(out)).graph
+    assert [n.op_type for n in graph.node if n.op_type.endswith(("Quantized", "NBits"))] == [
+        "GatherBlockQuantized", "MatMulNBits"]  # fmt: skip
+    assert [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims[0] == 50] == [
+        "E.T_scales"]  # fmt: skip
+    ids = np.array([[3, 0, 49], [7, 3, 1]])
+    got = _session(out).run(["embedding"], {"ids": ids})[0]
+    assert got.shape == (2, 3, 64)
+    levels = 127 if kept else 7
+    step = np.repeat(np.abs(table.reshape(50, 2, 32)).max(axis=2), 32, axis=1) / levels
+    error = np.abs(got - table[ids])
+    assert np.all(error <= 0.5 * step[ids] + 1e-6), float((error / step[ids]).max())
+    assert error.max() > 0  # quantized, not the float table
+
+
+def test_an_int4_decoder_is_smaller_than_its_int8_bundle(edge_bundle, tmp_path):
+    src = edge_bundle("gpt-mini")
+    sizes = {}
+    for precision in ("int4", "int8"):
+        quantize_bundle(src, tmp_path / precision, precision=precision, samples=4)
+        sizes[precision] = (tmp_path / precision / "model.onnx").stat().st_size
+    assert sizes["int4"] < 0.75 * sizes["int8"], sizes

@@ -75,14 +75,17 @@ def test_a_pass_reports_what_it_reduced_and_what_it_kept(edge_bundle, tmp_path, 
     assert loose.modified and loose.kept_in_float == [] and loose.float_weight_bytes == 0
     assert sorted(loose.reduced) == sorted(loose.candidates) and len(loose.candidates) >= 8
     tight = step.run(model, tmp_path / "tight.onnx", feeds, {"cosine": 1.0}, language_model=True)
-    # no reduced graph equals the float one exactly: every candidate ends in float, none reduced
-    assert sorted(tight.kept_in_float) == sorted(tight.candidates) and tight.reduced == []
-    assert tight.float_weight_bytes > 0
-    if precision == "int4":  # the pass checks the written graph against the search's report
-        assert loose.entry == {"int4_nodes": loose.reduced} and tight.entry == {"int4_nodes": []}
+    # no reduced graph equals the float one exactly: the search keeps every candidate, none reduced
+    kept = [k["node"] for k in tight.search.kept_in_float]
+    assert sorted(kept) == sorted(tight.candidates) and tight.reduced == []
+    if precision == "int4":  # kept at 8 bits, not float; the pass checks the written graph against the report
+        assert tight.kept_in_float == [] and tight.float_weight_bytes == 0
+        assert loose.entry == {"int4_nodes": loose.reduced, "int8_nodes": [], "kept_at_8_bits": [], "kept_in_float": []}
+        assert tight.entry["int4_nodes"] == [] and tight.entry["int8_nodes"] == kept
         layout = weights.int4_layout(onnx.load(str(tmp_path / "tight.onnx")).graph, tight.candidates)
-        assert set(layout.values()) == {"float"}
+        assert set(layout.values()) == {"int8"}
     else:
+        assert sorted(tight.kept_in_float) == sorted(kept) and tight.float_weight_bytes > 0
         assert loose.entry == {}
 
 
