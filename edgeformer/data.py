@@ -13,6 +13,7 @@ that reads order can tell them apart.
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import sysconfig
 import zlib
@@ -76,13 +77,19 @@ def load_docstrings(split: str = "train", root: Path | None = None) -> list[Docs
     """All docstrings of the train or held-out ("valid") files, in a fixed order."""
     if split not in ("train", "valid"):
         raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
-    root = root or stdlib_dir()
+    return list(_parsed_docstrings(split, root or stdlib_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_docstrings(split: str, root: Path) -> tuple[Docstring, ...]:
+    """Parsing the standard library takes seconds; the demos, the benches and the tests ask for the same
+    split many times in one process (the docstrings are frozen, the caller gets its own list)."""
     docs = []
     for path in _source_files(root):
         rel = path.relative_to(root).as_posix()
         if is_held_out(rel) == (split == "valid"):
             docs.extend(_docstrings_of(path, rel))
-    return docs
+    return tuple(docs)
 
 
 def first_words(text: str, max_bytes: int = ORDER_BYTES) -> list[str]:

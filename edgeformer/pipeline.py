@@ -24,7 +24,7 @@ from edgeformer.errors import ExportError
 from edgeformer.export import mobile
 from edgeformer.export.manifest_write import build_manifest, new_bundle_dir, save_graph, write_manifest
 from edgeformer.export.source import Source
-from edgeformer.export.trace import trace
+from edgeformer.export.trace import attention_for, trace
 from edgeformer.fixed_shapes import fixed_source
 from edgeformer.fusions.stage import fuse_graph
 from edgeformer.io import pause_point, scratch_dir
@@ -135,7 +135,13 @@ def float_bundle(
     for traced_plan, plan in zip(source.plans, fixed.plans, strict=True):
         with clock.stage("trace", f"tracing {plan.file} (opset {target.opset})") as said:
             # the fuse stage's first pass runs the optimizer the exporter would run: once is enough
-            model = trace(traced_plan, target.opset, fixed.example_dims, optimize=target.fusions == "none")
+            model = trace(
+                traced_plan,
+                target.opset,
+                fixed.example_dims,
+                optimize=target.fusions == "none",
+                attention=attention_for(target.fusions),
+            )
             if target.static_shapes:
                 model = mobile.fix_shapes(model, dict(target.static_shapes))
             said.append(f"{len(model.graph)} nodes")

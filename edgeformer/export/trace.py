@@ -16,6 +16,18 @@ from torch.export import Dim
 
 from edgeformer.errors import ExportError
 from edgeformer.export.graphs import GraphPlan, make_inputs
+from edgeformer.nn.layers import attention_impl
+
+# Fusion forms whose graph keeps local and sparse attention banded (nn/banded.py: standard ops, O(S * window)).
+# The contrib forms trace the dense masked attention their MultiHeadAttention fusion matches; so do the
+# provider forms, whose fixed shapes and op lists were never checked against the 5-D blocked products.
+BANDED_FORMS = ("none", "standard")
+
+
+def attention_for(form: str) -> str:
+    """How the layers compute banded patterns while traced for fusion form ``form`` (layers.ATTENTION_IMPLS)."""
+    return "banded" if form in BANDED_FORMS else "dense"
+
 
 # Example sizes for tracing: all >= 2, because torch.export specializes dimensions of size 0 and 1.
 TRACE_DIMS = {"batch": 2, "sequence": 3, "past_sequence": 4, "encoder_sequence": 5}
@@ -60,11 +72,17 @@ def _dynamic_shapes(plan: GraphPlan) -> tuple:
 
 
 def trace(
-    plan: GraphPlan, opset: int, example_dims: dict[str, int] | None = None, *, optimize: bool = True
+    plan: GraphPlan,
+    opset: int,
+    example_dims: dict[str, int] | None = None,
+    *,
+    optimize: bool = True,
+    attention: str = "dense",
 ) -> ir.Model:
     """Export one graph; inputs and outputs carry the plan's names and dimension names. ``optimize``
     runs onnxscript's optimizer on it (constant folding, dead code); the fuse stage's first pass
-    (``cleanup``) runs the same optimizer, so an export that fuses traces without it."""
+    (``cleanup``) runs the same optimizer, so an export that fuses traces without it. ``attention``:
+    local and sparse self-attention "banded" or "dense" (``attention_for(form)``)."""
     example = make_inputs(plan, example_dims or TRACE_DIMS, pad=False)
     args = tuple(torch.from_numpy(example[s.name]) for s in plan.inputs)
     plan.module.eval()
@@ -74,6 +92,7 @@ def trace(
         warnings.catch_warnings(),
         contextlib.redirect_stdout(quiet),
         _quiet_loggers(),
+        attention_impl(plan.module, attention),
     ):
         warnings.simplefilter("ignore")
         try:

@@ -26,6 +26,10 @@ from edgeformer.fusions import gelu
 
 ATTENTION_RULES = sdpa.sdpa_rules
 ERF_GELU_RULES = pattern.RewriteRuleSet([*erfgelu.rules.rules, *gelu.erf_rules.rules])
+BANDED = (
+    "banded local or sparse attention (blocked products over the window, edgeformer/nn/banded.py): no fused "
+    "attention op takes a band, so it stays MatMul + Softmax in standard ops, O(sequence x window)"
+)
 DOWNSTREAM = 3  # an attempt rooted this many nodes after a block's node (Softmax -> MatMul) belongs to it
 Skipped = list[dict[str, str]]  # the candidates a walker left as they were: {"node": name, "reason": why}
 
@@ -114,6 +118,12 @@ def _describe(kind: str, attempt: Attempt, node: ir.Node) -> str:
     return f"{kind} rule {attempt.rule}, pattern stops: {attempt.reason or 'no match'} ({input_chain(node)})"
 
 
+def is_banded(node: ir.Node) -> bool:
+    """A Softmax over (batch, heads, blocks, block, keys): the banded attention of nn/banded.py."""
+    shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+    return shape is not None and shape.rank() == 5
+
+
 def input_chain(node: ir.Node) -> str:
     """What feeds ``node``, three producers up: the form the reader sees no rule knows."""
     chain, current = [], node
@@ -172,7 +182,9 @@ def why_not(model: ir.Model, debug: bool) -> tuple[list[dict[str, str]], str]:
         text += f"[{kind}] {report}"
         for node in nodes:
             attempt = closest_attempt(tracer, node)
-            if attempt is None:
+            if kind == "attention" and is_banded(node):
+                reason = BANDED
+            elif attempt is None:
                 reason = f"no {kind} rule matches any part of this {node.op_type}: {input_chain(node)}"
             else:
                 reason = _describe(kind, attempt, node)

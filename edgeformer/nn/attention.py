@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgeformer.nn.banded import Pattern, banded_attention
+
 KV = tuple[Tensor, Tensor]
 
 
@@ -56,6 +58,16 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, kv: KV, mask: Tensor | None = None) -> Tensor:
         """Queries from x (B, Tq, C) attend over kv; returns (B, Tq, C)."""
         q = self._split(self.q_proj(x))  # (B, H, Tq, D)
-        y = scaled_dot_product_attention(q, kv[0], kv[1], mask, self.dropout, self.training)
-        b, _, t, _ = y.shape
+        return self._merge(scaled_dot_product_attention(q, kv[0], kv[1], mask, self.dropout, self.training))
+
+    def banded(self, x: Tensor, kv: KV, pattern: Pattern, padding: Tensor | None, *, causal: bool) -> Tensor:
+        """Self-attention of x (B, S, C) over its own kv in ``pattern`` without the (S x S) matrix."""
+        q = self._split(self.q_proj(x))  # (B, H, S, D)
+        y = banded_attention(
+            q, kv[0], kv[1], pattern, padding, causal=causal, dropout=self.dropout, training=self.training
+        )
+        return self._merge(y)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        b, _, t, _ = y.shape  # (B, H, T, D) -> (B, T, C)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,29 @@ from torch import Tensor, nn
 
 from edgeformer.config import ModelConfig
 from edgeformer.nn.attention import KV, MultiHeadAttention
+from edgeformer.nn.banded import BANDED, Pattern, worth_banding
+from edgeformer.nn.masks import SelfMask
+
+# How a layer computes local and sparse self-attention: "auto" bands it above two blocks in eager torch and
+# keeps the dense mask while torch.export traces (a Python branch on a dynamic length cannot be exported);
+# "banded" always (what the export pipeline asks for its standard-op forms), "dense" never (the reference).
+ATTENTION_IMPLS = ("auto", "banded", "dense")
+
+
+@contextlib.contextmanager
+def attention_impl(model: nn.Module, impl: str) -> Iterator[None]:
+    """Every layer of ``model`` computes its self-attention the ``impl`` way inside the block, as before after."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    before = [b.attention_impl for b in blocks]
+    for block in blocks:
+        block.attention_impl = impl
+    try:
+        yield
+    finally:
+        for block, was in zip(blocks, before, strict=True):
+            block.attention_impl = was
 
 
 def activate(x: Tensor, activation: str) -> Tensor:
@@ -113,8 +137,10 @@ class Block(nn.Module):
     """One layer: self-attention, optional cross-attention, feed-forward; each sublayer wrapped in a
     residual connection with layer norm before it (pre-LN) or after the sum (post-LN)."""
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False, pattern: Pattern | None = None) -> None:
         super().__init__()
+        self.pattern = pattern if pattern is not None else Pattern.of(cfg)
+        self.attention_impl = "auto"  # one of ATTENTION_IMPLS
         self.pre_norm = cfg.norm == "pre"
         eps = cfg.layer_norm_eps
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
@@ -136,10 +162,20 @@ class Block(nn.Module):
             raise ValueError("a layer without cross-attention has no cross keys and values")
         return self.cross_attn.project_kv(memory)
 
+    def _banded(self, mask: SelfMask | Tensor | None, past: KV | None) -> bool:
+        """Whether this pass's self-attention takes the banded path (a full pass, no cache, banded pattern)."""
+        if not isinstance(mask, SelfMask) or past is not None or mask.q_len != mask.k_len:
+            return False
+        if self.pattern.attention not in BANDED or self.attention_impl == "dense":
+            return False
+        if self.attention_impl == "banded":
+            return True
+        return not torch.compiler.is_exporting() and worth_banding(self.pattern, mask.q_len)
+
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | None,
+        mask: SelfMask | Tensor | None,
         past: KV | None = None,
         cross_kv: KV | None = None,
         cross_mask: Tensor | None = None,
@@ -153,7 +189,10 @@ class Block(nn.Module):
                 k = torch.cat([past[0], k], dim=2)  # (B, H, Tpast + T, D)
                 v = torch.cat([past[1], v], dim=2)
             present.append((k, v))
-            return self.self_attn(h, (k, v), mask)
+            if isinstance(mask, SelfMask) and self._banded(mask, past):
+                return self.self_attn.banded(h, (k, v), self.pattern, mask.padding, causal=mask.causal)
+            dense = mask.dense(self.pattern) if isinstance(mask, SelfMask) else mask
+            return self.self_attn(h, (k, v), dense)
 
         x = self._residual(x, self.self_norm, self_attention)
         if self.cross_attn is not None and self.cross_norm is not None:  # both or neither

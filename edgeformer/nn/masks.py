@@ -6,13 +6,26 @@ incremental decoding with a KV cache (queries are the last ``Tq`` of ``Tk`` key 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
-from edgeformer.config import ModelConfig
+
+class PatternLike(Protocol):
+    """What a mask reads of a pattern: a ModelConfig, or one layer's ``banded.Pattern``."""
+
+    @property
+    def attention(self) -> str: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def sparse_stride(self) -> int: ...
+    @property
+    def global_tokens(self) -> int: ...
 
 
-def _band(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig) -> Tensor:
+def _band(q_pos: Tensor, k_pos: Tensor, cfg: PatternLike) -> Tensor:
     """(Tq, Tk) bool: the local window or the sparse strides, without global tokens."""
     dist = q_pos[:, None] - k_pos[None, :]  # (Tq, Tk), > 0 when the key is in the past
     if cfg.attention == "local":
@@ -22,7 +35,7 @@ def _band(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig) -> Tensor:
     return torch.ones_like(dist, dtype=torch.bool)
 
 
-def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, *, causal: bool) -> Tensor:
+def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: PatternLike, *, causal: bool) -> Tensor:
     """(Tq, Tk) bool mask of the configured pattern for query and key positions.
 
     global: every key. local: keys at distance < window (only earlier ones when causal).
@@ -37,7 +50,7 @@ def pattern_mask(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, *, causal: bool
     return allowed
 
 
-def _padded_pattern(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, padding: Tensor, *, causal: bool) -> Tensor:
+def _padded_pattern(q_pos: Tensor, k_pos: Tensor, cfg: PatternLike, padding: Tensor, *, causal: bool) -> Tensor:
     """(B, Tq, Tk) pattern whose global tokens are each row's first N real tokens, wherever padding
     puts them (left-padded prompts). Bands are distances, the same for the contiguous real tokens."""
     real = padding.bool()  # (B, Tk)
@@ -50,7 +63,7 @@ def _padded_pattern(q_pos: Tensor, k_pos: Tensor, cfg: ModelConfig, padding: Ten
 
 
 def self_attention_mask(
-    cfg: ModelConfig, q_len: int, k_len: int, padding: Tensor | None, *, causal: bool, device: torch.device
+    cfg: PatternLike, q_len: int, k_len: int, padding: Tensor | None, *, causal: bool, device: torch.device
 ) -> Tensor:
     """(B|1, 1, Tq, Tk) mask for self-attention; queries are the last q_len of k_len positions.
 
@@ -72,3 +85,21 @@ def cross_attention_mask(padding: Tensor | None) -> Tensor | None:
     if padding is None:
         return None
     return padding.bool()[:, None, None, :]
+
+
+class SelfMask:
+    """The self-attention mask of one forward pass, built when a layer asks: the dense
+    (B|1, 1, Tq, Tk) tensor of a pattern for the masked path (built once per pattern), or the padding
+    and direction the banded path (``banded.banded_attention``) needs, which never builds it."""
+
+    def __init__(self, q_len: int, k_len: int, padding: Tensor | None, *, causal: bool, device: torch.device) -> None:
+        self.q_len, self.k_len, self.padding, self.causal, self.device = q_len, k_len, padding, causal, device
+        self._dense: dict[tuple[str, int, int, int], Tensor] = {}
+
+    def dense(self, pattern: PatternLike) -> Tensor:
+        key = (pattern.attention, pattern.window, pattern.sparse_stride, pattern.global_tokens)
+        if key not in self._dense:
+            self._dense[key] = self_attention_mask(
+                pattern, self.q_len, self.k_len, self.padding, causal=self.causal, device=self.device
+            )
+        return self._dense[key]

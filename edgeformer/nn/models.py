@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from edgeformer.config import ModelConfig
 from edgeformer.nn.attention import KV
 from edgeformer.nn.layers import Block, Embeddings, LMHeadTransform
-from edgeformer.nn.masks import cross_attention_mask, self_attention_mask
+from edgeformer.nn.masks import SelfMask, cross_attention_mask
 
 
 class Stack(nn.Module):
@@ -31,7 +31,7 @@ class Stack(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | None,
+        mask: SelfMask | Tensor | None,
         past: list[KV] | None = None,
         cross_kv: list[KV] | None = None,
         cross_mask: Tensor | None = None,
@@ -120,7 +120,7 @@ class EncoderModel(_Model):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
         b, t = input_ids.shape
         x = self.embeddings(input_ids, _positions(input_ids, 0, None))  # (B, T, C)
-        mask = self_attention_mask(self.config, t, t, attention_mask, causal=False, device=x.device)
+        mask = SelfMask(t, t, attention_mask, causal=False, device=x.device)
         hidden, _ = self.encoder(x, mask)
         out = {"last_hidden_state": hidden}
         if self.lm_head is not None:
@@ -156,7 +156,7 @@ class DecoderModel(_Model):
         if position_ids is None:
             position_ids = _positions(input_ids, past_len, attention_mask)
         x = self.embeddings(input_ids, position_ids)  # (B, T, C)
-        mask = self_attention_mask(self.config, t, past_len + t, attention_mask, causal=True, device=x.device)
+        mask = SelfMask(t, past_len + t, attention_mask, causal=True, device=x.device)
         hidden, presents = self.decoder(x, mask, past_key_values)
         out: dict = {"last_hidden_state": hidden, "present_key_values": presents}
         if self.lm_head is not None:
@@ -180,7 +180,7 @@ class EncoderDecoderModel(_Model):
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         t = input_ids.shape[1]
         x = self.embeddings(input_ids, _positions(input_ids, 0, None))  # (B, S, C)
-        mask = self_attention_mask(self.config, t, t, attention_mask, causal=False, device=x.device)
+        mask = SelfMask(t, t, attention_mask, causal=False, device=x.device)
         return self.encoder(x, mask)[0]
 
     def cross_key_values(self, memory: Tensor) -> list[KV]:
@@ -200,7 +200,7 @@ class EncoderDecoderModel(_Model):
         positions = _positions(decoder_input_ids, past_len, decoder_attention_mask)
         embeddings = self.decoder_embeddings if self.decoder_embeddings is not None else self.embeddings
         x = embeddings(decoder_input_ids, positions)  # (B, T, C)
-        mask = self_attention_mask(self.config, t, past_len + t, decoder_attention_mask, causal=True, device=x.device)
+        mask = SelfMask(t, past_len + t, decoder_attention_mask, causal=True, device=x.device)
         hidden, presents = self.decoder(
             x, mask, past_key_values, cross_kv, cross_attention_mask(encoder_attention_mask)
         )
