@@ -105,7 +105,9 @@ def test_an_export_that_fuses_traces_without_the_exporter_optimizer(tmp_path, mo
     seen: list[bool] = []
     real_trace = pipeline.trace
     monkeypatch.setattr(
-        pipeline, "trace", lambda *a, optimize=True: seen.append(optimize) or real_trace(*a, optimize=optimize)
+        pipeline,
+        "trace",
+        lambda *a, optimize=True, **kw: seen.append(optimize) or real_trace(*a, optimize=optimize, **kw),
     )
     manifest = export_bundle(small_encoder(), resolve_target("cpu-fp32"), tmp_path / "b", check=False)
     assert seen == [False]  # the fuse stage's cleanup pass runs the same optimizer
