@@ -93,7 +93,7 @@ def test_encoder_decoder_io(bundles):
 def test_check_runs_from_the_bundle_alone(bundles, name):
     path, _ = bundles[name]
     report = check_bundle(path)
-    assert report.ok and len(report.cases) >= 6
+    assert report.ok and len(report.cases) >= 5  # bert-mini: batch 1 at 1, 7, max; batch 2 at 1, 7
 
 
 def test_demo_decoder_generates_text_identically(bundles):

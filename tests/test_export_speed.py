@@ -8,12 +8,15 @@ import dataclasses
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from edgeformer import parity, progress
 from edgeformer.compare import compare
+from edgeformer.export.graphs import card_cases
 from edgeformer.export.source import source_from_card
 from edgeformer.pipeline import export_bundle
 from edgeformer.zoo import resolve_card, resolve_target
+from tests.conftest import card_config
 
 
 def test_compare_makes_no_float64_copy_and_gives_the_float64_numbers():
@@ -72,11 +75,13 @@ def test_int8_export_runs_torch_once_per_case_and_prints_progress(tmp_path, monk
     manifest = export_bundle(source, resolve_target("cpu-int8"), tmp_path / "b", log=lines.append)
     cases = len(source.plans[0].cases)
     # three checks judge these shapes (fp32 graphs, the precision search, the int8 bundle); torch runs once each
-    assert len(calls) == cases == 6, len(calls)
+    # batch 1 at sequence 1, 7 and 16; batch 2 at the short lengths only (1, 7)
+    assert len(calls) == cases == 5, len(calls)
     assert manifest["parity"]["ok"] and len(manifest["parity"]["cases"]) == cases
+    assert {"batch": 2, "sequence": 16} not in source.plans[0].cases
     progress_lines = [x for x in lines if x.startswith("  model.onnx: case ")]
-    assert progress_lines[0].startswith("  model.onnx: case 1/6 done (batch 1, sequence 1), "), lines
-    assert progress_lines[-1].startswith("  model.onnx: case 5/6 done (batch 2, sequence 7), "), lines
+    assert progress_lines[0].startswith("  model.onnx: case 1/5 done (batch 1, sequence 1), "), lines
+    assert progress_lines[-1].startswith("  model.onnx: case 4/5 done (batch 2, sequence 1), "), lines
     assert all(x.endswith(" s left") for x in progress_lines)
 
 
@@ -100,7 +105,9 @@ def test_an_export_that_fuses_traces_without_the_exporter_optimizer(tmp_path, mo
     seen: list[bool] = []
     real_trace = pipeline.trace
     monkeypatch.setattr(
-        pipeline, "trace", lambda *a, optimize=True: seen.append(optimize) or real_trace(*a, optimize=optimize)
+        pipeline,
+        "trace",
+        lambda *a, optimize=True, **kw: seen.append(optimize) or real_trace(*a, optimize=optimize, **kw),
     )
     manifest = export_bundle(small_encoder(), resolve_target("cpu-fp32"), tmp_path / "b", check=False)
     assert seen == [False]  # the fuse stage's cleanup pass runs the same optimizer
@@ -116,3 +123,17 @@ def test_fusion_passes_print_progress_with_an_estimate(tmp_path, monkeypatch):
     steps = [x for x in lines if x.startswith("  fusion pass ")]
     assert len(steps) == n - 1 and steps[0].startswith(f"  fusion pass 1/{n} done (cleanup), "), lines
     assert all(x.endswith(" s left") for x in steps)
+
+
+@pytest.mark.parametrize(
+    ("card", "graph"), [("gpt-mini", "model"), ("bert-mini", "model"), ("transformer-mini", "decoder")]
+)
+def test_the_full_length_is_checked_at_batch_1_and_batch_2_only_short(card, graph):
+    """Batch 2 at the card's full length cost as much as every other case together (GPT-2-small: ~8 s
+    of torch and onnxruntime); the length is shown at batch 1, batching and padding at the short lengths."""
+    cases = card_cases(card_config(card, max_positions=64), graph)
+    assert {c["sequence"] for c in cases if c["batch"] == 1 and not c.get("past_sequence")} == {1, 7, 64}
+    assert {c["sequence"] for c in cases if c["batch"] == 2} == {1, 7}
+    pasts = {(c["batch"], c["past_sequence"]) for c in cases if c.get("past_sequence")}
+    # decoders: a step after a short cache at both batches, after the longest cache at batch 1
+    assert pasts == (set() if card == "bert-mini" else {(1, 7), (1, 63), (2, 7)})

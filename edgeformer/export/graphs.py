@@ -110,20 +110,23 @@ class Seq2SeqDecoderGraph(nn.Module):
 
 
 def card_cases(cfg: ModelConfig, graph: str, max_sequence: int | None = None) -> list[dict[str, int]]:
-    """The shapes a card's graph is checked at: batch 1 and 2; sequence 1, 7 and the card's
-    maximum; decoders also with a cache (past 7 and max - 1, one new token)."""
+    """The shapes a card's graph is checked at: batch 1 at sequence 1, 7 and the card's maximum;
+    batch 2 (padding, batching) at the short lengths only, where it costs little; decoders also with
+    a cache (one new token after 7, and at batch 1 after max - 1). The full length at batch 2 cost as
+    much as every other case together and showed nothing batch 1 and the short batch do not."""
     longest = min(cfg.max_positions, max_sequence or cfg.max_positions)  # a cap keeps huge checks in memory
-    seqs = sorted({1, min(7, longest), longest})
+    short = min(7, longest)
     cases: list[dict[str, int]] = []
     for batch in (1, 2):
+        seqs = sorted({1, short, longest} if batch == 1 else {1, short})
         if graph == "model" and cfg.family == "encoder":
             cases += [{"batch": batch, "sequence": s} for s in seqs]
         elif graph == "encoder":
             cases += [{"batch": batch, "encoder_sequence": s} for s in seqs]
         else:
-            enc = {"encoder_sequence": min(7, longest)} if graph == "decoder" else {}
+            enc = {"encoder_sequence": short} if graph == "decoder" else {}
             cases += [{"batch": batch, "sequence": s, "past_sequence": 0, **enc} for s in seqs]
-            pasts = sorted({min(7, longest - 1), longest - 1})
+            pasts = sorted({min(7, longest - 1), longest - 1} if batch == 1 else {min(7, longest - 1)})
             cases += [{"batch": batch, "sequence": 1, "past_sequence": p, **enc} for p in pasts]
     return cases
 
@@ -140,13 +143,15 @@ def fusion_check_cases(plan: GraphPlan) -> list[dict[str, int]]:
     longest checked length (capped at PER_PASS_LONGEST, so a pass that only breaks long sequences, past
     a window, stride or 64-wide tile, is undone at that pass), and a decode step with a cache."""
     short = [c for c in plan.cases if c.get("batch") == 2 and 1 < _length(c) <= 16]
-    full = [c for c in plan.cases if not c.get("past_sequence") and c.get("batch") == 2]
+    full = [c for c in plan.cases if not c.get("past_sequence")]
     cached = [c for c in plan.cases if c.get("past_sequence", 0) > 0]
     longest = max(full, key=_length, default=None)
+    dynamic = {d for s in plan.inputs for d in s.shape if isinstance(d, str)}
+    if longest is not None and "batch" in dynamic and any(c.get("batch") == 2 for c in plan.cases):
+        longest = {**longest, "batch": 2}  # padded: the parity check runs the full length at batch 1 only
     long = [] if longest is None else [longest]
-    fixed = all(isinstance(d, int) for s in plan.inputs for d in s.shape)
-    if longest is not None and _length(longest) > PER_PASS_LONGEST and not fixed:
-        key = "sequence" if "sequence" in longest else "encoder_sequence"
+    key = "sequence" if longest is not None and "sequence" in longest else "encoder_sequence"
+    if longest is not None and _length(longest) > PER_PASS_LONGEST and key in dynamic:
         long = [{**longest, key: PER_PASS_LONGEST}]
     chosen: list[dict[str, int]] = []
     for case in short[:1] + long + cached[:1]:

@@ -1,8 +1,10 @@
 """The fusion stage: an ordered list of passes over an onnx-ir model, counted and checked.
 
-Every pass (``passes.FusionPass``, onnx-ir's pass contract) says whether it changed the graph;
-after every pass that did, the model is run under onnxruntime on the same inputs as the unfused
-graph and compared (``checks``), so a pass that changes the numbers is named and undone. Which
+Every pass (``passes.FusionPass``, onnx-ir's pass contract) says whether it changed the graph.
+The passes run unchecked, then the fused graph is run once under onnxruntime on the same inputs as
+the unfused graph and compared (``checks``). Only when that check fails (or the graph does not
+load) are the passes run again from the unfused graph, each one that changed the graph checked,
+so a pass that changes the numbers is named and undone exactly as if every pass had been checked. Which
 passes run for which form is data (``tables``). The report counts, per kind of block (attention,
 layer norm, GELU), how many the source graph had and how many fused, and says why the others did
 not, in the words of the closest rule (``miss_reasons``); the hand-written walkers list, per pass,
@@ -28,6 +30,7 @@ from edgeformer.fusions.checks import (
     check,
     intermediate_ops,
     ort_message,
+    restore,
     run,
     snapshot,
     undo,
@@ -71,6 +74,8 @@ class FusionReport:
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass -> count, candidates (node, reason)
     debug: str = ""
     parity_not_checked: str = ""  # why the passes were not checked against the unfused graph
+    check: str = ""  # "once": the fused graph checked as a whole; "per pass": that failed, every pass checked
+    max_rel_error: float | None = None  # the fused graph against the unfused one; None when not checked
 
     @property
     def counts(self) -> dict[str, int]:
@@ -93,6 +98,8 @@ class FusionReport:
             "passes": [asdict(p) for p in self.passes],
             "rolled_back": {p.name: p.rolled_back for p in self.passes if p.rolled_back},
             "parity_not_checked": self.parity_not_checked or None,
+            "check": self.check or None,
+            "max_rel_error": self.max_rel_error,
         }
 
 
@@ -137,6 +144,7 @@ class _Checker:
     log: Callable[[str], None]
     restore_point: Snapshot
     pending: list[PassRecord] = field(default_factory=list)
+    kept_error: float | None = 0.0  # the error of the graph at the restore point (the unfused graph's: 0)
 
     def after(self, model: ir.Model, record: PassRecord) -> ir.Model:
         snap = snapshot(model)
@@ -149,8 +157,16 @@ class _Checker:
             model = self._fail(model, [*self.pending, record], problem)
         else:
             self.restore_point = snap  # the graph just checked is where a later failure goes back to
+            self.kept_error = record.max_rel_error
         self.pending.clear()
         return model
+
+    def whole(self, model: ir.Model) -> tuple[float | None, str]:
+        """The fused graph (every pass applied) against the unfused outputs: (worst error, problem)."""
+        error, problem, deferred = check(snapshot(model), model, self.feeds, self.reference, self.tolerance)
+        if deferred:
+            problem = f"it holds {', '.join(sorted(intermediate_ops(model)))}, which onnxruntime cannot run"
+        return error, problem
 
     def finish(self, model: ir.Model) -> ir.Model:
         """The last passes left the rewriter's intermediate ops: a graph onnxruntime cannot run."""
@@ -209,6 +225,26 @@ def _run_passes(
     return model, before
 
 
+def _checked_once(
+    model: ir.Model, passes: list[FusionPass], checker: _Checker, report: FusionReport, log: Callable
+) -> tuple[ir.Model, dict[str, int]]:
+    """Every pass unchecked, then one check of the fused graph. When it fails, the graph goes back to
+    the unfused one and the passes run again, each checked, so the pass that broke it is undone and
+    named (``_Checker``) and the graph kept is one that was checked."""
+    model, before = _run_passes(model, passes, None, report, log)
+    error, problem = checker.whole(model)
+    if not problem:
+        report.check, report.max_rel_error = "once", error
+        return model, before
+    log(f"  the fused graph failed its check ({problem}); checking the passes one by one")
+    model = restore(model, checker.restore_point)  # the unfused graph: nothing has been checked yet
+    report.passes.clear()
+    model, before = _run_passes(model, passes, checker, report, log)
+    report.check = "per pass"
+    report.max_rel_error = checker.kept_error  # the graph kept is the last one checked
+    return model, before
+
+
 def _coverage(model: ir.Model, before: dict[str, int]) -> dict[str, dict[str, int]]:
     ops = _op_counts(model)
     return {
@@ -233,8 +269,9 @@ def fuse_model(
     providers: tuple[str, ...] = ("cpu",),
     log: Callable[[str], None] = lambda _m: None,
 ) -> FusionReport:
-    """Fuse ``model`` in place. With ``feeds``, parity against the unfused graph is checked after
-    every pass that rewrote something; a pass beyond ``tolerance`` raises FusionParityError.
+    """Fuse ``model`` in place. With ``feeds``, parity against the unfused graph is checked once on
+    the fused graph, and after every pass that rewrote something when that fails; with ``strict`` a
+    pass beyond ``tolerance`` raises FusionParityError.
     ``packed_attention=False`` keeps attention as MultiHeadAttention with separate projections.
     ``providers`` (the target's, in order of preference) choose among forms: SkipLayerNormalization
     is split back into Add + LayerNormalization when the first one runs onnxruntime's CPU kernels
@@ -244,7 +281,10 @@ def fuse_model(
     passes = tables.passes_for(form, FusionOptions(packed_attention=packed_attention, providers=tuple(providers)))
     report = FusionReport(form, len(list(model.graph.all_nodes())))
     checker = _checker(model, feeds, report, tolerance=tolerance, strict=strict, log=log)
-    model, before = _run_passes(model, passes, checker, report, log)
+    if checker is None:
+        model, before = _run_passes(model, passes, None, report, log)
+    else:
+        model, before = _checked_once(model, passes, checker, report, log)
     report.nodes_after = len(list(model.graph.all_nodes()))
     report.coverage = _coverage(model, before)
     if form not in ("none", *tables.PROVIDER_FORMS):  # form (c) keeps attention and GELU as ops on the provider's list

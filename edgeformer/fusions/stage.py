@@ -1,4 +1,5 @@
-"""The fuse stage: one traced graph fused in place, its parity checked after every pass."""
+"""The fuse stage: one traced graph fused in place, its parity checked against the unfused graph
+(once on the fused graph; pass by pass when that fails)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def fuse_graph(
     packed_attention: bool = True,
     providers: tuple[str, ...] = ("cpu",),
 ) -> dict[str, Any]:
-    """Fuse one traced graph in place, checking parity against the unfused graph after every pass
-    on the shapes ``fusion_check_cases`` picks (a short and a long padded batch, a step with a cache)."""
+    """Fuse one traced graph in place, checking parity against the unfused graph (the fused graph
+    once; every pass when that fails) on the shapes ``fusion_check_cases`` picks (a short and a long
+    padded batch, a step with a cache)."""
     chosen = fusion_check_cases(plan)
     feeds: list | None = [make_inputs(plan, dims, seed=100 + i) for i, dims in enumerate(chosen)]
     skipped = ""

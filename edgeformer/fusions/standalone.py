@@ -210,5 +210,8 @@ def print_report(report: dict[str, Any], echo: Any) -> None:
     checked = [p["max_rel_error"] for p in report.get("passes", []) if p.get("max_rel_error") is not None]
     if report.get("parity_not_checked"):
         echo(f"  per-pass parity NOT checked: {report['parity_not_checked']}")
+    elif report.get("check") == "once" and report.get("max_rel_error") is not None:
+        error = report["max_rel_error"]
+        echo(f"  parity: the fused graph checked against the unfused one, {error:.2g} of output scale")
     elif checked:
         echo(f"  per-pass parity: {len(checked)} passes checked, worst {max(checked):.2g} of output scale")
