@@ -50,12 +50,12 @@ def test_a_search_that_meets_the_budget_is_one_the_final_check_accepts(tmp_path)
         assert not (tmp_path / "b").exists()
         return
     parity = manifest["parity"]
-    assert parity["ok"] and len(parity["cases"]) == 6
+    assert parity["ok"] and len(parity["cases"]) >= 5  # the shapes parity.budget_cases picks (5 since fx)
     worst = min(c["metrics"]["cosine"] for c in parity["cases"])
     assert worst >= 0.99, parity["cases"]
     graph = manifest["quantization"]["graphs"]["model"]
     # the search judged these very shapes: what it reported is what the final check measured
-    assert graph["parity_cases"]["shapes"] == 6 and graph["parity_cases_misses"] == []
+    assert graph["parity_cases"]["shapes"] == len(parity["cases"]) and graph["parity_cases_misses"] == []
     # the outlier breaks int8 until a node is kept in float; what it reads at full width is recorded
     assert graph["kept_in_float"] and graph["float_weight_bytes"] >= 4 * 64 * 64
     assert graph["parity_cases"]["worst"]["cosine"] == pytest.approx(worst, abs=1e-6)
