@@ -42,7 +42,10 @@ def test_edge_card_exports_with_parity(bundles, name):
     shapes = {
         (c["dims"]["batch"], c["dims"].get("sequence", c["dims"].get("encoder_sequence"))) for c in parity["cases"]
     }
-    assert {(1, 1), (2, 1), (1, 7), (2, 7), (1, cfg.max_positions), (2, cfg.max_positions)} <= shapes
+    # the full length at batch 1; batching (and padding) at short lengths (#21: batch 2 at full length
+    # doubled the check's cost and showed nothing batch 1 and the short batched cases do not)
+    assert {(1, 1), (2, 1), (1, 7), (2, 7), (1, cfg.max_positions)} <= shapes
+    assert (2, cfg.max_positions) not in shapes
     for case in parity["cases"]:
         for out in case["outputs"]:
             assert out["ok"] and out["cosine"] > 0.99999

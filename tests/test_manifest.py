@@ -99,6 +99,11 @@ def _set(path: str, value: object):
         (_set("graphs/model/outputs", {}), "graphs.model.outputs: not a list of tensor specs"),
         (_set("format_version", 2), "format_version 2 is not 1; this runtime reads bundles of format 1"),
         (_set("format_version", True), "format_version True is not 1"),
+        # found by the damaged-bundle property suite: fuse copied a null target name into the manifest it wrote
+        (_set("target/name", None), "target.name must be str, got None"),
+        (_set("target/opset", True), "target.opset must be int, got True"),
+        (_set("target/providers", ["cpu", 3]), "target.providers must be a list of provider names"),
+        (_set("target", "cpu-fp32"), "'target' must be an object"),
     ],
 )
 def test_the_reader_names_the_wrong_field(change, says):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,26 +135,38 @@ def fuse_file(
     check_external_data(src.parent, src)  # external data outside the file's folder is refused unread
     model = load_onnx(src)
     refuse_unknown_dims(dims, [model])
-    report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
+    with refused_if_unwritable(src):
+        report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
     stamp(model)
     with atomic_path(out) as tmp:
         save_fused(model, tmp, src)
     return report
 
 
-def save_fused(model: ir.Model, path: Path, src: Path) -> None:
-    """Write the fused graph; a graph onnx-ir cannot serialise (a damaged file: text fields that are
-    not UTF-8, say) is refused by name, the output left untouched."""
+@contextlib.contextmanager
+def refused_if_unwritable(src: Path) -> Iterator[None]:
+    """A graph onnx-ir reads but cannot serialise (a damaged file: text fields that are not UTF-8, say)
+    is refused by name, whether a pass (shape inference serialises the graph) or the final write
+    meets it first; the output is left untouched."""
     try:
-        ir.save(model, path)
-    except (ir.serde.SerdeError, UnicodeError, ValueError) as exc:
-        cause = exc.__cause__ or exc
+        yield
+    except (ir.serde.SerdeError, UnicodeError) as exc:
+        cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ExportError(
-            f"{src}: the fused graph cannot be written ({type(cause).__name__}: {str(cause)[:160]}); "
+            f"{src}: the graph cannot be written back ({type(cause).__name__}: {str(cause)[:160]}); "
             "the file is damaged: export it again from its source"
         ) from None
+
+
+def save_fused(model: ir.Model, path: Path, src: Path) -> None:
+    """Write the fused graph (refused by name when it cannot be serialised)."""
+    with refused_if_unwritable(src):
+        try:
+            ir.save(model, path)
+        except ValueError as exc:
+            raise ir.serde.SerdeError(str(exc)) from exc
 
 
 def fuse_bundle(
@@ -182,9 +196,10 @@ def fuse_bundle(
         for name, graph in typed.graphs.items():
             log(f"fusing {graph.file} ({form}) ...")
             model = load_onnx(src / graph.file)
-            report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
+            with refused_if_unwritable(src / graph.file):
+                report = _fuse_checked(model, form, dims, debug=debug, providers=providers, log=log)
+                files += save_graph(model, tmp / graph.file)
             reports[name] = report.to_dict()
-            files += save_graph(model, tmp / graph.file)
         for name in typed.files:
             if name not in files and not (tmp / name).exists():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # a listed file in a subfolder

@@ -252,6 +252,36 @@ def migrate(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return raw
 
 
+_TARGET_KINDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "description": (str,),
+    "precision": (str,),
+    "opset": (int,),
+    "providers": (list, tuple),
+    "fusions": (str,),
+    "quantization": (str,),
+    "static_shapes": (dict,),
+    "ort_format": (bool,),
+    "ort_optimization": (str,),
+}  # the JSON Schema's Target: a key that is present holds a value of its kind (null is not one); the
+#   budget is judged by the tools' own table check (budget.budget_table_problem), which names the metric
+
+
+def _check_target(target: object, where: str) -> None:
+    """The recorded target keeps its keys' kinds (the tools read them; the runtime does not)."""
+    if target is None:
+        return
+    if not isinstance(target, dict):
+        _fail(where, f"'target' must be an object, got {target!r:.60}")
+    for key, kinds_ in _TARGET_KINDS.items():
+        value = target.get(key, ...)
+        wrong_bool = isinstance(value, bool) and bool not in kinds_
+        if value is not ... and (not isinstance(value, kinds_) or wrong_bool):
+            _fail(where, f"target.{key} must be {kinds_[0].__name__}, got {value!r:.60}")
+    if "providers" in target and not all(isinstance(p, str) for p in target["providers"]):
+        _fail(where, f"target.providers must be a list of provider names, got {target['providers']!r:.60}")
+
+
 def parse_manifest(raw: object, where: str = "manifest.json") -> Manifest:
     """The typed manifest of a manifest.json's JSON object; BundleFormatError names the first wrong field."""
     if not isinstance(raw, dict):
@@ -274,6 +304,7 @@ def parse_manifest(raw: object, where: str = "manifest.json") -> Manifest:
     source = raw.get("source")
     if source is not None and not isinstance(source, dict):
         _fail(where, f"'source' must be an object, got {source!r:.60}")
+    _check_target(raw.get("target"), where)
     return Manifest(
         **values,
         graphs={str(name): _graph(str(name), entry, where) for name, entry in graphs.items()},
