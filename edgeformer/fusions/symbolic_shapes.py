@@ -58,7 +58,7 @@ def _stripped_proto(model: ir.Model) -> onnx.ModelProto:
         _SERDE_LOG.removeFilter(quiet)
     for value, tensor in large.items():
         proto.graph.input.append(
-            onnx.helper.make_tensor_value_info(value.name, tensor.dtype.value, tensor.shape.numpy())
+            onnx.helper.make_tensor_value_info(str(value.name), tensor.dtype.value, tensor.shape.numpy())
         )
     return proto
 
