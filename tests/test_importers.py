@@ -310,6 +310,30 @@ def test_gpt2_matches_transformers(hf, imported, batch, length):
         _close(past.layers[layer].values, v)
 
 
+def test_import_skips_the_random_init_its_weights_overwrite(hf, monkeypatch):
+    """The model an import builds is not randomly initialised first (~0.9 s on BERT-base): no
+    torch.nn.init initializer runs, the buffers computed in __init__ are a fresh model's, and the
+    initializers are torch's again afterwards."""
+    from edgeformer.nn.models import build_model
+
+    calls = []
+    for name in ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_"):
+        real = getattr(torch.nn.init, name)
+        monkeypatch.setattr(torch.nn.init, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    counted = torch.nn.init.normal_
+    for name in ("bert", "gpt2", "bart"):
+        got = import_directory(hf[name][0], memory=None)  # (the memory check counts parameters on "meta")
+        assert calls == [], (name, sorted(set(calls)))
+        fresh = dict(build_model(got.config).named_buffers())
+        assert "normal_" in calls  # a model built outside an import is still initialised
+        calls.clear()
+        buffers = dict(got.model.named_buffers())
+        assert sorted(buffers) == sorted(fresh)
+        for key, value in buffers.items():
+            assert torch.equal(value, fresh[key]), (name, key)
+    assert torch.nn.init.normal_ is counted
+
+
 def test_bart_matches_transformers(hf, imported):
     _, ref_model, _ = hf["bart"]
     model = imported["bart"].model

@@ -39,6 +39,7 @@ from edgeformer.fusions.passes import (
     cleanup,
     common_subexpressions,
     fold_constants,
+    root_filtered,
     with_shapes,
 )
 from edgeformer.fusions.split_skip_norm import split_skip_layer_norm
@@ -47,6 +48,11 @@ from edgeformer.targets import FUSION_FORMS
 # Form (c), for NNAPI, CoreML and QNN: only the ops on that provider's list (no contrib ops, no
 # opset-23 Attention); attention stays MatMul + Softmax with finite additive mask biases.
 PROVIDER_FORMS = ("nnapi", "coreml", "qnn")
+
+
+# every rule set of edgeformer's own runs root-filtered (passes.root_filtered: the same rewrites, sooner)
+_ATTENTION_OUTPUT = root_filtered(attention_output.rules)
+_STANDARD_ATTENTION = root_filtered(standard_attention.rules)
 
 
 def opset(model: ir.Model) -> int:
@@ -59,15 +65,15 @@ def _standard_attention(model: ir.Model) -> int:
     if opset(model) < standard_attention.OPSET:
         return 0
     fuse_sdpa(model, apply_shape_inference=True)
-    attention_output.rules.apply_to_model(model)
-    return standard_attention.rules.apply_to_model(model)
+    _ATTENTION_OUTPUT.apply_to_model(model)
+    return _STANDARD_ATTENTION.apply_to_model(model)
 
 
 CLEANUP = FusionPass("cleanup", cleanup)
 FINAL_CLEANUP = FusionPass("final_cleanup", fold_constants, count="nodes")
 MASKS = (
-    FusionPass("mask_to_bias", mask_bias.rules.apply_to_model),
-    FusionPass("merge_mask_biases", mask_bias.merge_rules.apply_to_model),
+    FusionPass("mask_to_bias", root_filtered(mask_bias.rules).apply_to_model),
+    FusionPass("merge_mask_biases", root_filtered(mask_bias.merge_rules).apply_to_model),
     FusionPass("share_mask_bias", common_subexpressions, count="nodes"),
 )
 CONTRIB = (
@@ -75,13 +81,13 @@ CONTRIB = (
     FusionPass("symbolic_shapes", symbolic_shapes.apply, reasons=True),
     FusionPass("bias_after_matmul", bias_after_matmul, reasons=True),
     *MASKS,
-    FusionPass("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
+    FusionPass("exporter_masks", root_filtered(mask_bias.exporter_mask_rules).apply_to_model),
     FusionPass("erf_gelu", fuse_erfgelu),
-    FusionPass("erf_gelu_arrangements", gelu.erf_rules.apply_to_model),
-    FusionPass("tanh_gelu", gelu.rules.apply_to_model),
+    FusionPass("erf_gelu_arrangements", root_filtered(gelu.erf_rules).apply_to_model),
+    FusionPass("tanh_gelu", root_filtered(gelu.rules).apply_to_model),
     FusionPass("skip_layer_norm", fuse_skip_layer_normalization),
     FusionPass("sdpa", with_shapes(fuse_sdpa)),
-    FusionPass("split_flat_attention_output", attention_output.rules.apply_to_model),
+    FusionPass("split_flat_attention_output", root_filtered(attention_output.rules).apply_to_model),
     FusionPass("mha", fuse_mha1),
     FusionPass("mha_transposed_key", fuse_mha2),
     FusionPass("mha_scale", fuse_mha_scale),
@@ -89,7 +95,7 @@ CONTRIB = (
     FusionPass("attention", fuse_attention, needs=("packed_attention",)),
     FusionPass("bias_gelu", fuse_bias_gelu),
     FusionPass("sdpa_via_mha", replace_sdpa_by_mha),
-    FusionPass("mha_bnsh_cache", mha_bnsh_cache.rules.apply_to_model),
+    FusionPass("mha_bnsh_cache", root_filtered(mha_bnsh_cache.rules).apply_to_model),
     FusionPass("packed_weights", fold_packed_weights, reasons=True),
     FusionPass("packed_projections", pack_projections, reasons=True),
     FusionPass("split_skip_layer_norm", split_skip_layer_norm, needs=("cpu_kernels",), reasons=True),
@@ -101,22 +107,27 @@ STANDARD = (
     CLEANUP,
     FusionPass("symbolic_shapes", symbolic_shapes.apply, reasons=True),
     *MASKS,
-    FusionPass("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model),
-    FusionPass("exporter_masks", mask_bias.exporter_mask_rules.apply_to_model),
+    FusionPass("finite_mask_fill", root_filtered(mask_bias.finite_fill_rules).apply_to_model),
+    FusionPass("exporter_masks", root_filtered(mask_bias.exporter_mask_rules).apply_to_model),
     FusionPass("standard_attention", _standard_attention),
     FINAL_CLEANUP,
 )
 # CoreML (coreml_supported_mlprogram_ops.md) and QNN take LayerNormalization, Erf / Gelu, Where and
 # And as they are. Static shapes (the targets fix them before fusing) fold the shape subgraphs away.
-PROVIDER = (CLEANUP, *MASKS, FusionPass("finite_mask_fill", mask_bias.finite_fill_rules.apply_to_model), FINAL_CLEANUP)
+PROVIDER = (
+    CLEANUP,
+    *MASKS,
+    FusionPass("finite_mask_fill", root_filtered(mask_bias.finite_fill_rules).apply_to_model),
+    FINAL_CLEANUP,
+)
 # NNAPI (nnapi_supported_ops.md) has no LayerNormalization, Erf, Where, And nor ReduceSum: they are
 # rewritten into ops on its list.
 NNAPI = (
     *PROVIDER[:-1],
     FusionPass("mask_arithmetic", mask_arithmetic.apply_to_model),
-    FusionPass("layer_norm_decomposed", layer_norm_decomposed.rules.apply_to_model),
-    FusionPass("erf_polynomial", erf_polynomial.rules.apply_to_model),
-    FusionPass("static_reduce_sum", static_reduce_sum.rules.apply_to_model),
+    FusionPass("layer_norm_decomposed", root_filtered(layer_norm_decomposed.rules).apply_to_model),
+    FusionPass("erf_polynomial", root_filtered(erf_polynomial.rules).apply_to_model),
+    FusionPass("static_reduce_sum", root_filtered(static_reduce_sum.rules).apply_to_model),
     FINAL_CLEANUP,
 )
 TABLES: dict[str, tuple[FusionPass, ...]] = {

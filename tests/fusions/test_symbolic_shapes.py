@@ -100,3 +100,26 @@ def test_incomplete_inference_keeps_its_shapes_and_writes_nothing_where_the_user
     assert list(tmp_path.iterdir()) == []
     source = inspect.getsource(symbolic_shapes)
     assert "_preprocess" not in source and "_infer_impl" not in source and "infer_shapes(" in source
+
+
+def test_large_initializers_reach_the_inference_as_inputs_without_their_data_being_copied(monkeypatch) -> None:
+    """The proto handed to the inference never serialises a large weight (BERT-base: 440 MB copied
+    and thrown away per export); the model keeps its tensors."""
+    big = numpy_helper.from_array(np.arange(2048, dtype=np.float32).reshape(2, 1024), "big")
+    small = numpy_helper.from_array(np.ones(3, dtype=np.float32), "small")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1024])
+    model = graph([helper.make_node("MatMul", ["x", "big"], ["y"])], [x], [y], [big, small])
+    before = model.graph.initializers["big"].const_value
+    written = []
+    real = ir.serde.serialize_tensor_into
+    monkeypatch.setattr(
+        ir.serde, "serialize_tensor_into", lambda proto, from_: written.append(from_.name) or real(proto, from_)
+    )
+    proto = symbolic_shapes._stripped_proto(model)
+    assert written == ["small"]
+    assert [i.name for i in proto.graph.initializer] == ["small"]
+    assert [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in proto.graph.input[1:]] == [
+        ("big", [2, 1024])
+    ]
+    assert model.graph.initializers["big"].const_value is before  # put back
