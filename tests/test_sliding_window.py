@@ -1,0 +1,136 @@
+"""The sliding-window KV cache of local decoders (issue #23): the runtime keeps at most window - 1
+positions per layer (plus each row's global tokens) and still generates, batched with left padding,
+exactly the greedy tokens of the torch masked full pass (the reference), far past the window."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeformer import runtime
+from edgeformer.export.source import source_from_card
+from edgeformer.nn.layers import attention_impl
+from edgeformer.pipeline import export_bundle
+from edgeformer.runtime.manifest import TensorSpec
+from edgeformer.runtime.window import SlidingWindow, sliding_window, trim
+from edgeformer.zoo import resolve_card, resolve_target
+
+WINDOW = 4
+NEW = 16  # tokens generated: 4x the window
+ROWS = ([5, 17, 9], [3, 1, 4, 1, 5, 9, 2, 6, 5])  # lengths 3 and 9: the short row is left-padded by 6
+
+
+def _card(global_tokens: int):
+    card = resolve_card("sparse-mini")
+    config = card.config.replace(
+        vocab_size=64, d_model=32, n_heads=2, max_positions=64, attention="local", window=WINDOW,
+        global_tokens=global_tokens, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    return dataclasses.replace(card, name=f"local-window-{global_tokens}", config=config)
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["local", "local-global"])
+def local(request, tmp_path_factory):
+    """(torch model, loaded bundle, global tokens) of a tiny local decoder, window 4."""
+    source = source_from_card(_card(request.param))
+    bundle = tmp_path_factory.mktemp("window") / "bundle"
+    export_bundle(source, resolve_target("cpu-fp32"), bundle, check=False)
+    return source.model.eval(), runtime.load(bundle, spinning=False), request.param
+
+
+@torch.no_grad()
+def _torch_greedy(model, row: list[int], steps: int) -> list[int]:
+    """The reference: the masked dense full pass over the whole sequence at every step, no cache."""
+    ids = torch.tensor([row])
+    with attention_impl(model, "dense"):
+        for _ in range(steps):
+            nxt = model(ids)["logits"][0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return ids[0, len(row) :].tolist()
+
+
+def _recording(model) -> list[tuple[tuple[int, ...], int]]:
+    """Wrap the bundle's runs: (shape of past_key_values.0.key, attention mask length) per call."""
+    seen: list[tuple[tuple[int, ...], int]] = []
+    run = model._run
+
+    def recorded(graph, feeds):
+        seen.append((feeds["past_key_values.0.key"].shape, feeds["attention_mask"].shape[1]))
+        return run(graph, feeds)
+
+    model._run = recorded
+    return seen
+
+
+def test_batched_greedy_tokens_equal_the_masked_reference_with_a_cache_of_the_window(local):
+    torch_model, model, g = local
+    names = tuple(f"past_key_values.{i}.{p}" for i in (0, 1) for p in ("key", "value"))
+    assert model.window == SlidingWindow(WINDOW, g, names)
+    seen = _recording(model)
+    tokens = model.generate([list(r) for r in ROWS], NEW, stop_tokens=())
+    assert tokens == [_torch_greedy(torch_model, r, NEW) for r in ROWS]
+    lengths = [shape[2] for shape, _ in seen]
+    assert max(lengths) == g + WINDOW - 1 and lengths[-1] == g + WINDOW - 1  # never more; reached and held
+    assert all(shape[0] == 2 and total == shape[2] + (9 if i == 0 else 1) for i, (shape, total) in enumerate(seen))
+
+
+def test_stepwise_logits_through_the_window_equal_the_full_pass(local):
+    _, model, _ = local
+    rows = [list(range(1, 24)), [7, 8, 9]]  # 23 tokens: the cache is trimmed from the 4th step on
+    stepwise, full = model.stepwise_logits(rows), model.logits(rows)
+    np.testing.assert_allclose(stepwise[0], full[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(stepwise[1, -3:], full[1, -3:], atol=1e-4, rtol=0)  # padding's logits mean nothing
+
+
+def test_sampling_streaming_and_stop_tokens_work_through_the_window(local):
+    torch_model, model, _ = local
+    rows = [list(r) for r in ROWS]
+    whole = runtime.load(model.bundle.path, spinning=False)
+    whole.__dict__["window"] = None  # the same bundle keeping its whole cache
+    sampled = model.generate(rows, NEW, temperature=0.9, top_k=20, seed=3, stop_tokens=())
+    assert sampled == whole.generate(rows, NEW, temperature=0.9, top_k=20, seed=3, stop_tokens=())
+    reference = [_torch_greedy(torch_model, r, NEW) for r in ROWS]
+    stop = reference[0][6]  # row 0 stops at its 7th token, leaving the batch (and its cache rows)
+    expected = [ref[: ref.index(stop) + 1] if stop in ref else ref for ref in reference]
+    steps = list(model.stream(rows, NEW, stop_tokens=[stop]))
+    assert [[s.token for s in steps if s.row == r] for r in (0, 1)] == expected
+    assert [s.last for s in steps if s.row == 0][-1] and len(expected[0]) <= 7
+
+
+def test_the_manifest_says_which_layers_are_windowed(local, edge_bundle):
+    _, model, g = local
+    raw = json.loads((model.bundle.path / "manifest.json").read_text("utf-8"))
+    assert raw["graphs"]["model"]["sliding_window"] == {"window": WINDOW, "global_tokens": g, "layers": [0, 1]}
+    gpt = runtime.load(edge_bundle("gpt-mini"), spinning=False)  # a global decoder: unchanged, whole cache
+    assert gpt.window is None and "sliding_window" not in json.loads((gpt.bundle.path / "manifest.json").read_text())
+
+
+def test_a_window_over_some_layers_only_keeps_the_whole_cache():
+    """One attention mask serves every layer: a graph with a global layer is not trimmed at all."""
+    shape = ("batch", 2, "past_sequence", 16)
+    caches = [TensorSpec(f"past_key_values.{i}.{p}", "float32", shape) for i in (0, 1) for p in ("key", "value")]
+    assert sliding_window({"window": 4, "layers": [0]}, caches) is None
+    assert sliding_window(None, caches) is None
+    assert sliding_window({"window": 4, "layers": [0, 1]}, caches) == SlidingWindow(4, 0, tuple(s.name for s in caches))
+
+
+def test_trim_keeps_each_rows_global_tokens_in_front_of_the_last_positions():
+    window = SlidingWindow(3, 2, ("past_key_values.0.key",))
+    # row 0: 8 real positions; row 1: 3 pads then 5 real; the last mask column is the new token
+    cache = np.arange(2 * 8, dtype=np.float32).reshape(2, 1, 8, 1)
+    mask = np.array([[1] * 9, [0, 0, 0] + [1] * 6], dtype=np.int64)
+    feeds = {"past_key_values.0.key": cache, "attention_mask": mask}
+    trim(feeds, window)
+    assert feeds["past_key_values.0.key"][:, 0, :, 0].tolist() == [[0, 1, 6, 7], [11, 12, 14, 15]]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    # row 1's second global token (position 4) is still in the window: its slot is masked, not doubled
+    cache = np.arange(2 * 6, dtype=np.float32).reshape(2, 1, 6, 1)
+    mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1]], dtype=np.int64)
+    feeds = {"past_key_values.0.key": cache, "attention_mask": mask}
+    trim(feeds, window)
+    assert feeds["past_key_values.0.key"][1, 0, :, 0].tolist() == [9, 6, 10, 11]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 0, 1, 1, 1]]
