@@ -14,6 +14,8 @@ import torch
 from edgeformer import runtime
 from edgeformer.export.source import source_from_card
 from edgeformer.nn.layers import attention_impl
+from edgeformer.nn.models import window_cache
+from edgeformer.parity import generation_parity
 from edgeformer.pipeline import export_bundle
 from edgeformer.runtime.manifest import TensorSpec
 from edgeformer.runtime.window import SlidingWindow, sliding_window, trim
@@ -35,11 +37,11 @@ def _card(global_tokens: int):
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["local", "local-global"])
 def local(request, tmp_path_factory):
-    """(torch model, loaded bundle, global tokens) of a tiny local decoder, window 4."""
+    """(torch model, loaded bundle, global tokens, export source) of a tiny local decoder, window 4."""
     source = source_from_card(_card(request.param))
     bundle = tmp_path_factory.mktemp("window") / "bundle"
     export_bundle(source, resolve_target("cpu-fp32"), bundle, check=False)
-    return source.model.eval(), runtime.load(bundle, spinning=False), request.param
+    return source.model.eval(), runtime.load(bundle, spinning=False), request.param, source
 
 
 @torch.no_grad()
@@ -67,7 +69,7 @@ def _recording(model) -> list[tuple[tuple[int, ...], int]]:
 
 
 def test_batched_greedy_tokens_equal_the_masked_reference_with_a_cache_of_the_window(local):
-    torch_model, model, g = local
+    torch_model, model, g, _ = local
     names = tuple(f"past_key_values.{i}.{p}" for i in (0, 1) for p in ("key", "value"))
     assert model.window == SlidingWindow(WINDOW, g, names)
     seen = _recording(model)
@@ -79,7 +81,7 @@ def test_batched_greedy_tokens_equal_the_masked_reference_with_a_cache_of_the_wi
 
 
 def test_stepwise_logits_through_the_window_equal_the_full_pass(local):
-    _, model, _ = local
+    _, model, _, _ = local
     rows = [list(range(1, 24)), [7, 8, 9]]  # 23 tokens: the cache is trimmed from the 4th step on
     stepwise, full = model.stepwise_logits(rows), model.logits(rows)
     np.testing.assert_allclose(stepwise[0], full[0], atol=1e-4, rtol=0)
@@ -87,7 +89,7 @@ def test_stepwise_logits_through_the_window_equal_the_full_pass(local):
 
 
 def test_sampling_streaming_and_stop_tokens_work_through_the_window(local):
-    torch_model, model, _ = local
+    torch_model, model, _, _ = local
     rows = [list(r) for r in ROWS]
     whole = runtime.load(model.bundle.path, spinning=False)
     whole.__dict__["window"] = None  # the same bundle keeping its whole cache
@@ -102,7 +104,7 @@ def test_sampling_streaming_and_stop_tokens_work_through_the_window(local):
 
 
 def test_the_manifest_says_which_layers_are_windowed(local, edge_bundle):
-    _, model, g = local
+    _, model, g, _ = local
     raw = json.loads((model.bundle.path / "manifest.json").read_text("utf-8"))
     assert raw["graphs"]["model"]["sliding_window"] == {"window": WINDOW, "global_tokens": g, "layers": [0, 1]}
     gpt = runtime.load(edge_bundle("gpt-mini"), spinning=False)  # a global decoder: unchanged, whole cache
@@ -134,3 +136,53 @@ def test_trim_keeps_each_rows_global_tokens_in_front_of_the_last_positions():
     trim(feeds, window)
     assert feeds["past_key_values.0.key"][1, 0, :, 0].tolist() == [9, 6, 10, 11]
     assert feeds["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 0, 1, 1, 1]]
+
+
+@torch.no_grad()
+def test_the_torch_decode_path_through_a_window_cache_equals_the_masked_full_pass(local):
+    """Teacher forcing one token at a time, the cache cut by window_cache before each step: the logits
+    of the real tokens equal one masked dense pass over the whole left-padded batch, far past the window."""
+    torch_model, _, g, _ = local
+    rows = [torch.arange(1, 24), torch.tensor([7, 8, 9, 10, 11])]
+    ids = torch.zeros(2, 23, dtype=torch.long)
+    mask = torch.zeros(2, 23, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 23 - len(r) :], mask[i, 23 - len(r) :] = r, 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with attention_impl(torch_model, "dense"):
+        full = torch_model(ids, mask)["logits"]  # (B, T, V)
+        past, fed, steps = None, mask[:, :0], []
+        for t in range(23):
+            fed = torch.cat([fed, mask[:, t : t + 1]], dim=1)
+            if past is not None:
+                past, fed = window_cache(past, fed, torch_model.config)
+                assert past[0][0].shape[2] <= g + WINDOW - 1 and fed.shape[1] == past[0][0].shape[2] + 1
+            out = torch_model(ids[:, t : t + 1], fed, positions[:, t : t + 1], past)
+            past = out["present_key_values"]
+            steps.append(out["logits"][:, -1])
+    stepwise = torch.stack(steps, dim=1)
+    assert past[0][0].shape[2] == g + WINDOW  # the last step's cache: the window's slots and the new token
+    torch.testing.assert_close(stepwise[0], full[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(stepwise[1, -5:], full[1, -5:], atol=1e-4, rtol=0)
+
+
+def test_the_exports_generation_parity_runs_through_the_window(local):
+    """`edgeformer export` judges a local decoder's greedy tokens as apps generate them: windowed."""
+    _, model, g, source = local
+    seen = []
+    session = model.sessions["model"]
+
+    class Recording:
+        def get_outputs(self):
+            return session.get_outputs()
+
+        def get_inputs(self):
+            return session.get_inputs()
+
+        def run(self, names, feeds):
+            seen.append(feeds["past_key_values.0.key"].shape[2])
+            return session.run(names, feeds)
+
+    report = generation_parity(source, {"model": Recording()}, steps=20)
+    assert report["steps"] == 20 and report["identical"] and report["steps_agreeing"] == 20, report
+    assert max(seen) == g + WINDOW - 1

@@ -32,8 +32,15 @@ def _empty_cache(session: ort.InferenceSession, batch: int, prefix: str) -> dict
     return feeds
 
 
-def greedy_decoder(session: ort.InferenceSession, prompt: np.ndarray, steps: int, eos: int | None = None) -> np.ndarray:
-    """Greedy continuation of (B, T) prompts (no padding) by a decoder-only graph; returns (B, steps)."""
+def greedy_decoder(
+    session: ort.InferenceSession,
+    prompt: np.ndarray,
+    steps: int,
+    eos: int | None = None,
+    window: SlidingWindow | None = None,
+) -> np.ndarray:
+    """Greedy continuation of (B, T) prompts (no padding) by a decoder-only graph; returns (B, steps).
+    With a sliding ``window`` (local decoders) the cache is trimmed to it between steps."""
     batch, t = prompt.shape
     out_names = [o.name for o in session.get_outputs()]
     feeds = {
@@ -49,13 +56,16 @@ def greedy_decoder(session: ort.InferenceSession, prompt: np.ndarray, steps: int
         tokens.append(nxt)
         if eos is not None and (nxt == eos).all():
             break
-        total = feeds["attention_mask"].shape[1] + 1
+        total = feeds["attention_mask"].shape[1] + 1  # the cache (trimmed or not) and the next token
         feeds = {
             "input_ids": nxt[:, None],
             "attention_mask": np.ones((batch, total), dtype=np.int64),
-            "position_ids": np.full((batch, 1), total - 1, dtype=np.int64),
+            "position_ids": np.full((batch, 1), t, dtype=np.int64),
             **{n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")},
         }
+        t += 1
+        if window is not None:
+            trim(feeds, window)
     return np.stack(tokens, axis=1)
 
 

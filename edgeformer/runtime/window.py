@@ -16,11 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from edgeformer.runtime.bundle import Spec
+
+class Named(Protocol):
+    """A graph input as the manifest (runtime.bundle.Spec) or an export plan describes it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[str | int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ def _layer(name: str) -> int | None:
     return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
-def sliding_window(entry: dict[str, Any] | None, specs: Sequence[Spec]) -> SlidingWindow | None:
+def sliding_window(entry: dict[str, Any] | None, specs: Sequence[Named]) -> SlidingWindow | None:
     """The window a graph's manifest entry (``sliding_window``) allows, or None (keep the whole cache).
 
     One attention mask serves every layer, so the caches are trimmed only when every growing
