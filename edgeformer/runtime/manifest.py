@@ -13,7 +13,7 @@ its migrations. Stdlib only: the runtime reads it on devices.
   of the same format version keeps what it said through a ``fuse`` or ``quantize`` by this one.
 - Versions: ``MIGRATIONS[n]`` turns a format-n manifest into format n + 1. Format 1 is the only
   format edgeformer has written (since its first release); the fields added since (graph
-  ``weights_read_bytes`` and ``ort_file``, ``mobile``, ``quantization``, ``accepted_budget_miss``)
+  ``weights_read_bytes``, ``ort_file`` and ``sliding_window``, ``mobile``, ``quantization``, ``accepted_budget_miss``)
   are optional, so every earlier manifest reads as it is and the table is empty.
 
 The JSON Schema of the same format is ``manifest.schema.json`` beside this file; docs/bundle-format.md
