@@ -186,3 +186,26 @@ def test_the_exports_generation_parity_runs_through_the_window(local):
     report = generation_parity(source, {"model": Recording()}, steps=20)
     assert report["steps"] == 20 and report["identical"] and report["steps_agreeing"] == 20, report
     assert max(seen) == g + WINDOW - 1
+
+
+def test_the_python_sample_keeps_the_window_too(local):
+    """runtimes/python/run_bundle.py (onnxruntime + numpy only) trims one prompt's cache the same way."""
+    import runpy
+    from pathlib import Path
+
+    _, model, g, _ = local
+    sample = runpy.run_path(str(Path(__file__).parents[1] / "runtimes" / "python" / "run_bundle.py"))
+    manifest = json.loads((model.bundle.path / "manifest.json").read_text("utf-8"))
+    session, seen = model.sessions["model"], []
+
+    class Recording:
+        def get_outputs(self):
+            return session.get_outputs()
+
+        def run(self, names, feeds):
+            seen.append(feeds["past_key_values.0.key"].shape[2])
+            return session.run(names, feeds)
+
+    tokens = sample["greedy_decoder"](Recording(), manifest, [5, 17, 9], NEW, -1)
+    assert tokens == model.generate([5, 17, 9], NEW, stop_tokens=())
+    assert max(seen) == seen[-1] == g + WINDOW - 1
