@@ -376,30 +376,12 @@ def test_int8_bundles_run_the_same_in_javascript(int8_models, runner):
     assert got["tokens"] == model.generate(tokenizer.encode("Return the", bos=True), TOKENS)
 
 
-@pytest.fixture(scope="module")
-def local_decoder(tmp_path_factory):
-    """A tiny local decoder (window 4, one global token): its manifest lists the sliding window."""
-    import dataclasses
-
-    from edgeformer.export.source import source_from_card
-    from edgeformer.pipeline import export_bundle
-    from edgeformer.zoo import resolve_card, resolve_target
-
-    card = resolve_card("sparse-mini")
-    config = card.config.replace(
-        vocab_size=64, d_model=32, n_heads=2, max_positions=64, attention="local", window=4, global_tokens=1
-    )
-    card = dataclasses.replace(card, name="local-window-js", config=config)
-    bundle = tmp_path_factory.mktemp("local") / "bundle"
-    export_bundle(source_from_card(card), resolve_target("cpu-fp32"), bundle, check=False)
-    return bundle, runtime.load(bundle, spinning=False)
-
-
 @pytest.mark.parametrize("runner", ["node", "web-node"])
-def test_a_local_decoder_generates_through_its_sliding_window_in_javascript(local_decoder, runner):
-    """The JS loop keeps the global token and the last window - 1 positions (4 in all) over 16 new
+def test_a_local_decoder_generates_through_its_sliding_window_in_javascript(local_decoder_bundle, runner):
+    """The JS loop keeps the 2 global tokens and the last window - 1 positions (5 in all) over 16 new
     tokens, and chooses the Python runtime's tokens (which trims the same way, checked against torch)."""
-    bundle, model = local_decoder
+    _, bundle = local_decoder_bundle(2)  # window 4 (tests/conftest.py)
+    model = runtime.load(bundle, spinning=False)
     got = _json(runner, str(bundle), "--ids", "5,17,9", "--max-new-tokens", "16")
     assert got["tokens"] == model.generate([5, 17, 9], 16) and len(got["tokens"]) == 16
-    assert got["cache_positions"] == 1 + 3
+    assert got["cache_positions"] == 2 + 3

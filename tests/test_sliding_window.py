@@ -4,7 +4,6 @@ exactly the greedy tokens of the torch masked full pass (the reference), far pas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,35 +11,21 @@ import pytest
 import torch
 
 from edgeformer import runtime
-from edgeformer.export.source import source_from_card
 from edgeformer.nn.layers import attention_impl
 from edgeformer.nn.models import window_cache
 from edgeformer.parity import generation_parity
-from edgeformer.pipeline import export_bundle
 from edgeformer.runtime.manifest import TensorSpec
 from edgeformer.runtime.window import SlidingWindow, sliding_window, trim
-from edgeformer.zoo import resolve_card, resolve_target
 
 WINDOW = 4
 NEW = 16  # tokens generated: 4x the window
 ROWS = ([5, 17, 9], [3, 1, 4, 1, 5, 9, 2, 6, 5])  # lengths 3 and 9: the short row is left-padded by 6
 
 
-def _card(global_tokens: int):
-    card = resolve_card("sparse-mini")
-    config = card.config.replace(
-        vocab_size=64, d_model=32, n_heads=2, max_positions=64, attention="local", window=WINDOW,
-        global_tokens=global_tokens, dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
-    return dataclasses.replace(card, name=f"local-window-{global_tokens}", config=config)
-
-
 @pytest.fixture(scope="module", params=[0, 2], ids=["local", "local-global"])
-def local(request, tmp_path_factory):
+def local(request, local_decoder_bundle):
     """(torch model, loaded bundle, global tokens, export source) of a tiny local decoder, window 4."""
-    source = source_from_card(_card(request.param))
-    bundle = tmp_path_factory.mktemp("window") / "bundle"
-    export_bundle(source, resolve_target("cpu-fp32"), bundle, check=False)
+    source, bundle = local_decoder_bundle(request.param)
     return source.model.eval(), runtime.load(bundle, spinning=False), request.param, source
 
 
