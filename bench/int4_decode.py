@@ -158,7 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=None, help="teacher-forced length; default 128 (full), 16")
     parser.add_argument("--workdir", type=Path, help="where the model and bundles go (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON")
+    parser.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="PRECISION=DIR",
+        help="measure this bundle instead of exporting one (e.g. the ones bench/export_time.py --workdir timed)",
+    )
     args = parser.parse_args(argv)
+    given = dict(b.split("=", 1) for b in args.bundle)
+    if set(given) - set(TARGETS):
+        parser.error(f"--bundle takes PRECISION=DIR with PRECISION one of {', '.join(TARGETS)}")
     tiny = args.size == "tiny"
     args.new_tokens = args.new_tokens or (16 if tiny else 128)
     args.length = args.length or (16 if tiny else 128)
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model_dir = build_model_dir("gpt2", args.size, work)
-        bundles = {p: export(model_dir, p, work) for p in TARGETS}
+        bundles = {p: Path(given[p]) if p in given else export(model_dir, p, work) for p in TARGETS}
         bandwidth = memory_bandwidth()
         rows = measure(bundles, args, vocab, bandwidth)
     result = {"size": args.size, "threads": args.threads, "bandwidth_bytes_per_s": bandwidth, "rows": rows}
