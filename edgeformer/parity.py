@@ -28,6 +28,7 @@ from edgeformer.progress import Progress
 from edgeformer.real_inputs import complete_inputs, read_real_inputs  # noqa: F401 - read_real_inputs importable from here
 from edgeformer.runtime.generate import greedy_decoder, greedy_seq2seq
 from edgeformer.runtime.session import make_session
+from edgeformer.runtime.window import sliding_window
 from edgeformer.verdict import judge_case, provider_note
 
 TOLERANCE = {"fp32": 1e-4}  # reduced precisions are judged by their accuracy budget instead
@@ -242,7 +243,8 @@ def generation_parity(
         prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5), dtype=np.int64)
     if cfg.family == "decoder":
         steps = min(steps, cfg.max_positions - prompt.shape[1])
-        got = greedy_decoder(sessions["model"], prompt, steps)
+        plan = source.plans[0]  # a local decoder's bundle generates through its sliding window, as apps run it
+        got = greedy_decoder(sessions["model"], prompt, steps, window=sliding_window(plan.sliding_window, plan.inputs))
     else:
         steps = min(steps, cfg.max_positions)
         got = greedy_seq2seq(sessions["encoder"], sessions["decoder"], prompt, max(cfg.bos_token_id, 0), steps)

@@ -55,6 +55,35 @@ def edge_bundle(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def local_decoder_bundle(tmp_path_factory):
+    """Tiny local decoders (window 4, vocab 64, cpu-fp32, no parity check) by number of global tokens,
+    exported once per session on first use: global_tokens -> (export source, directory). Read-only."""
+    import dataclasses
+
+    from edgeformer.export.source import source_from_card
+    from edgeformer.pipeline import export_bundle
+    from edgeformer.zoo import resolve_target
+
+    made: dict[int, tuple] = {}
+    root = tmp_path_factory.mktemp("local-decoders")
+
+    def get(global_tokens: int) -> tuple:
+        if global_tokens not in made:
+            card = resolve_card("sparse-mini")
+            config = card.config.replace(
+                vocab_size=64, d_model=32, n_heads=2, max_positions=64, attention="local", window=4,
+                global_tokens=global_tokens, dropout=0.0, attention_dropout=0.0,
+            )  # fmt: skip
+            card = dataclasses.replace(card, name=f"local-window-{global_tokens}", config=config)
+            source = source_from_card(card)
+            export_bundle(source, resolve_target("cpu-fp32"), root / card.name, check=False)
+            made[global_tokens] = (source, root / card.name)
+        return made[global_tokens]
+
+    return get
+
+
 def pytest_terminal_summary(terminalreporter):
     """How many generated cases the property-based tests (tests/props.py) ran."""
     props = sys.modules.get("props")

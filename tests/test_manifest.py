@@ -94,6 +94,13 @@ def _set(path: str, value: object):
         (_set("graphs/model/file", ""), "graph 'model' has no file"),
         (_set("graphs/model/ort_file", 1), "graphs.model.ort_file must be a string"),
         (_set("graphs/model/weights_read_bytes", -1), "graphs.model.weights_read_bytes must be >= 0"),
+        (_set("graphs/model/sliding_window", [4]), "graphs.model.sliding_window must be an object"),
+        (_set("graphs/model/sliding_window", {"window": 0, "layers": [0]}), "sliding_window.window must be an"),
+        (_set("graphs/model/sliding_window", {"window": 4, "layers": "all"}), "sliding_window.layers must be a list"),
+        (
+            _set("graphs/model/sliding_window", {"window": 4, "global_tokens": -1, "layers": [0]}),
+            "graphs.model.sliding_window.global_tokens must be an integer >= 0, got -1",
+        ),
         (_set("graphs/model/inputs/0/dtype", "float33"), "graphs.model.inputs[0]: input_ids has dtype 'float33'"),
         (_set("graphs/model/outputs/0/shape", [-1]), "graphs.model.outputs[0]: logits has shape [-1]"),
         (_set("graphs/model/outputs", {}), "graphs.model.outputs: not a list of tensor specs"),

@@ -374,3 +374,14 @@ def test_int8_bundles_run_the_same_in_javascript(int8_models, runner):
     bundle, model = int8_models["demo-decoder"]
     got = _json(runner, str(bundle), "Return the", "--max-new-tokens", str(TOKENS))
     assert got["tokens"] == model.generate(tokenizer.encode("Return the", bos=True), TOKENS)
+
+
+@pytest.mark.parametrize("runner", ["node", "web-node"])
+def test_a_local_decoder_generates_through_its_sliding_window_in_javascript(local_decoder_bundle, runner):
+    """The JS loop keeps the 2 global tokens and the last window - 1 positions (5 in all) over 16 new
+    tokens, and chooses the Python runtime's tokens (which trims the same way, checked against torch)."""
+    _, bundle = local_decoder_bundle(2)  # window 4 (tests/conftest.py)
+    model = runtime.load(bundle, spinning=False)
+    got = _json(runner, str(bundle), "--ids", "5,17,9", "--max-new-tokens", "16")
+    assert got["tokens"] == model.generate([5, 17, 9], 16) and len(got["tokens"]) == 16
+    assert got["cache_positions"] == 2 + 3

@@ -49,6 +49,7 @@ class GraphPlan:
     outputs: list[TensorSpec]
     cases: list[dict[str, int]] = field(default_factory=list)
     left_pad: bool = False
+    sliding_window: dict | None = None  # the manifest's graph entry ``sliding_window`` (local decoders)
 
     @property
     def file(self) -> str:
@@ -169,6 +170,17 @@ def plan_graphs(model: nn.Module, cfg: ModelConfig, max_sequence: int | None = N
     return plans
 
 
+def sliding_window(cfg: ModelConfig) -> dict | None:
+    """Which self-attention caches of a decoder an app may trim, or None: with local attention a query
+    sees the last ``window`` positions (its own included) and the global tokens, so the cache of every
+    layer needs only its last window - 1 positions and each row's first ``global_tokens`` real tokens.
+    The graph takes them as they are: its band is a distance between cache slots, its global tokens each
+    row's first real ones in the mask, and positions come from ``position_ids``."""
+    if cfg.family != "decoder" or cfg.attention != "local":
+        return None
+    return {"window": cfg.window, "global_tokens": cfg.global_tokens, "layers": list(range(cfg.n_layers))}
+
+
 def _card_plans(model: nn.Module, cfg: ModelConfig) -> list[GraphPlan]:
     ids = TensorSpec("input_ids", "int64", ("batch", "sequence"), high=cfg.vocab_size)
     mask = TensorSpec("attention_mask", "int64", ("batch", "sequence"))
@@ -194,7 +206,7 @@ def _card_plans(model: nn.Module, cfg: ModelConfig) -> list[GraphPlan]:
             *_kv_specs("past_key_values", cfg.n_layers, ["key", "value"], cfg, "past_sequence"),
         ]
         outputs = [logits, *_kv_specs("present", cfg.n_layers, ["key", "value"], cfg, "total_sequence")]
-        return [GraphPlan("model", DecoderGraph(model), inputs, outputs)]
+        return [GraphPlan("model", DecoderGraph(model), inputs, outputs, sliding_window=sliding_window(cfg))]
     model = as_encoder_decoder(model)
     enc_hidden = TensorSpec("last_hidden_state", "float32", ("batch", "encoder_sequence", cfg.d_model))
     encoder = GraphPlan(

@@ -105,6 +105,7 @@ def build_manifest(source: Source, target: Target, files: list[str], directory: 
             plan.file,
             tuple(TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in plan.inputs),
             tuple(TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in plan.outputs),
+            sliding_window=plan.sliding_window,
         )
         for plan in source.plans
     }

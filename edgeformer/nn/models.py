@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from edgeformer.config import ModelConfig
 from edgeformer.nn.attention import KV
 from edgeformer.nn.layers import Block, Embeddings, LMHeadTransform
-from edgeformer.nn.masks import SelfMask, cross_attention_mask
+from edgeformer.nn.masks import PatternLike, SelfMask, cross_attention_mask
 
 
 class Stack(nn.Module):
@@ -150,7 +150,8 @@ class DecoderModel(_Model):
         position_ids: Tensor | None = None,
         past_key_values: list[KV] | None = None,
     ) -> dict:
-        """input_ids: (B, T); attention_mask: (B, Tpast + T); past_key_values: per layer (B, H, Tpast, D)."""
+        """input_ids: (B, T); attention_mask: (B, Tpast + T); past_key_values: per layer (B, H, Tpast, D).
+        A cache trimmed by ``window_cache`` needs ``position_ids`` (its length no longer counts the tokens)."""
         t = input_ids.shape[1]
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
@@ -162,6 +163,32 @@ class DecoderModel(_Model):
         if self.lm_head is not None:
             out["logits"] = self._logits(self.lm_head, hidden)  # (B, T, V)
         return out
+
+
+def window_cache(past: list[KV], attention_mask: Tensor, cfg: PatternLike) -> tuple[list[KV], Tensor]:
+    """A local decoder's cache cut to what its next queries can see: each row's first ``global_tokens``
+    real tokens (slots in front, mask 0 for one still in the window) and the last window - 1 positions.
+    ``attention_mask``: (B, Tpast + T), the cache's columns then the next tokens'. The runtime's sliding
+    window (runtime/window.py) in torch; a cache no longer than that, or a non-local one, is returned as is."""
+    length = past[0][0].shape[2] if past else 0
+    g, keep = cfg.global_tokens, cfg.window - 1
+    if cfg.attention != "local" or length <= g + keep:
+        return past, attention_mask
+    cut = length - keep
+    columns, trimmed = [attention_mask[:, cut:]], []
+    order = None
+    if g:
+        rank = attention_mask[:, :length].cumsum(-1)  # (B, Tpast)
+        is_global = (attention_mask[:, :cut] > 0) & (rank[:, :cut] <= g)  # (B, cut)
+        order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :g]  # (B, G): global slots first
+        columns.insert(0, is_global.gather(1, order).to(attention_mask.dtype))
+    for kv in past:
+        parts = [tuple(t[:, :, cut:] for t in kv)]  # (B, H, keep, D)
+        if order is not None:
+            index = order[:, None, :, None].expand(-1, kv[0].shape[1], -1, kv[0].shape[3])
+            parts.insert(0, tuple(t.gather(2, index) for t in kv))  # (B, H, G, D)
+        trimmed.append((torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2)))
+    return trimmed, torch.cat(columns, dim=1)
 
 
 class EncoderDecoderModel(_Model):

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from edgeformer.runtime.bundle import Spec
 from edgeformer.runtime.sampling import Sampling, sample
+from edgeformer.runtime.window import SlidingWindow, trim
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> outputs by name
 
@@ -31,8 +32,15 @@ def _empty_cache(session: ort.InferenceSession, batch: int, prefix: str) -> dict
     return feeds
 
 
-def greedy_decoder(session: ort.InferenceSession, prompt: np.ndarray, steps: int, eos: int | None = None) -> np.ndarray:
-    """Greedy continuation of (B, T) prompts (no padding) by a decoder-only graph; returns (B, steps)."""
+def greedy_decoder(
+    session: ort.InferenceSession,
+    prompt: np.ndarray,
+    steps: int,
+    eos: int | None = None,
+    window: SlidingWindow | None = None,
+) -> np.ndarray:
+    """Greedy continuation of (B, T) prompts (no padding) by a decoder-only graph; returns (B, steps).
+    With a sliding ``window`` (local decoders) the cache is trimmed to it between steps."""
     batch, t = prompt.shape
     out_names = [o.name for o in session.get_outputs()]
     feeds = {
@@ -48,13 +56,16 @@ def greedy_decoder(session: ort.InferenceSession, prompt: np.ndarray, steps: int
         tokens.append(nxt)
         if eos is not None and (nxt == eos).all():
             break
-        total = feeds["attention_mask"].shape[1] + 1
+        total = feeds["attention_mask"].shape[1] + 1  # the cache (trimmed or not) and the next token
         feeds = {
             "input_ids": nxt[:, None],
             "attention_mask": np.ones((batch, total), dtype=np.int64),
-            "position_ids": np.full((batch, 1), total - 1, dtype=np.int64),
+            "position_ids": np.full((batch, 1), t, dtype=np.int64),
             **{n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")},
         }
+        t += 1
+        if window is not None:
+            trim(feeds, window)
     return np.stack(tokens, axis=1)
 
 
@@ -150,11 +161,13 @@ def decoder_steps(
     steps: int,
     sampling: Sampling,
     stop: Collection[int] = (),
+    window: SlidingWindow | None = None,
 ) -> Iterator[RowToken]:
     """Generate up to ``steps`` tokens for left-padded (B, T) prompts with a decoder-only graph.
 
     The attention mask covers past and new tokens; position ids are cumsum(mask) - 1 clipped at 0.
-    A row finishes after a stop token (which is yielded) or after ``steps`` tokens.
+    A row finishes after a stop token (which is yielded) or after ``steps`` tokens. With a sliding
+    ``window`` (local attention) the cache and the mask are trimmed to it before every step.
     """
     rng = None if sampling.greedy else np.random.default_rng(sampling.seed)
     rows = np.arange(ids.shape[0])
@@ -178,21 +191,31 @@ def decoder_steps(
         if done.any():  # finished rows leave the batch, with their cache rows
             keep = ~done
             feeds = {n: v[keep] for n, v in feeds.items()}
-            rows, positions, mask = rows[keep], positions[keep], feeds["attention_mask"]
+            rows, positions = rows[keep], positions[keep]
+        if window is not None:
+            trim(feeds, window)
+        mask = feeds["attention_mask"]
         positions = positions + 1
 
 
-def teacher_forced_logits(run: Run, specs: tuple[Spec, ...], ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def teacher_forced_logits(
+    run: Run, specs: tuple[Spec, ...], ids: np.ndarray, mask: np.ndarray, window: SlidingWindow | None = None
+) -> np.ndarray:
     """(B, T, V) logits of left-padded (B, T) rows fed one token per step through the KV cache,
     the way generation runs them: step t sees token t and the cache of tokens 0..t-1 (teacher
     forcing). Equal to one whole-sequence pass in exact arithmetic; int8 graphs differ, because
-    their activations are quantized per call (one token here, the whole batch in a prefill)."""
+    their activations are quantized per call (one token here, the whole batch in a prefill). With a
+    sliding ``window`` the cache is trimmed to it, as generation trims it."""
     positions = left_padded_positions(mask)
     feeds = empty_cache(specs, ids.shape[0])
+    feeds["attention_mask"] = mask[:, :0]
     steps = []
     pairs: list[tuple[str, str]] = []
     for t in range(ids.shape[1]):
-        feeds.update(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=positions[:, t : t + 1])
+        feeds.update(input_ids=ids[:, t : t + 1], position_ids=positions[:, t : t + 1])
+        feeds["attention_mask"] = np.concatenate([feeds["attention_mask"], mask[:, t : t + 1]], axis=1)
+        if window is not None:
+            trim(feeds, window)
         outs = run(feeds)
         steps.append(outs["logits"][:, -1])
         pairs = pairs or _past_names(outs)

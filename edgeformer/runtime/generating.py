@@ -26,6 +26,7 @@ from edgeformer.runtime.inputs import Batch, pad
 from edgeformer.runtime.model_base import RuntimeModel
 from edgeformer.runtime.sampling import Sampling
 from edgeformer.runtime.text import TextStream
+from edgeformer.runtime.window import SlidingWindow, sliding_window
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,14 @@ class DecoderModel(_Generating):
     Text prompts (byte-level bundles) start with the begin-of-text token; generated text is the
     continuation only. Prompts of different lengths are padded on the left with the config's
     pad_token_id; positions count real tokens only, so each prompt gets the tokens it gets alone.
+    A local-attention bundle (graph entry ``sliding_window``) keeps only the window of its cache.
     """
+
+    @functools.cached_property
+    def window(self) -> SlidingWindow | None:
+        """The sliding window the cache is trimmed to between steps, or None (the whole cache)."""
+        entry = self.bundle.typed.graphs["model"].sliding_window if "model" in self.bundle.typed.graphs else None
+        return sliding_window(entry, self.graph("model").inputs)
 
     def logits(self, inputs: Any, attention_mask: Any = None) -> np.ndarray:
         """(B, T, V) logits of whole sequences (no cache); a ragged batch is left-padded."""
@@ -121,7 +129,8 @@ class DecoderModel(_Generating):
         ``generate`` runs the graph: what a reduced-precision bundle predicts while generating."""
         batch = self._batch(inputs, bos=True, max_len=self.max_positions)
         ids, mask = self._ids_and_mask(batch, attention_mask, left=True)
-        return teacher_forced_logits(functools.partial(self._run, "model"), self.graph("model").inputs, ids, mask)
+        run = functools.partial(self._run, "model")
+        return teacher_forced_logits(run, self.graph("model").inputs, ids, mask, self.window)
 
     def stream(
         self,
@@ -164,7 +173,8 @@ class DecoderModel(_Generating):
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return self._run("model", feeds)
 
-        tokens = decoder_steps(run, self.graph("model").inputs, ids, mask, max_new_tokens, sampling, stop)
+        specs = self.graph("model").inputs
+        tokens = decoder_steps(run, specs, ids, mask, max_new_tokens, sampling, stop, self.window)
         return batch, self._steps(batch, tokens)
 
     def generate(

@@ -13,7 +13,7 @@ its migrations. Stdlib only: the runtime reads it on devices.
   of the same format version keeps what it said through a ``fuse`` or ``quantize`` by this one.
 - Versions: ``MIGRATIONS[n]`` turns a format-n manifest into format n + 1. Format 1 is the only
   format edgeformer has written (since its first release); the fields added since (graph
-  ``weights_read_bytes`` and ``ort_file``, ``mobile``, ``quantization``, ``accepted_budget_miss``)
+  ``weights_read_bytes``, ``ort_file`` and ``sliding_window``, ``mobile``, ``quantization``, ``accepted_budget_miss``)
   are optional, so every earlier manifest reads as it is and the table is empty.
 
 The JSON Schema of the same format is ``manifest.schema.json`` beside this file; docs/bundle-format.md
@@ -61,6 +61,9 @@ class GraphEntry:
     outputs: tuple[TensorSpec, ...] = ()
     ort_file: str | None = None  # the same graph in onnxruntime's ORT format (mobile and web targets)
     weights_read_bytes: int | None = None  # bytes of weights one run reads (what bandwidth figures divide by)
+    # decoders with local attention: {"window": w, "global_tokens": g, "layers": [i, ...]}, the self-attention
+    # caches an app may trim to the last w - 1 positions (plus each row's first g real tokens); see runtime/window.py
+    sliding_window: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -211,6 +214,21 @@ def _specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
+def _whole(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_window(raw: dict[str, Any], at: str, where: str) -> None:
+    """A graph's sliding_window: window >= 1, global_tokens >= 0, layers a list of layer indices."""
+    if not _whole(raw.get("window"), 1):
+        _fail(where, f"{at}.window must be an integer >= 1, got {raw.get('window')!r:.40}")
+    if not _whole(raw.get("global_tokens", 0), 0):
+        _fail(where, f"{at}.global_tokens must be an integer >= 0, got {raw.get('global_tokens')!r:.40}")
+    layers = raw.get("layers")
+    if not isinstance(layers, list | tuple) or not all(_whole(i, 0) for i in layers):
+        _fail(where, f"{at}.layers must be a list of layer indices, got {layers!r:.60}")
+
+
 def _graph(name: str, raw: object, where: str) -> GraphEntry:
     at = f"{where}: graphs.{name}"
     if not isinstance(raw, dict) or not isinstance(raw.get("file"), str) or not raw["file"]:
@@ -219,6 +237,8 @@ def _graph(name: str, raw: object, where: str) -> GraphEntry:
     wrb = values.get("weights_read_bytes")
     if wrb is not None and wrb < 0:
         _fail(where, f"graphs.{name}.weights_read_bytes must be >= 0, got {wrb}")
+    if values.get("sliding_window") is not None:
+        _check_window(values["sliding_window"], f"graphs.{name}.sliding_window", where)
     return GraphEntry(
         **values, inputs=_specs(raw.get("inputs"), f"{at}.inputs"), outputs=_specs(raw.get("outputs"), f"{at}.outputs")
     )

@@ -194,6 +194,41 @@ function asPast(outputs) {
   return past;
 }
 
+/**
+ * The sliding window of a local decoder's graph (manifest `sliding_window`), or null: the cache
+ * inputs to trim, the window and the global tokens. One attention mask serves every layer, so only
+ * when every `past_sequence` cache belongs to a listed layer (as edgeformer/runtime/window.py).
+ */
+export function slidingWindow(graph) {
+  const entry = graph.sliding_window;
+  if (!entry) return null;
+  const names = graph.inputs
+    .filter((s) => s.name.startsWith("past_key_values.") && s.shape[2] === "past_sequence")
+    .map((s) => s.name);
+  const layers = new Set(entry.layers ?? []);
+  if (!names.length || names.some((n) => !layers.has(Number(n.split(".")[1])))) return null;
+  return { window: entry.window, globalTokens: entry.global_tokens ?? 0, names };
+}
+
+/**
+ * One unpadded row's cache (1, heads, L, head_dim) cut to what the next query can see: the first
+ * `globalTokens` positions (the global tokens) and the last window - 1. Shorter caches are returned as they are.
+ */
+export function trimCache(ort, tensor, window) {
+  const [batch, heads, length, dim] = tensor.dims;
+  const g = window.globalTokens;
+  const keep = window.window - 1;
+  if (length <= g + keep) return tensor;
+  const out = new tensor.data.constructor(batch * heads * (g + keep) * dim);
+  for (let h = 0; h < batch * heads; h++) {
+    const src = h * length * dim;
+    const dst = h * (g + keep) * dim;
+    out.set(tensor.data.subarray(src, src + g * dim), dst);
+    out.set(tensor.data.subarray(src + (length - keep) * dim, src + length * dim), dst + g * dim);
+  }
+  return new ort.Tensor(tensor.type, out, [batch, heads, g + keep, dim]);
+}
+
 /** Index of the largest of `count` values from `offset` (the first one on ties, as numpy's argmax). */
 export function argmax(data, offset, count) {
   let best = 0;
@@ -242,8 +277,14 @@ export async function encode(ort, session, ids) {
   return result;
 }
 
-/** Greedy continuation of one prompt by a decoder-only graph with the KV cache; stops at `eos`. */
-export async function greedyDecoder(ort, session, graph, ids, steps, eos, onToken = () => {}) {
+/**
+ * Greedy continuation of one prompt by a decoder-only graph with the KV cache; stops at `eos`.
+ * A local decoder's cache is trimmed to its sliding window between steps (memory stays flat);
+ * `stats.cache` is the most cache positions held.
+ */
+export async function greedyDecoder(ort, session, graph, ids, steps, eos, onToken = () => {}, stats = {}) {
+  const window = slidingWindow(graph);
+  stats.cache = 0;
   let feeds = {
     input_ids: int64(ort, ids, [1, ids.length]),
     attention_mask: int64(ort, ids.map(() => 1), [1, ids.length]),
@@ -258,12 +299,15 @@ export async function greedyDecoder(ort, session, graph, ids, steps, eos, onToke
     tokens.push(token);
     onToken(token);
     if (token === eos) break;
-    const total = ids.length + tokens.length; // past + the new token
+    const past = asPast(outs);
+    for (const name of window ? window.names : []) past[name] = trimCache(ort, past[name], window);
+    const held = Object.values(past)[0].dims[2];
+    stats.cache = Math.max(stats.cache, held);
     feeds = {
       input_ids: int64(ort, [token], [1, 1]),
-      attention_mask: int64(ort, range(total).map(() => 1), [1, total]),
-      position_ids: int64(ort, [total - 1], [1, 1]),
-      ...asPast(outs),
+      attention_mask: int64(ort, range(held + 1).map(() => 1), [1, held + 1]), // the cache + the new token
+      position_ids: int64(ort, [ids.length + tokens.length - 1], [1, 1]), // counted over every token
+      ...past,
     };
   }
   return tokens;
@@ -328,8 +372,10 @@ export async function runRequest(ort, { manifest, sessions }, { text = "", ids =
   const steps = Math.min(maxNewTokens, cfg.max_positions - (family === "decoder" ? tokens.length : 0));
   if (steps < 1) throw new InputError(`the prompt leaves no room to generate within max_positions ${cfg.max_positions}`);
   let out;
+  const stats = {};
   if (family === "decoder") {
-    out = await greedyDecoder(ort, sessions.model, manifest.graphs.model, tokens, steps, cfg.eos_token_id, onToken);
+    const graph = manifest.graphs.model;
+    out = await greedyDecoder(ort, sessions.model, graph, tokens, steps, cfg.eos_token_id, onToken, stats);
   } else if (family === "encoder-decoder") {
     const start = Math.max(cfg.bos_token_id ?? 0, 0);
     const graph = manifest.graphs.decoder;
@@ -337,7 +383,9 @@ export async function runRequest(ort, { manifest, sessions }, { text = "", ids =
   } else {
     throw new BundleError(`this sample runs encoder, decoder and encoder-decoder bundles, not ${JSON.stringify(family)}`);
   }
-  return { tokens: out, text: manifest.tokenizer === "bytes" ? decodeBytes(out) : null };
+  const result = { tokens: out, text: manifest.tokenizer === "bytes" ? decodeBytes(out) : null };
+  if (family === "decoder" && slidingWindow(manifest.graphs.model)) result.cache_positions = stats.cache;
+  return result;
 }
 
 /** The human-readable form of a result (what the samples print without --json). */

@@ -99,7 +99,31 @@ def as_past(outs: dict) -> dict:
     return {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
 
 
+def sliding_window(manifest: dict) -> tuple[int, int, list[str]] | None:
+    """A local decoder's (window, global tokens, caches to trim), when every growing cache is listed."""
+    entry = manifest["graphs"]["model"].get("sliding_window")
+    if not entry:
+        return None
+    specs = manifest["graphs"]["model"]["inputs"]
+    names = [s["name"] for s in specs if s["name"].startswith("past_key_values.") and s["shape"][2] == "past_sequence"]
+    if not names or any(int(n.split(".")[1]) not in entry["layers"] for n in names):
+        return None
+    return entry["window"], entry.get("global_tokens", 0), names
+
+
+def trim(past: dict, window: tuple[int, int, list[str]]) -> dict:
+    """One unpadded row's caches cut to the global tokens (its first positions) and the last window - 1."""
+    size, globals_, names = window
+    for name in names:
+        cache = past[name]  # (1, H, L, D)
+        if cache.shape[2] > globals_ + size - 1:
+            past[name] = np.concatenate([cache[:, :, :globals_], cache[:, :, cache.shape[2] - (size - 1) :]], axis=2)
+    return past
+
+
 def greedy_decoder(sess: ort.InferenceSession, manifest: dict, ids: list[int], steps: int, eos: int) -> list[int]:
+    """Greedy tokens with the KV cache; a local decoder's cache is kept to its sliding window (flat memory)."""
+    window = sliding_window(manifest)
     feeds = {
         "input_ids": np.array([ids], dtype=np.int64),
         "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
@@ -113,12 +137,13 @@ def greedy_decoder(sess: ort.InferenceSession, manifest: dict, ids: list[int], s
         tokens.append(token)
         if token == eos:
             break
-        total = feeds["attention_mask"].shape[1] + 1
+        past = trim(as_past(outs), window) if window else as_past(outs)
+        held = next(iter(past.values())).shape[2]
         feeds = {
             "input_ids": np.array([[token]], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.array([[total - 1]], dtype=np.int64),
-            **as_past(outs),
+            "attention_mask": np.ones((1, held + 1), dtype=np.int64),  # the cache and the new token
+            "position_ids": np.array([[len(ids) + len(tokens) - 1]], dtype=np.int64),  # counted over every token
+            **past,
         }
     return tokens
 
