@@ -90,7 +90,9 @@ def test_greedy_tokens_of_the_torch_source_are_generated_once_per_export(monkeyp
     calls: list[int] = []
     real_greedy = parity.torch_greedy
     monkeypatch.setattr(parity, "torch_greedy", lambda *a: calls.append(1) or real_greedy(*a))
-    monkeypatch.setattr(parity, "greedy_decoder", lambda _s, prompt, steps: np.zeros((prompt.shape[0], steps), int))
+    monkeypatch.setattr(
+        parity, "greedy_decoder", lambda _s, prompt, steps, **_kw: np.zeros((prompt.shape[0], steps), int)
+    )
     memo: dict = {}
     first = parity.generation_parity(source, {"model": None}, 4, memo=memo)
     second = parity.generation_parity(source, {"model": None}, 4, memo=memo)
