@@ -46,6 +46,21 @@ def run(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def killed_after_first_checkpoint(monkeypatch, card: Path, flags: list, out: Path) -> None:
+    """``train card flags -o out``, killed (exit 137) right after its first checkpoint is written."""
+    from edgeformer import fit
+
+    real = fit.save_state
+
+    def save_then_die(out, model, state, run_info):
+        real(out, model, state, run_info)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(fit, "save_state", save_then_die)
+    assert run("train", card, *flags, "-o", out).exit_code == 137
+    monkeypatch.setattr(fit, "save_state", real)
+
+
 def data_files(tmp_path: Path, family: str) -> tuple[Path, Path]:
     if family in ("decoder", "encoder-mlm"):
         (tmp_path / "a.txt").write_text("Return the absolute value of the argument.\n" * 20)
@@ -179,17 +194,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path, 
     flags = ["--data", train, "--steps", "6", "--batch-size", "2", "--checkpoint-every", "3", "--warmup", "2"]
     assert run("train", card, *flags, "-o", tmp_path / "whole").exit_code == 0
 
-    from edgeformer import fit
-
-    real = fit.save_state
-
-    def save_then_die(out, model, state, run_info):
-        real(out, model, state, run_info)
-        raise SystemExit(137)  # killed right after the checkpoint at step 3
-
-    monkeypatch.setattr(fit, "save_state", save_then_die)
-    assert run("train", card, *flags, "-o", tmp_path / "cut").exit_code == 137
-    monkeypatch.setattr(fit, "save_state", real)
+    killed_after_first_checkpoint(monkeypatch, card, flags, tmp_path / "cut")  # at step 3
     assert not (tmp_path / "cut" / "tiny-decoder.safetensors").exists()
     assert json.loads((tmp_path / "cut" / "checkpoint" / "run.json").read_text())["step"] == 3
     result = run("train", "--resume", tmp_path / "cut")

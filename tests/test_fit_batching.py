@@ -15,7 +15,7 @@ from edgeformer.config import parse_card
 from edgeformer.io import sha256_file
 from edgeformer.train_batches import token_sampler
 from edgeformer.train_data import Dataset
-from tests.test_fit import FAMILIES, TINY, data_files, run, tiny_card
+from tests.test_fit import FAMILIES, TINY, data_files, killed_after_first_checkpoint, run, tiny_card
 
 LENGTHS = np.random.default_rng(7).integers(1, 33, size=300).tolist()
 
@@ -68,17 +68,7 @@ def test_train_batches_by_tokens_with_accumulation_and_resumes_exactly(tmp_path,
     recipe = tomllib.loads((tmp_path / "whole" / "tiny-encoder.toml").read_text())["training"]
     assert recipe["batch_tokens"] == 40 and recipe["grad_accum"] == 2
 
-    from edgeformer import fit
-
-    real = fit.save_state
-
-    def save_then_die(out, model, state, run_info):
-        real(out, model, state, run_info)
-        raise SystemExit(137)  # killed right after the checkpoint at step 2
-
-    monkeypatch.setattr(fit, "save_state", save_then_die)
-    assert run("train", card, *flags, "-o", tmp_path / "cut").exit_code == 137
-    monkeypatch.setattr(fit, "save_state", real)
+    killed_after_first_checkpoint(monkeypatch, card, flags, tmp_path / "cut")  # at step 2
     assert run("train", "--resume", tmp_path / "cut").exit_code == 0
     whole_w, cut_w = tmp_path / "whole" / "tiny-encoder.safetensors", tmp_path / "cut" / "tiny-encoder.safetensors"
     assert sha256_file(cut_w) == sha256_file(whole_w)  # the data position came back: the same batches after step 2
