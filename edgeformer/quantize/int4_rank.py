@@ -12,21 +12,17 @@ one gate open is the model with that node alone reduced, scored as before by the
 it uses up (``budget.budget_used``) on the first batch of calibration rows. A candidate no gate can
 reach (int8 attention merged into one QAttention) is scored the old way, by the caller. The
 bisection over how many to keep in float then judges real written graphs on every row and case.
+This module builds the gated graph; ``quantize/sensitivity.rank`` runs it and scores the candidates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
 import onnx
 from onnx import helper
 
-from edgeformer.quantize.mixed import Feeds, _session
-
 KEY = "budget_used_alone"
-Judge = Callable[[list[dict[str, np.ndarray]]], float]  # outputs of the first feeds -> share of the budget used
 
 
 def gate_name(node: str) -> str:
@@ -99,29 +95,3 @@ def gated(model: onnx.ModelProto, quantized: onnx.ModelProto, candidates: Sequen
     out.graph.ClearField("node")
     out.graph.node.extend(nodes)
     return out
-
-
-def rank(
-    model: onnx.ModelProto, quantized: Path, candidates: Sequence[str], feeds: Sequence[Feeds], judge: Judge
-) -> tuple[dict[str, float], str]:
-    """Each gateable candidate's share of the budget used with it alone reduced (scores, and what they mean)."""
-    path = quantized.with_name(quantized.name + ".gated.onnx")
-    try:  # every node the quantizer changed gets a gate (a tied head's Gather too), closed unless scored
-        reduced = onnx.load(str(quantized))
-        onnx.save(gated(model, reduced, [n.name for n in model.graph.node]), path)
-        session = _session(path)
-    finally:
-        path.unlink(missing_ok=True)
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    first = [{k: v for k, v in f.items() if k in wanted} for f in feeds[:1]]
-    ranked = [n for n in candidates if gate_name(n) in wanted]
-    closed = {name: np.zeros((), np.float32) for name in wanted if name.startswith(gate_name(""))}
-
-    def run(gates: dict[str, np.ndarray]) -> float:
-        return judge([dict(zip(names, session.run(names, f | gates), strict=True)) for f in first])
-
-    # what no gate reaches (a tied head's int8 table read by the embedding Gather) is there with every gate
-    # closed: a node's score is what it adds to that (0 for int4, where every changed node has a gate)
-    floor = run(closed) if ranked and _ungated(model, reduced) else 0.0
-    return {n: max(run(closed | {gate_name(n): np.ones((), np.float32)}) - floor, 0.0) for n in ranked}, KEY

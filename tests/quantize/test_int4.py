@@ -159,7 +159,7 @@ def test_a_graph_that_differs_from_the_report_is_refused(edge_bundle, tmp_path):
 def test_rank_scores_each_node_alone_in_int4_from_one_session(edge_bundle, tmp_path):
     """A gate open on one node is the whole model with that node alone in int4: the same numbers as
     writing that graph; a MatMul with an outlier in every block of its weight ranks first."""
-    from edgeformer.quantize import int4_rank
+    from edgeformer.quantize import sensitivity
 
     model = int8.name_nodes(onnx.load(str(edge_bundle("gpt-mini") / "model.onnx")))
     candidates = weights.int4_candidates(model)
@@ -181,8 +181,11 @@ def test_rank_scores_each_node_alone_in_int4_from_one_session(edge_bundle, tmp_p
         seen.append(got)
         return 1 - budgets.measure(reference, got, feeds)["cosine"]
 
-    scores, key = int4_rank.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
-    assert key == "budget_used_alone" and set(scores) == set(candidates) and len(seen) == len(candidates)
+    ranking = sensitivity.rank(model, tmp_path / "all.onnx", candidates, feeds, judge)
+    scores = ranking.scores
+    assert ranking.key == "budget_used_alone" and set(scores) == set(candidates)
+    assert len(seen) == 1 + len(candidates)  # the all-closed floor, then one run per candidate
+    seen.pop(0)
     assert max(scores, key=scores.get) == target, scores
     floats = weights.int4_settings() | {"kept_bits": 0}
     weights.to_int4(model, tmp_path / "one.onnx", exclude=tuple(c for c in candidates if c != target), settings=floats)
